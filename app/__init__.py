@@ -1,0 +1,1 @@
+"""rqflow: a distributed task scheduler on RQ."""

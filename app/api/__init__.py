@@ -1,0 +1,1 @@
+"""The HTTP face of rqflow (Starlette). Only its entry point imports it."""

@@ -1,0 +1,29 @@
+"""`python -m app.api`: serve the API on RQFLOW_HOST:RQFLOW_PORT."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from app.api.main import create_app
+from app.settings import get_settings
+
+
+def main() -> int:
+    settings = get_settings()
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not settings.binds_loopback_only and not settings.api_keys and not settings.allow_public_without_keys:
+        print(
+            f"refusing to listen on {settings.host} without API keys: set RQFLOW_API_KEYS "
+            "(or RQFLOW_ALLOW_PUBLIC_WITHOUT_KEYS=true if something in front of rqflow authenticates)",
+            file=sys.stderr,
+        )
+        return 2
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The one place errors meet HTTP: every failure leaves as RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from app.errors import (
+    DomainError,
+    FieldError,
+    InvalidInput,
+    StoreUnavailable,
+    TaskConflict,
+    TaskNotFound,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS: dict[type[DomainError], int] = {
+    InvalidInput: 422,
+    TaskNotFound: 404,
+    TaskConflict: 409,
+    StoreUnavailable: 503,
+}
+"""Domain error -> HTTP status; the first class in an error's MRO that is listed wins."""
+
+
+class MalformedBody(Exception):
+    """Raised by the routes when a body is not JSON at all (400, unlike a JSON body with bad values)."""
+
+
+class ProblemResponse(JSONResponse):
+    media_type = "application/problem+json"
+
+
+def problem(
+    status: int,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    **extra: Any,
+) -> ProblemResponse:
+    phrase = HTTPStatus(status).phrase
+    body: dict[str, Any] = {
+        "type": f"urn:rqflow:problem:{phrase.lower().replace(' ', '-')}",
+        "title": title or phrase,
+        "status": status,
+        "detail": detail,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    body.update(extra)
+    return ProblemResponse(body, status_code=status)
+
+
+def _field_errors(errors: tuple[FieldError, ...]) -> list[dict[str, str]]:
+    return [{"field": e.loc, "message": e.message} for e in errors]
+
+
+async def domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DomainError)
+    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
+    errors = _field_errors(exc.errors) if isinstance(exc, InvalidInput) else None
+    return problem(status, exc.detail, title=exc.title, errors=errors)
+
+
+async def validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    errors = [{"field": ".".join(str(part) for part in e["loc"]) or "body", "message": e["msg"]} for e in exc.errors()]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return problem(422, detail, title="Invalid input", errors=errors)
+
+
+async def malformed_body(request: Request, exc: Exception) -> Response:
+    return problem(400, str(exc), title="Malformed request body")
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    detail = exc.detail if exc.detail != HTTPStatus(exc.status_code).phrase else f"{request.method} {request.url.path}"
+    response = problem(exc.status_code, detail)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def redis_down(request: Request, exc: Exception) -> Response:
+    log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    response = problem(503, "the task store (Redis) cannot be reached; nothing was changed, retry later")
+    response.headers["Retry-After"] = "1"
+    return response
+
+
+async def unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return problem(500, "an unexpected error occurred; it has been logged")
+
+
+HANDLERS = {
+    DomainError: domain_error,
+    ValidationError: validation_error,
+    MalformedBody: malformed_body,
+    HTTPException: http_error,
+    RedisConnectionError: redis_down,
+    RedisTimeoutError: redis_down,
+    Exception: unexpected,
+}
+
+
+def parse_json(raw: bytes) -> Any:
+    """The body as JSON, or MalformedBody saying why not."""
+    if not raw.strip():
+        raise MalformedBody("the request body is empty; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise MalformedBody(f"the request body is not valid JSON: {error}") from error

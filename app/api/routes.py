@@ -1,0 +1,130 @@
+"""The endpoints. Each is async and hands blocking Redis work to the thread pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis import Redis
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from app.api.problems import parse_json
+from app.api.schemas import TaskIn, task_json
+from app.model import TaskStatus
+from app.registry import Registry
+from app.tasks import MAX_LIST_LIMIT, TaskService
+
+
+class ListQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    status: TaskStatus | None = None
+    type: str | None = None
+    limit: int = Field(default=100, ge=1, le=MAX_LIST_LIMIT)
+    cursor: str | None = None
+
+
+def _service(request: Request) -> TaskService:
+    service: TaskService = request.app.state.tasks
+    return service
+
+
+async def submit_task(request: Request) -> Response:
+    body = TaskIn.model_validate(parse_json(await request.body()))
+    task, created = await run_in_threadpool(_service(request).submit, body.to_spec())
+    headers = {"Location": str(request.url_for("get_task", task_id=task.id).path)}
+    return JSONResponse(task_json(task), status_code=201 if created else 200, headers=headers)
+
+
+async def list_tasks(request: Request) -> Response:
+    params = dict(request.query_params)
+    if "status" in params:
+        params["status"] = params["status"].upper()
+    query = ListQuery.model_validate(params)
+    page = await run_in_threadpool(
+        _service(request).list_tasks,
+        status=query.status,
+        task_type=query.type,
+        limit=query.limit,
+        cursor=query.cursor,
+    )
+    headers = {}
+    if page.next_cursor:
+        next_url = request.url.include_query_params(cursor=page.next_cursor)
+        headers["Link"] = f'<{next_url.path}?{next_url.query}>; rel="next"'
+    return JSONResponse([task_json(t) for t in page.tasks], headers=headers)
+
+
+async def get_task(request: Request) -> Response:
+    task = await run_in_threadpool(_service(request).get, request.path_params["task_id"])
+    return JSONResponse(task_json(task))
+
+
+async def get_task_status(request: Request) -> Response:
+    task_id = request.path_params["task_id"]
+    status = await run_in_threadpool(_service(request).get_status, task_id)
+    return JSONResponse({"id": task_id, "status": status.value})
+
+
+async def list_types(request: Request) -> Response:
+    registry: Registry = request.app.state.registry
+    return JSONResponse(
+        [
+            {
+                "name": t.name,
+                "description": t.description,
+                "max_attempts": t.max_attempts,
+                "timeout_ms": t.timeout_ms,
+                "backoff": {
+                    "initial_ms": t.backoff.initial_ms,
+                    "factor": t.backoff.factor,
+                    "max_ms": t.backoff.max_ms,
+                    "jitter": t.backoff.jitter,
+                },
+                "concurrency": t.concurrency,
+            }
+            for t in registry.values()
+        ]
+    )
+
+
+async def health(request: Request) -> Response:
+    redis: Redis = request.app.state.redis
+    report = await run_in_threadpool(_persistence, redis)
+    return JSONResponse({"status": "ok", "redis": report})
+
+
+def _persistence(redis: Redis) -> dict[str, Any]:
+    """What a kill -9 of Redis would lose, as far as the server lets us see."""
+    redis.ping()
+    info = redis.info("persistence")
+    report: dict[str, Any] = {"ok": True, "aof_enabled": bool(info.get("aof_enabled"))}
+    warnings = []
+    try:
+        config = redis.config_get("appendfsync")
+        config.update(redis.config_get("maxmemory-policy"))
+        report["appendfsync"] = config.get("appendfsync")
+        report["maxmemory_policy"] = config.get("maxmemory-policy")
+        if report["maxmemory_policy"] not in (None, "noeviction"):
+            warnings.append(f"maxmemory-policy {report['maxmemory_policy']} can evict tasks; use noeviction")
+    except Exception:
+        # Managed Redis often forbids CONFIG; persistence is then the provider's promise.
+        report["appendfsync"] = None
+        report["maxmemory_policy"] = None
+    if not report["aof_enabled"]:
+        warnings.append("AOF is off: a Redis crash loses every task since the last snapshot")
+    report["warnings"] = warnings
+    return report
+
+
+ROUTES = [
+    Route("/api/tasks", submit_task, methods=["POST"]),
+    Route("/api/tasks", list_tasks, methods=["GET"]),
+    Route("/api/tasks/{task_id}", get_task, methods=["GET"], name="get_task"),
+    Route("/api/tasks/{task_id}/status", get_task_status, methods=["GET"]),
+    Route("/api/types", list_types, methods=["GET"]),
+    Route("/health", health, methods=["GET"]),
+]

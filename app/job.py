@@ -1,0 +1,152 @@
+"""The RQ job class every rqflow process uses: JSON only, one allow-listed entry point, and the
+fields rqflow adds to RQ's job hash (attempts, last error, the task's own spec)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from redis.client import Pipeline
+from rq.job import Job
+from rq.results import Result
+from rq.serializers import JSONSerializer
+from rq.utils import import_attribute
+
+from app import keys
+from app.model import Backoff, Priority, Task, TaskError, TaskStatus
+
+
+class ForbiddenJob(Exception):
+    """Raised when a job in Redis names anything but rqflow's entry point: it runs nothing."""
+
+
+class TaskJob(Job):
+    """An RQ job that can only ever call `keys.ENTRY_POINT`.
+
+    A job written straight into Redis (or tampered with there) may name any callable, instance or
+    callback; RQ would import and call it. Here every such name is checked against the allow-list
+    before anything is imported, and data is never unpickled: the serializer is JSON whatever the
+    caller asks for.
+    """
+
+    def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
+        super().__init__(id=id, connection=connection, serializer=JSONSerializer)
+        self.attempts = 0
+        self.error: dict[str, str] | None = None
+        self.spec: dict[str, Any] = {}
+        self.fingerprint: str | None = None
+
+    # -- the allow-list ------------------------------------------------------------------------
+
+    @property
+    def func(self) -> Any:
+        if self.func_name != keys.ENTRY_POINT or self.instance is not None:
+            raise ForbiddenJob(f"job {self.id} names {self.func_name!r}; only {keys.ENTRY_POINT} may run")
+        return import_attribute(keys.ENTRY_POINT)
+
+    # rqflow registers no callbacks, so any callback name in a job hash was put there by someone else.
+    @property
+    def success_callback(self) -> Any:
+        return self._refuse_callback(self._success_callback_name)
+
+    @property
+    def failure_callback(self) -> Any:
+        return self._refuse_callback(self._failure_callback_name)
+
+    @property
+    def stopped_callback(self) -> Any:
+        return self._refuse_callback(self._stopped_callback_name)
+
+    def _refuse_callback(self, name: str | None) -> None:
+        if name:
+            raise ForbiddenJob(f"job {self.id} names callback {name!r}; rqflow runs no callbacks")
+
+    def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
+        """rqflow sets no webhooks; a tampered job must not make workers call arbitrary URLs."""
+
+    # -- rqflow's fields -----------------------------------------------------------------------
+
+    def restore(self, raw_data: Any) -> Any:
+        super().restore(raw_data)
+        fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw_data.items()}
+        self.attempts = int(fields.get(keys.FIELD_ATTEMPTS) or 0)
+        self.error = _json_or_none(fields.get(keys.FIELD_ERROR))
+        self.spec = _json_or_none(fields.get(keys.FIELD_SPEC)) or {}
+        fingerprint = fields.get(keys.FIELD_FINGERPRINT)
+        self.fingerprint = fingerprint.decode() if isinstance(fingerprint, bytes) else fingerprint
+
+    def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
+        # Attempts and error are written by HINCRBY/HSET where they happen, never from a copy here.
+        obj: dict[str, Any] = super().to_dict(include_meta=include_meta, include_result=include_result)
+        if self.spec:
+            obj[keys.FIELD_SPEC] = json.dumps(self.spec, separators=(",", ":"))
+        if self.fingerprint:
+            obj[keys.FIELD_FINGERPRINT] = self.fingerprint
+        return obj
+
+    def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
+        super().prepare_for_execution(worker_name, pipeline)
+        # Counted in the same transaction that marks the job started, so every start counts once.
+        pipeline.hincrby(self.key, keys.FIELD_ATTEMPTS, 1)
+        self.attempts += 1
+
+    def record_error(self, error_type: str, message: str) -> None:
+        self.error = {"type": error_type, "message": message}
+        self.connection.hset(self.key, keys.FIELD_ERROR, json.dumps(self.error))
+
+    def to_task(self, latest: Result | None = None) -> Task:
+        """The task this job carries, as users see it; `latest` is the job's newest RQ result."""
+        spec = self.spec
+        status = TaskStatus.from_job_status(self.get_status(refresh=False))
+        kwargs = self.kwargs
+        times = [t for t in (self.created_at, self.enqueued_at, self.started_at, self.ended_at) if t]
+        finished = status.is_terminal
+        return Task(
+            id=self.id,
+            type=kwargs.get("task_type", ""),
+            name=spec.get("name") or kwargs.get("task_type", ""),
+            payload=kwargs.get("payload", {}),
+            duration_ms=kwargs.get("duration_ms"),
+            dependencies=tuple(spec.get("dependencies", ())),
+            priority=Priority(spec.get("priority", Priority.DEFAULT.value)),
+            run_at=_datetime_or_none(spec.get("run_at")),
+            delay_ms=spec.get("delay_ms"),
+            max_attempts=spec.get("max_attempts", 1),
+            backoff=Backoff(**spec["backoff"]) if spec.get("backoff") else Backoff(),
+            timeout_ms=spec.get("timeout_ms", 0),
+            status=status,
+            attempts=self.attempts,
+            created_at=self.created_at,
+            updated_at=max(times),
+            queued_at=self.enqueued_at,
+            started_at=self.started_at,
+            finished_at=self.ended_at if finished else None,
+            result=latest.return_value if latest and latest.type == Result.Type.SUCCESSFUL else None,
+            error=self._task_error(status, latest),
+            worker=self.worker_name,
+            schedule_id=spec.get("schedule_id"),
+        )
+
+    def _task_error(self, status: TaskStatus, latest: Result | None) -> TaskError | None:
+        if self.error:
+            return TaskError(type=self.error.get("type", "error"), message=self.error.get("message", ""))
+        if status is TaskStatus.FAILED and latest is not None and latest.exc_string:
+            # Failures no handler saw (e.g. RQ's cleanup of a dead worker) only leave RQ's text.
+            last_line = latest.exc_string.strip().splitlines()[-1]
+            error_type, _, message = last_line.partition(": ")
+            return TaskError(type=error_type.rsplit(".", 1)[-1] or "error", message=message or last_line)
+        return None
+
+
+def _datetime_or_none(raw: str | None) -> datetime | None:
+    return datetime.fromisoformat(raw) if raw else None
+
+
+def _json_or_none(raw: bytes | str | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None

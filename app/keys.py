@@ -1,0 +1,35 @@
+"""Every Redis key, queue name and job field rqflow adds to what RQ keeps, each with why it exists.
+
+RQ's own keys (`rq:job:<id>`, `rq:queue:<name>`, registries) are RQ's; we only name here what we add.
+"""
+
+from __future__ import annotations
+
+PREFIX = "rqflow"
+
+QUEUES: tuple[str, ...] = ("high", "default", "low")
+"""One RQ queue per priority; workers listen on them in this order, so `high` is always served first."""
+
+ENTRY_POINT = "workers.entry.run_task"
+"""The only function an rqflow job may name. Workers refuse every other callable."""
+
+TASK_INDEX = f"{PREFIX}:tasks"
+"""Sorted set (all scores 0, ordered by member) of `<created µs>:<task id>`: newest-first listing
+with a cursor that never skips or repeats, as RQ keeps no index of all jobs."""
+
+
+def type_index(task_type: str) -> str:
+    """Like TASK_INDEX but for one task type, so `?type=` filters without a scan."""
+    return f"{TASK_INDEX}:type:{task_type}"
+
+
+# Fields rqflow adds to RQ's job hash. RQ's `Job.save()` writes only its own fields with HSET,
+# so these survive every save RQ makes, and vanish with the job when it expires or is deleted.
+FIELD_ATTEMPTS = "rqflow_attempts"
+"""How many times a worker started the task (HINCRBY at each start)."""
+FIELD_ERROR = "rqflow_error"
+"""JSON `{type, message}` of the last failed attempt."""
+FIELD_FINGERPRINT = "rqflow_fingerprint"
+"""Hash of the normalized submission, to tell an idempotent repeat from a conflicting one."""
+FIELD_SPEC = "rqflow_spec"
+"""JSON of the task's fields that RQ does not keep (name, priority, retry policy, ...)."""

@@ -1,0 +1,145 @@
+"""The task as rqflow users see it, and how it maps onto RQ's job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from rq.job import JobStatus
+
+
+class TaskStatus(str, Enum):
+    PENDING = "PENDING"
+    """Waiting on dependencies."""
+    SCHEDULED = "SCHEDULED"
+    """Waiting for its time: the first run or a retry's backoff."""
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+    @classmethod
+    def from_job_status(cls, status: JobStatus) -> TaskStatus:
+        return _FROM_JOB_STATUS[status]
+
+
+TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELED})
+
+_FROM_JOB_STATUS: dict[JobStatus, TaskStatus] = {
+    JobStatus.CREATED: TaskStatus.QUEUED,
+    JobStatus.QUEUED: TaskStatus.QUEUED,
+    JobStatus.READY_TO_ENQUEUE: TaskStatus.QUEUED,
+    # Waiting for a concurrency slot: queued behind its type's limit.
+    JobStatus.RATE_LIMITED: TaskStatus.QUEUED,
+    JobStatus.DEFERRED: TaskStatus.PENDING,
+    JobStatus.SCHEDULED: TaskStatus.SCHEDULED,
+    JobStatus.STARTED: TaskStatus.RUNNING,
+    JobStatus.FINISHED: TaskStatus.COMPLETED,
+    JobStatus.FAILED: TaskStatus.FAILED,
+    JobStatus.STOPPED: TaskStatus.FAILED,
+    JobStatus.CANCELED: TaskStatus.CANCELED,
+}
+
+
+class Priority(str, Enum):
+    HIGH = "high"
+    DEFAULT = "default"
+    LOW = "low"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between attempts: initial_ms * factor**n, capped at max_ms."""
+
+    initial_ms: int = 1000
+    factor: float = 2.0
+    max_ms: int = 300_000
+    jitter: bool = True
+
+    def intervals_s(self, retries: int, rng: random.Random | None = None) -> list[int]:
+        """Whole-second waits before each retry, as RQ's `Retry` takes them.
+
+        Jitter draws each wait from [50%, 100%] of its nominal value so that tasks that failed
+        together do not retry together. RQ keeps scheduled times in whole seconds, so a wait is
+        rounded up: a task never retries earlier than its policy says.
+        """
+        rng = rng or random.Random()
+        waits = []
+        for n in range(retries):
+            ms = min(self.initial_ms * self.factor**n, self.max_ms)
+            if self.jitter:
+                ms *= rng.uniform(0.5, 1.0)
+            waits.append(math.ceil(ms / 1000))
+        return waits
+
+
+@dataclass(frozen=True)
+class TaskError:
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A submission, normalized: aliases resolved, defaults not yet applied from the task type."""
+
+    type: str
+    id: str | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    duration_ms: int | None = None
+    dependencies: tuple[str, ...] = ()
+    priority: Priority = Priority.DEFAULT
+    run_at: datetime | None = None
+    delay_ms: int | None = None
+    max_attempts: int | None = None
+    backoff: Backoff | None = None
+    timeout_ms: int | None = None
+    name: str | None = None
+
+    def fingerprint(self) -> str:
+        """Stable hash of what was asked, so a repeat with the same body is recognised as one."""
+        body = asdict(self)
+        body["priority"] = self.priority.value
+        body["run_at"] = self.run_at.isoformat() if self.run_at else None
+        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task as stored: the submission with its type's defaults applied, plus its progress."""
+
+    id: str
+    type: str
+    name: str
+    payload: dict[str, Any]
+    duration_ms: int | None
+    dependencies: tuple[str, ...]
+    priority: Priority
+    run_at: datetime | None
+    delay_ms: int | None
+    max_attempts: int
+    backoff: Backoff
+    timeout_ms: int
+    status: TaskStatus
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any
+    error: TaskError | None
+    worker: str | None
+    schedule_id: str | None = None

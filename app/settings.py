@@ -1,0 +1,78 @@
+"""One typed Settings object, read from `RQFLOW_*` environment variables at the entry points."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EMBEDDED_REDIS_PORT = 6399
+"""Port of the Redis that `make run` starts; not 6379, so a system Redis is never used by mistake."""
+
+
+class TypeLimits(BaseModel):
+    """Per-type overrides of a task type's defaults, from `RQFLOW_TYPE_LIMITS`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: int | None = Field(default=None, ge=1)
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    timeout_ms: int | None = Field(default=None, ge=1)
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything an rqflow process can be told. Each field is `RQFLOW_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="RQFLOW_", frozen=True, extra="ignore")
+
+    redis_url: str | None = None
+    """`redis://`, `rediss://` or `unix://` URL. Unset: the embedded Redis that `make run` starts."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=2, ge=1)
+    api_keys: Annotated[list[str], NoDecode] = []
+    allow_public_without_keys: bool = False
+    """Bind beyond loopback with no API keys. Off: the API refuses to start that way."""
+    type_limits: dict[str, TypeLimits] = {}
+    task_modules: Annotated[list[str], NoDecode] = []
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    result_ttl_s: int = Field(default=604_800, ge=1)
+    http_allowed_hosts: Annotated[list[str], NoDecode] = []
+    """Hosts the built-in `http_request` type may call; empty means it may call none."""
+    var_dir: Path = Path("var")
+    """Where the embedded Redis keeps its data and `make run` its process-manager files."""
+    embedded_redis_port: int = Field(default=EMBEDDED_REDIS_PORT, ge=1, le=65535)
+    processes: Annotated[list[str], NoDecode] = ["web", "worker", "scheduler"]
+    """Which Procfile processes `make run` starts (add `dashboard` for rq-dashboard)."""
+    log_level: str = "INFO"
+
+    _csv = field_validator("api_keys", "task_modules", "http_allowed_hosts", "processes", mode="before")(_split_csv)
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.embedded_redis_port}/0"
+
+    @property
+    def binds_loopback_only(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings; call only from entry points and pass the result on."""
+    return Settings()

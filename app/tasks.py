@@ -1,0 +1,264 @@
+"""The operations on tasks, on top of RQ: submit, read, list."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import uuid4
+
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+from rq.job import Dependency, JobStatus, Retry
+from rq.queue import Queue
+from rq.results import Result
+from rq.serializers import JSONSerializer
+from rq.utils import as_text
+
+from app import keys
+from app.errors import FieldError, InvalidInput, InvalidTask, TaskConflict, TaskNotFound, UnknownDependency
+from app.job import TaskJob
+from app.model import Priority, Task, TaskSpec, TaskStatus
+from app.registry import Registry, TaskType
+
+MAX_LIST_LIMIT = 1000
+SCAN_BUDGET = 5000
+"""Most index entries one filtered list request examines; past it the page ends early with a
+cursor, so a rare status never turns a request into a scan of every task."""
+
+
+@dataclass(frozen=True)
+class Page:
+    tasks: list[Task]
+    next_cursor: str | None
+
+
+class TaskService:
+    """Submits and reads tasks. Every task is an RQ job whose id is the task id."""
+
+    def __init__(self, connection: Redis, registry: Registry, result_ttl_s: int) -> None:
+        self.connection = connection
+        self.registry = registry
+        self.result_ttl_s = result_ttl_s
+        self.queues = {
+            p: Queue(p.value, connection=connection, job_class=TaskJob, serializer=JSONSerializer) for p in Priority
+        }
+
+    # -- submit --------------------------------------------------------------------------------
+
+    def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
+        """Store and enqueue a task; returns it and whether it was created (False: an idempotent repeat).
+
+        The job key and every dependency are WATCHed from the existence checks to the write, so two
+        submissions of one id cannot both create it and a dependency cannot vanish in between.
+        """
+        task_type = self.registry.get_type(spec.type)
+        if spec.dependencies and (spec.run_at or spec.delay_ms):
+            raise InvalidTask(
+                "a task cannot have both dependencies and a start time yet",
+                [FieldError("run_at", "not supported together with dependencies")],
+            )
+        task_id = spec.id or uuid4().hex
+        fingerprint = spec.fingerprint()
+        job_key = TaskJob.key_for(task_id)
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(job_key, *(TaskJob.key_for(d) for d in spec.dependencies))
+                    if pipe.exists(job_key):
+                        pipe.unwatch()
+                        return self._repeat(task_id, fingerprint), False
+                    self._check_dependencies(spec.dependencies)
+                    job = self._build_job(task_id, spec, task_type, fingerprint)
+                    self._enqueue(job, spec, pipe)
+                    member = _index_member(job.created_at, task_id)
+                    pipe.zadd(keys.TASK_INDEX, {member: 0})
+                    pipe.zadd(keys.type_index(spec.type), {member: 0})
+                    pipe.execute()
+                    return job.to_task(), True
+                except WatchError:
+                    continue
+
+    def _repeat(self, task_id: str, fingerprint: str) -> Task:
+        task = self._load([task_id])[0]
+        job = task[0] if task else None
+        if job is None:
+            raise TaskConflict(f"task {task_id!r} changed while it was submitted again; retry the request")
+        if job.fingerprint != fingerprint:
+            raise TaskConflict(f"a different task with id {task_id!r} already exists")
+        return job.to_task(task[1] if task else None)
+
+    def _check_dependencies(self, dependencies: Sequence[str]) -> None:
+        if not dependencies:
+            return
+        with self.connection.pipeline(transaction=False) as reads:
+            for dep in dependencies:
+                reads.exists(TaskJob.key_for(dep))
+            found = reads.execute()
+        missing = [(i, dep) for i, (dep, exists) in enumerate(zip(dependencies, found, strict=True)) if not exists]
+        if missing:
+            raise UnknownDependency(missing)
+
+    def _build_job(self, task_id: str, spec: TaskSpec, task_type: TaskType, fingerprint: str) -> TaskJob:
+        max_attempts = spec.max_attempts or task_type.max_attempts
+        backoff = spec.backoff or task_type.backoff
+        timeout_ms = spec.timeout_ms or task_type.timeout_ms
+        kwargs: dict[str, Any] = {"task_type": spec.type, "payload": spec.payload}
+        if spec.duration_ms is not None:
+            kwargs["duration_ms"] = spec.duration_ms
+        retries = max_attempts - 1
+        job = self.queues[spec.priority].create_job(
+            keys.ENTRY_POINT,
+            kwargs=kwargs,
+            # RQ's death penalty counts whole seconds; round up so no attempt is cut short.
+            timeout=math.ceil(timeout_ms / 1000),
+            result_ttl=self.result_ttl_s,
+            failure_ttl=self.result_ttl_s,
+            description=f"{spec.type} {task_id}",
+            depends_on=Dependency(list(spec.dependencies)) if spec.dependencies else None,
+            job_id=task_id,
+            retry=Retry(max=retries, interval=backoff.intervals_s(retries)) if retries else None,
+        )
+        assert isinstance(job, TaskJob)
+        job.fingerprint = fingerprint
+        job.spec = {
+            "name": spec.name,
+            "priority": spec.priority.value,
+            "dependencies": list(spec.dependencies),
+            "run_at": spec.run_at.isoformat() if spec.run_at else None,
+            "delay_ms": spec.delay_ms,
+            "max_attempts": max_attempts,
+            "backoff": asdict(backoff),
+            "timeout_ms": timeout_ms,
+        }
+        return job
+
+    def _enqueue(self, job: TaskJob, spec: TaskSpec, pipe: Pipeline) -> None:
+        queue = self.queues[spec.priority]
+        due = spec.run_at or (
+            datetime.now(timezone.utc) + timedelta(milliseconds=spec.delay_ms) if spec.delay_ms else None
+        )
+        if due is not None and due > datetime.now(timezone.utc):
+            pipe.multi()
+            queue.schedule_job(job, due, pipeline=pipe)
+        else:
+            # With a pipeline RQ only queues the writes (and WATCHes the dependencies); we EXEC.
+            queue.enqueue_job(job, pipeline=pipe)
+
+    # -- read ----------------------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task:
+        loaded = self._load([task_id])[0]
+        if loaded is None:
+            raise TaskNotFound(task_id)
+        return loaded[0].to_task(loaded[1])
+
+    def get_status(self, task_id: str) -> TaskStatus:
+        raw = self.connection.hget(TaskJob.key_for(task_id), "status")
+        if raw is None:
+            raise TaskNotFound(task_id)
+        return TaskStatus.from_job_status(JobStatus(as_text(raw)))
+
+    def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        task_type: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """Tasks newest first. A page may hold fewer than `limit` tasks when a filter is rare; follow
+        `next_cursor` until it is None to see every match exactly once, even while tasks arrive."""
+        index = keys.type_index(task_type) if task_type else keys.TASK_INDEX
+        upper = "(" + _decode_cursor(cursor) if cursor else "+"
+        chunk_size = max(limit, 100) if status else limit
+        found: list[Task] = []
+        scanned = 0
+        while len(found) < limit and scanned < SCAN_BUDGET:
+            members = [as_text(m) for m in self.connection.zrevrangebylex(index, upper, "-", 0, chunk_size)]
+            if not members:
+                return Page(found, None)
+            ids = [m.split(":", 1)[1] for m in members]
+            wanted = self._matching(ids, status)
+            loaded = self._load([i for i, ok in zip(ids, wanted, strict=True) if ok])
+            loaded_by_id = {job.id: (job, latest) for job, latest in filter(None, loaded)}
+            stale = []
+            for member, task_id, ok in zip(members, ids, wanted, strict=True):
+                upper = "(" + member
+                scanned += 1
+                if ok is None:
+                    stale.append(member)
+                elif ok and task_id in loaded_by_id:
+                    job, latest = loaded_by_id[task_id]
+                    found.append(job.to_task(latest))
+                    if len(found) == limit:
+                        break
+            if stale:
+                # Jobs RQ expired after their result TTL; their index entries go with them.
+                self.connection.zrem(index, *stale)
+            if len(members) < chunk_size and len(found) < limit:
+                return Page(found, None)
+        return Page(found, _encode_cursor(upper[1:]))
+
+    def _matching(self, ids: Sequence[str], status: TaskStatus | None) -> list[bool | None]:
+        """For each id: True to list it, False to skip it, None when the job no longer exists."""
+        with self.connection.pipeline(transaction=False) as reads:
+            for task_id in ids:
+                reads.hget(TaskJob.key_for(task_id), "status")
+            raw = reads.execute()
+        return [
+            None if r is None else (status is None or TaskStatus.from_job_status(JobStatus(as_text(r))) is status)
+            for r in raw
+        ]
+
+    def _load(self, ids: Sequence[str]) -> list[tuple[TaskJob, Result | None] | None]:
+        """Each job with its newest RQ result, in one round trip."""
+        with self.connection.pipeline(transaction=False) as reads:
+            for task_id in ids:
+                reads.hgetall(TaskJob.key_for(task_id))
+                reads.xrevrange(Result.get_key(task_id), "+", "-", count=1)
+            raw = reads.execute()
+        loaded: list[tuple[TaskJob, Result | None] | None] = []
+        for n, task_id in enumerate(ids):
+            fields, results = raw[2 * n], raw[2 * n + 1]
+            if not fields:
+                loaded.append(None)
+                continue
+            job = TaskJob(task_id, connection=self.connection)
+            job.restore(fields)
+            latest = None
+            if results:
+                result_id, payload = results[0]
+                latest = Result.restore(
+                    task_id,
+                    result_id.decode(),
+                    payload,
+                    connection=self.connection,
+                    serializer=JSONSerializer,
+                )
+            loaded.append((job, latest))
+        return loaded
+
+
+def _index_member(created_at: datetime, task_id: str) -> str:
+    micros = int(created_at.replace(tzinfo=created_at.tzinfo or timezone.utc).timestamp() * 1_000_000)
+    return f"{micros:020d}:{task_id}"
+
+
+def _encode_cursor(member: str) -> str:
+    return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        member = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        member = ""
+    if ":" not in member or not member.split(":", 1)[0].isdigit():
+        raise InvalidInput("cursor is not one this server issued", [FieldError("cursor", "invalid cursor")])
+    return member

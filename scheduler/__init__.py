@@ -1,0 +1,1 @@
+"""Time: delayed and recurring tasks on rq-scheduler."""

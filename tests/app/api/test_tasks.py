@@ -1,0 +1,210 @@
+"""POST/GET /api/tasks: submission, aliases, idempotency, every kind of bad input, listing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis import Redis
+from starlette.testclient import TestClient
+
+
+def post(client: TestClient, body: Any) -> Any:
+    return client.post("/api/tasks", json=body)
+
+
+def assert_problem(response: Any, status: int, field: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["title"] and problem["detail"] and problem["type"]
+    if field is not None:
+        assert field in [e["field"] for e in problem["errors"]], problem
+    return problem
+
+
+def test_submit_stores_a_queued_task_with_type_defaults(client: TestClient) -> None:
+    response = post(client, {"id": "task-A", "type": "data_processing", "duration_ms": 5})
+    assert response.status_code == 201
+    assert response.headers["location"] == "/api/tasks/task-A"
+    task = response.json()
+    assert task["id"] == "task-A"
+    assert task["status"] == "QUEUED"
+    assert task["attempts"] == 0
+    assert task["max_attempts"] == 3
+    assert task["timeout_ms"] == 300_000
+    assert task["backoff"] == {"initial_ms": 1000, "factor": 2.0, "max_ms": 300000, "jitter": True}
+    assert task["name"] == "data_processing"
+    assert task["priority"] == "default"
+    assert task["created_at"].endswith("Z")
+    assert client.get("/api/tasks/task-A").json() == {**task, "updated_at": task["updated_at"]}
+
+
+def test_generated_id_when_none_given(client: TestClient) -> None:
+    task = post(client, {"type": "echo"}).json()
+    assert len(task["id"]) == 32
+    assert client.get(f"/api/tasks/{task['id']}").status_code == 200
+
+
+def test_every_alias_is_accepted(client: TestClient) -> None:
+    post(client, {"id": "parent", "type": "echo"})
+    body = {
+        "id": "aliased",
+        "type": "data_processing",
+        "task_data": {"k": 1},
+        "duration": 7,
+        "depends_on": ["parent"],
+        "maxAttempts": 5,
+        "description": "nightly import",
+    }
+    task = post(client, body).json()
+    assert task["payload"] == {"k": 1}
+    assert task["duration_ms"] == 7
+    assert task["dependencies"] == ["parent"]
+    assert task["max_attempts"] == 5
+    assert task["name"] == "nightly import"
+    later = post(client, {"id": "timed", "type": "echo", "execution_time": "2999-01-01T00:00:00Z"}).json()
+    assert later["run_at"] == "2999-01-01T00:00:00.000Z"
+    assert later["status"] == "SCHEDULED"
+
+
+def test_same_id_same_body_is_an_idempotent_200(client: TestClient) -> None:
+    body = {"id": "dup", "type": "echo", "payload": {"a": 1}}
+    first = post(client, body)
+    again = post(client, body)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["created_at"] == first.json()["created_at"]
+    # The same request spelled with aliases is the same request.
+    assert post(client, {"id": "dup", "type": "echo", "task_data": {"a": 1}}).status_code == 200
+
+
+def test_same_id_different_body_is_a_409_that_changes_nothing(client: TestClient, redis: Redis) -> None:
+    post(client, {"id": "dup", "type": "echo", "payload": {"a": 1}})
+    assert_problem(post(client, {"id": "dup", "type": "echo", "payload": {"a": 2}}), 409)
+    assert client.get("/api/tasks/dup").json()["payload"] == {"a": 1}
+    assert redis.llen("rq:queue:default") == 1
+
+
+def test_a_finished_task_is_never_overwritten_by_reusing_its_id(client: TestClient, work: Any) -> None:
+    post(client, {"id": "done", "type": "echo", "payload": {"n": 1}})
+    work()
+    assert_problem(post(client, {"id": "done", "type": "echo", "payload": {"n": 2}}), 409)
+    task = client.get("/api/tasks/done").json()
+    assert (task["status"], task["payload"]) == ("COMPLETED", {"n": 1})
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "nope"}, "type"),
+        ({}, "type"),
+        ({"type": 5}, "type"),
+        ({"type": "echo", "id": "bad id!"}, "id"),
+        ({"type": "echo", "id": "a.b"}, "id"),
+        ({"type": "echo", "id": "x" * 129}, "id"),
+        ({"type": "echo", "id": ""}, "id"),
+        ({"type": "echo", "duration_ms": -1}, "duration_ms"),
+        ({"type": "echo", "duration": "10"}, "duration"),
+        ({"type": "echo", "delay_ms": -5}, "delay_ms"),
+        ({"type": "echo", "max_attempts": 0}, "max_attempts"),
+        ({"type": "echo", "maxAttempts": 101}, "maxAttempts"),
+        ({"type": "echo", "timeout_ms": 0}, "timeout_ms"),
+        ({"type": "echo", "priority": "urgent"}, "priority"),
+        ({"type": "echo", "payload": [1, 2]}, "payload"),
+        ({"type": "echo", "task_data": "x"}, "task_data"),
+        ({"type": "echo", "run_at": "2030-01-01T00:00:00"}, "run_at"),
+        ({"type": "echo", "run_at": "tomorrow"}, "run_at"),
+        ({"type": "echo", "backoff": {"factor": 0.5}}, "backoff.factor"),
+        ({"type": "echo", "backoff": {"initial_ms": -1}}, "backoff.initial_ms"),
+        ({"type": "echo", "dependencies": "a"}, "dependencies"),
+        ({"type": "echo", "dependencies": ["missing"]}, "dependencies.0"),
+        ({"type": "echo", "name": "n" * 201}, "name"),
+        ({"type": "echo", "colour": "red"}, "colour"),
+        ([{"type": "echo"}], "body"),
+    ],
+)
+def test_bad_input_is_a_422_naming_the_field_and_stores_nothing(
+    client: TestClient, redis: Redis, body: Any, field: str
+) -> None:
+    assert_problem(post(client, body), 422, field)
+    assert redis.keys("rq:job:*") == []
+    assert redis.zcard("rqflow:tasks") == 0
+
+
+def test_cross_field_rules_are_422(client: TestClient, redis: Redis) -> None:
+    post(client, {"id": "p", "type": "echo"})
+    assert_problem(post(client, {"type": "echo", "run_at": "2030-01-01T00:00:00Z", "delay_ms": 5}), 422)
+    assert_problem(post(client, {"type": "echo", "dependencies": ["p", "p"]}), 422)
+    assert_problem(post(client, {"id": "self", "type": "echo", "dependencies": ["self"]}), 422)
+    assert redis.zcard("rqflow:tasks") == 1
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff\xfe"])
+def test_malformed_json_is_a_400(client: TestClient, redis: Redis, raw: bytes) -> None:
+    response = client.post("/api/tasks", content=raw, headers={"content-type": "application/json"})
+    assert_problem(response, 400)
+    assert redis.zcard("rqflow:tasks") == 0
+
+
+def test_unknown_task_is_a_404(client: TestClient) -> None:
+    assert_problem(client.get("/api/tasks/ghost"), 404)
+    assert_problem(client.get("/api/tasks/ghost/status"), 404)
+    assert_problem(client.get("/api/nothing-here"), 404)
+
+
+def test_status_endpoint(client: TestClient) -> None:
+    post(client, {"id": "s1", "type": "echo"})
+    assert client.get("/api/tasks/s1/status").json() == {"id": "s1", "status": "QUEUED"}
+
+
+def test_list_is_newest_first_with_filters(client: TestClient, work: Any) -> None:
+    for n in range(5):
+        post(client, {"id": f"t{n}", "type": "echo"})
+    post(client, {"id": "other", "type": "data_processing"})
+    listed = client.get("/api/tasks").json()
+    assert [t["id"] for t in listed] == ["other", "t4", "t3", "t2", "t1", "t0"]
+    assert [t["id"] for t in client.get("/api/tasks?type=echo").json()] == ["t4", "t3", "t2", "t1", "t0"]
+    work()
+    assert {t["status"] for t in client.get("/api/tasks?status=COMPLETED").json()} == {"COMPLETED"}
+    assert len(client.get("/api/tasks?status=completed").json()) == 6
+    assert client.get("/api/tasks?status=QUEUED").json() == []
+
+
+def test_pagination_walks_every_task_once_while_tasks_arrive(client: TestClient) -> None:
+    for n in range(25):
+        post(client, {"id": f"t{n:02d}", "type": "echo"})
+    seen: list[str] = []
+    url = "/api/tasks?limit=10"
+    while url:
+        response = client.get(url)
+        page = response.json()
+        assert isinstance(page, list) and len(page) <= 10
+        seen += [t["id"] for t in page]
+        post(client, {"type": "echo"})  # arrives mid-walk; it is newer than the cursor
+        link = response.headers.get("link")
+        url = link.split(";")[0].strip("<>") if link else ""
+    assert seen == [f"t{n:02d}" for n in reversed(range(25))]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=x", "limit"), ("status=DONE", "status"), ("cursor=zz", "cursor")],
+)
+def test_bad_list_queries_are_422(client: TestClient, query: str, field: str) -> None:
+    assert_problem(client.get(f"/api/tasks?{query}"), 422, field)
+
+
+def test_types_lists_registered_types_with_defaults(client: TestClient) -> None:
+    types = {t["name"]: t for t in client.get("/api/types").json()}
+    assert {"data_processing", "http_request", "echo"} <= set(types)
+    assert types["data_processing"]["max_attempts"] == 3
+    assert types["data_processing"]["timeout_ms"] == 300_000
+
+
+def test_health_reports_persistence(client: TestClient) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["redis"]["ok"] is True
+    assert body["redis"]["aof_enabled"] is False  # the test server runs without AOF...
+    assert any("AOF" in w for w in body["redis"]["warnings"])  # ...and health says so

@@ -1,0 +1,66 @@
+"""Fixtures: one real redis-server for the session, flushed per test; the app; in-process workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis import Redis
+from starlette.testclient import TestClient
+
+from app.api.main import create_app
+from app.registry import Registry, load_registry
+from app.settings import Settings
+from app.tasks import TaskService
+from tests.support import RedisServer
+from workers.worker import TaskSimpleWorker
+
+TEST_MODULES = ["tests.handlers"]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer.start_new(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis(redis_server: RedisServer) -> Iterator[Redis]:
+    client = redis_server.client()
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
+    return Settings(redis_url=redis_server.url, task_modules=TEST_MODULES, var_dir=tmp_path)
+
+
+@pytest.fixture
+def registry(settings: Settings) -> Registry:
+    return load_registry(settings.task_modules, settings.type_limits)
+
+
+@pytest.fixture
+def service(redis: Redis, registry: Registry, settings: Settings) -> TaskService:
+    return TaskService(redis, registry, result_ttl_s=settings.result_ttl_s)
+
+
+@pytest.fixture
+def client(settings: Settings, redis: Redis) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def work(redis: Redis, settings: Settings):  # type: ignore[no-untyped-def]
+    """Run every queued task in this process (RQ's SimpleWorker in burst mode), then return."""
+
+    def run(with_scheduler: bool = False) -> bool:
+        worker = TaskSimpleWorker(["high", "default", "low"], connection=redis, settings=settings)
+        return bool(worker.work(burst=True, with_scheduler=with_scheduler))
+
+    return run

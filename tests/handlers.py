@@ -1,0 +1,41 @@
+"""Task types that exist only in tests (loaded through RQFLOW_TASK_MODULES, as a user's would be)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from app.model import Backoff
+from app.registry import TaskContext, task_type
+
+
+@task_type("echo", max_attempts=1)
+def echo(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Returns its payload and what it was told about the run."""
+    return {"payload": payload, "task_id": ctx.task_id, "attempt": ctx.attempt}
+
+
+@task_type("flaky", max_attempts=4, backoff=Backoff(initial_ms=0, jitter=False))
+def flaky(payload: dict[str, Any], ctx: TaskContext) -> int:
+    """Fails until attempt `payload.succeed_on`."""
+    if ctx.attempt < int(payload.get("succeed_on", 10**6)):
+        raise ValueError(f"attempt {ctx.attempt} fails")
+    return ctx.attempt
+
+
+@task_type("sleepy", max_attempts=1, timeout_ms=1000)
+def sleepy(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Sleeps `payload.seconds`; its 1 s timeout stops it first when that is longer."""
+    time.sleep(float(payload.get("seconds", 0)))
+    return "awake"
+
+
+@task_type("mark", max_attempts=1)
+def mark(payload: dict[str, Any], ctx: TaskContext) -> float:
+    """Appends `<task id> <start> <end>` to `payload.path`, to check order across processes."""
+    start = time.time()
+    time.sleep(float(payload.get("seconds", 0)))
+    with Path(payload["path"]).open("a") as log:
+        log.write(f"{ctx.task_id} {start} {time.time()}\n")
+    return start

@@ -1,0 +1,85 @@
+"""Test helpers: real redis-server processes, free ports, waiting on conditions with a deadline."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from app.embedded import redis_server_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> T:
+    """Poll `condition` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+@dataclass
+class RedisServer:
+    """A real redis-server on a free loopback port, with its data in `data_dir`."""
+
+    data_dir: Path
+    port: int
+    appendonly: bool
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    def start_new(cls, data_dir: Path, appendonly: bool = False) -> RedisServer:
+        server = cls(data_dir=data_dir, port=free_port(), appendonly=appendonly)
+        server.start()
+        return server
+
+    def start(self) -> None:
+        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir)]
+        if self.appendonly:
+            args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
+        else:
+            args += ["--appendonly", "no", "--save", ""]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = Redis.from_url(self.url, socket_connect_timeout=0.2)
+        wait_until(lambda: _pings(client), timeout=10, what=f"redis-server on port {self.port}")
+        client.close()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process and self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+            self.process.wait(10)
+
+    def client(self) -> Redis:
+        return Redis.from_url(self.url, socket_connect_timeout=2, socket_timeout=10)
+
+
+def _pings(client: Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except RedisConnectionError:
+        return False

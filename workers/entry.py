@@ -1,0 +1,38 @@
+"""The one function every rqflow job names. It dispatches to the registered handler of the task's type."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rq import get_current_job
+
+from app.job import TaskJob
+from app.registry import Registry, TaskContext
+from app.settings import Settings
+
+_runtime: tuple[Registry, Settings] | None = None
+
+
+def install(registry: Registry, settings: Settings) -> None:
+    """Called once by the worker at start-up, before any job runs."""
+    global _runtime
+    _runtime = (registry, settings)
+
+
+def run_task(task_type: str, payload: dict[str, Any], duration_ms: int | None = None) -> Any:
+    if _runtime is None:
+        raise RuntimeError("no task registry loaded: run workers with `-w workers.worker.TaskWorker`")
+    registry, settings = _runtime
+    job = get_current_job()
+    if not isinstance(job, TaskJob):
+        raise RuntimeError("run_task must run inside an rqflow TaskJob")
+    handler_type = registry.get_type(task_type)
+    context = TaskContext(
+        task_id=job.id,
+        type=task_type,
+        attempt=job.attempts,
+        max_attempts=int(job.spec.get("max_attempts", handler_type.max_attempts)),
+        duration_ms=duration_ms,
+        settings=settings,
+    )
+    return handler_type.handler(payload, context)
