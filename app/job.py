@@ -4,11 +4,14 @@ fields rqflow adds to RQ's job hash (attempts, last error, the task's own spec).
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import math
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from redis.client import Pipeline
-from rq.job import Job
+from rq.exceptions import DeserializationError
+from rq.job import Job, JobStatus
+from rq.queue import Queue
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
@@ -91,6 +94,33 @@ class TaskJob(Job):
         pipeline.hincrby(self.key, keys.FIELD_ATTEMPTS, 1)
         self.attempts += 1
 
+    def retry(self, queue: Queue, pipeline: Pipeline) -> None:
+        """Re-queue after a failed attempt, waiting as the task's backoff says.
+
+        Replaces RQ's `Job.retry`, whose waits are whole seconds from a list fixed at submission;
+        here each wait is computed when the attempt fails (so jitter really spreads retries) and
+        the task never comes back earlier than its backoff.
+        """
+        assert self.retries_left
+        self.retries_left -= 1
+        backoff = Backoff(**self.spec["backoff"]) if self.spec.get("backoff") else Backoff()
+        wait_ms = backoff.delay_ms(max(self.attempts, 1))
+        if wait_ms <= 0:
+            queue._enqueue_job(self, pipeline=pipeline, at_front=self.enqueue_at_front_on_retry)
+            return
+        self.set_status(JobStatus.SCHEDULED, pipeline=pipeline)
+        self.schedule(queue, datetime.now(timezone.utc) + timedelta(milliseconds=wait_ms), pipeline)
+
+    def schedule(self, queue: Queue, due: datetime, pipeline: Pipeline) -> None:
+        """Put the job in RQ's scheduled registry so it is enqueued at `due`, never before.
+
+        RQ truncates due times to whole seconds and enqueues once the (truncated) clock reaches
+        them, so a job could start up to a second early; rounding `due` up to the next whole second
+        closes that gap at the cost of starting up to a second late.
+        """
+        whole_second = datetime.fromtimestamp(math.ceil(due.timestamp()), tz=timezone.utc)
+        queue.schedule_job(self, whole_second, pipeline=pipeline)
+
     def record_error(self, error_type: str, message: str) -> None:
         self.error = {"type": error_type, "message": message}
         self.connection.hset(self.key, keys.FIELD_ERROR, json.dumps(self.error))
@@ -99,7 +129,11 @@ class TaskJob(Job):
         """The task this job carries, as users see it; `latest` is the job's newest RQ result."""
         spec = self.spec
         status = TaskStatus.from_job_status(self.get_status(refresh=False))
-        kwargs = self.kwargs
+        try:
+            kwargs = self.kwargs
+        except DeserializationError:
+            # Data that is not rqflow's JSON (written by something else): show what can be shown.
+            kwargs = {}
         times = [t for t in (self.created_at, self.enqueued_at, self.started_at, self.ended_at) if t]
         finished = status.is_terminal
         return Task(

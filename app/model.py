@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -67,21 +66,16 @@ class Backoff:
     max_ms: int = 300_000
     jitter: bool = True
 
-    def intervals_s(self, retries: int, rng: random.Random | None = None) -> list[int]:
-        """Whole-second waits before each retry, as RQ's `Retry` takes them.
+    def delay_ms(self, retry: int, rng: random.Random | None = None) -> float:
+        """How long to wait before retry number `retry` (1 = the first retry).
 
-        Jitter draws each wait from [50%, 100%] of its nominal value so that tasks that failed
-        together do not retry together. RQ keeps scheduled times in whole seconds, so a wait is
-        rounded up: a task never retries earlier than its policy says.
+        Jitter draws the wait from [50%, 100%] of its nominal value so that tasks that failed
+        together do not all come back together.
         """
-        rng = rng or random.Random()
-        waits = []
-        for n in range(retries):
-            ms = min(self.initial_ms * self.factor**n, self.max_ms)
-            if self.jitter:
-                ms *= rng.uniform(0.5, 1.0)
-            waits.append(math.ceil(ms / 1000))
-        return waits
+        ms = min(self.initial_ms * self.factor ** (retry - 1), self.max_ms)
+        if self.jitter:
+            ms *= (rng or random).uniform(0.5, 1.0)
+        return float(ms)
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,8 @@ class TaskService:
             description=f"{spec.type} {task_id}",
             depends_on=Dependency(list(spec.dependencies)) if spec.dependencies else None,
             job_id=task_id,
-            retry=Retry(max=retries, interval=backoff.intervals_s(retries)) if retries else None,
+            # RQ counts the retries; TaskJob.retry() computes each wait from the backoff.
+            retry=Retry(max=retries) if retries else None,
         )
         assert isinstance(job, TaskJob)
         job.fingerprint = fingerprint
@@ -145,7 +146,7 @@ class TaskService:
         )
         if due is not None and due > datetime.now(timezone.utc):
             pipe.multi()
-            queue.schedule_job(job, due, pipeline=pipe)
+            job.schedule(queue, due, pipe)
         else:
             # With a pipeline RQ only queues the writes (and WATCHes the dependencies); we EXEC.
             queue.enqueue_job(job, pipeline=pipe)

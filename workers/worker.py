@@ -53,7 +53,8 @@ def record_error(
     if isinstance(job, TaskJob):
         error_type = next((name for cls, name in ERROR_TYPES.items() if isinstance(exc_value, cls)), exc_type.__name__)
         try:
-            job.record_error(error_type, str(exc_value)[:2000])
+            message = str(exc_value) or str(exc_value.__cause__ or "") or exc_type.__name__
+            job.record_error(error_type, message[:2000])
         except Exception:
             log.exception("could not record the error of task %s", job.id)
     return True

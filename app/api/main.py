@@ -8,10 +8,13 @@ from contextlib import asynccontextmanager
 
 from redis import Redis
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import HANDLERS, problem
 from app.api.routes import ROUTES
@@ -48,6 +51,42 @@ class BearerAuth(BaseHTTPMiddleware):
         return await call_next(request)
 
 
+class BodyLimit:
+    """Bodies over `max_bytes` get a 413 problem, whether announced by Content-Length or streamed.
+
+    Starlette's own `max_body_size` answers in plain text and replaces any response whose request
+    announced too large a body, so it cannot give problem+json.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        announced = Headers(scope=scope).get("content-length", "")
+        if announced.isdigit() and int(announced) > self.max_bytes:
+            return await self._too_large()(scope, receive, send)
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _detail(self) -> str:
+        return f"the request body is larger than {self.max_bytes} bytes (RQFLOW_MAX_BODY_BYTES)"
+
+    def _too_large(self) -> Response:
+        return problem(413, self._detail())
+
+
 def create_app(settings: Settings) -> Starlette:
     registry = load_registry(settings.task_modules, settings.type_limits)
 
@@ -61,13 +100,14 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             redis.close()
 
-    middleware = [Middleware(BearerAuth, keys=settings.api_keys)] if settings.api_keys else []
+    middleware = [Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
+    if settings.api_keys:
+        middleware.append(Middleware(BearerAuth, keys=settings.api_keys))
     app = Starlette(
         routes=ROUTES,
         middleware=middleware,
         exception_handlers=HANDLERS,  # type: ignore[arg-type]
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.registry = registry
     app.state.settings = settings

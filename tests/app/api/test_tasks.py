@@ -189,7 +189,13 @@ def test_pagination_walks_every_task_once_while_tasks_arrive(client: TestClient)
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=x", "limit"), ("status=DONE", "status"), ("cursor=zz", "cursor")],
+    [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=x", "limit"),
+        ("status=DONE", "status"),
+        ("cursor=zz", "cursor"),
+    ],
 )
 def test_bad_list_queries_are_422(client: TestClient, query: str, field: str) -> None:
     assert_problem(client.get(f"/api/tasks?{query}"), 422, field)
