@@ -1,0 +1,187 @@
+"""`python -m bench`: end-to-end throughput of rqflow (HTTP submit -> COMPLETED) next to plain RQ.
+
+Both runs use the same Redis settings (AOF everysec, as shipped), the same number of worker
+processes of the same class, and the same JSON serializer; the machine is noisy, so compare the
+ratio, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from redis import Redis
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from tests.support import ROOT, RedisServer, free_port, wait_until
+
+BIN = Path(sys.executable).parent
+WORKER_CLASSES = {
+    "fork": ("workers.worker.TaskWorker", "rq.worker.Worker"),
+    "simple": ("workers.worker.TaskSimpleWorker", "rq.worker.SimpleWorker"),
+}
+
+
+def commands(redis: Redis) -> int:
+    return sum(int(v["calls"]) for v in redis.info("commandstats").values())
+
+
+def finished(redis: Redis) -> int:
+    return sum(int(redis.zcard(f"rq:finished:{q}")) for q in ("high", "default", "low"))
+
+
+@contextmanager
+def workers(url: str, worker_class: str, count: int, env: dict[str, str]) -> Iterator[None]:
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "rq"), "worker", "-w", worker_class, "-S", "json", "--url", url, "high", "default", "low"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(count)
+    ]
+    redis = Redis.from_url(url)
+    wait_until(lambda: len(redis.smembers("rq:workers")) >= count, timeout=30, what="workers")
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+
+
+@contextmanager
+def api(url: str, env: dict[str, str]) -> Iterator[int]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.api"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**env, "RQFLOW_REDIS_URL": url, "RQFLOW_PORT": str(port), "RQFLOW_LOG_LEVEL": "WARNING"},
+    )
+
+    def up() -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/health")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    wait_until(up, timeout=30, what="the API")
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def submit_over_http(port: int, n: int, clients: int) -> None:
+    def send(indices: range) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        for i in indices:
+            body = json.dumps({"id": f"b{i}", "type": "data_processing", "duration_ms": 0})
+            conn.request("POST", "/api/tasks", body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            if response.status != 201:
+                raise RuntimeError(f"submit failed: {response.status}")
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(send, [range(c, n, clients) for c in range(clients)]))
+
+
+def run_rqflow(url: str, n: int, worker_class: str, procs: int, clients: int, env: dict[str, str]) -> dict[str, Any]:
+    redis = Redis.from_url(url)
+    redis.flushall()
+    with api(url, env) as port, workers(url, worker_class, procs, env):
+        before = commands(redis)
+        started = time.perf_counter()
+        submit_over_http(port, n, clients)
+        submitted = time.perf_counter()
+        wait_until(lambda: finished(redis) >= n, timeout=900, interval=0.01, what="all tasks")
+        done = time.perf_counter()
+        calls = commands(redis) - before
+    return {
+        "submit_per_s": n / (submitted - started),
+        "end_to_end_per_s": n / (done - started),
+        "redis_commands_per_task": calls / n,
+    }
+
+
+def run_plain(url: str, n: int, worker_class: str, procs: int, env: dict[str, str]) -> dict[str, Any]:
+    redis = Redis.from_url(url)
+    redis.flushall()
+    queue = Queue("default", connection=redis, serializer=JSONSerializer)
+    with workers(url, worker_class, procs, env):
+        before = commands(redis)
+        started = time.perf_counter()
+        for i in range(n):
+            queue.enqueue("bench.noop.noop", job_id=f"p{i}")
+        submitted = time.perf_counter()
+        wait_until(lambda: finished(redis) >= n, timeout=900, interval=0.01, what="all jobs")
+        done = time.perf_counter()
+        calls = commands(redis) - before
+    return {
+        "submit_per_s": n / (submitted - started),
+        "end_to_end_per_s": n / (done - started),
+        "redis_commands_per_task": calls / n,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("RQFLOW_WORKERS", 2)))
+    parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients submitting")
+    parser.add_argument("--worker-kind", choices=sorted(WORKER_CLASSES), action="append")
+    args = parser.parse_args()
+    kinds = args.worker_kind or ["fork", "simple"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RQFLOW_")}
+    env["PYTHONPATH"] = str(ROOT)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{args.tasks} tasks, {args.workers} worker processes, {args.clients} HTTP clients, Redis AOF everysec"
+    )
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as data:
+        server = RedisServer.start_new(Path(data), appendonly=True)
+        try:
+            for kind in kinds:
+                ours, theirs = WORKER_CLASSES[kind]
+                plain = run_plain(server.url, args.tasks, theirs, args.workers, env)
+                flow = run_rqflow(server.url, args.tasks, ours, args.workers, args.clients, env)
+                results[kind] = {"rqflow": flow, "rq": plain}
+                print(f"\n[{kind} workers: {ours} vs {theirs}]")
+                print(f"{'':24}{'rqflow':>12}{'plain RQ':>12}{'ratio':>8}")
+                for key, label in (
+                    ("end_to_end_per_s", "end to end (tasks/s)"),
+                    ("submit_per_s", "submit (tasks/s)"),
+                    ("redis_commands_per_task", "Redis commands / task"),
+                ):
+                    print(f"{label:24}{flow[key]:>12.1f}{plain[key]:>12.1f}{flow[key] / plain[key]:>8.2f}")
+        finally:
+            server.kill()
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
