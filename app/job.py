@@ -17,7 +17,8 @@ from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
 
 from app import keys
-from app.model import Backoff, Priority, Task, TaskError, TaskStatus
+from app.dag import edges_from_spec, judge, parent_statuses
+from app.model import Backoff, Edge, Priority, Task, TaskError, TaskStatus
 
 
 class ForbiddenJob(Exception):
@@ -88,6 +89,35 @@ class TaskJob(Job):
             obj[keys.FIELD_FINGERPRINT] = self.fingerprint
         return obj
 
+    @property
+    def edges(self) -> tuple[Edge, ...]:
+        return edges_from_spec(self.spec.get("dependencies", ()))
+
+    def dependencies_are_met(
+        self,
+        parent_job: Job | None = None,
+        pipeline: Pipeline | None = None,
+        exclude_job_id: str | None = None,
+        refresh_job_status: bool = True,
+    ) -> bool:
+        """Per edge, not per job as in RQ: a failed parent meets only an edge that allows failure.
+
+        RQ calls this when a parent ends, to decide whether to enqueue the child; with a pipeline
+        it WATCHes the parents so a concurrent change retries the decision.
+        """
+        edges = [e for e in self.edges if e.parent != exclude_job_id]
+        if pipeline is not None and edges:
+            pipeline.watch(*(self.key_for(e.parent) for e in edges))
+        statuses = parent_statuses(self.connection, [e.parent for e in edges])
+        if parent_job is not None:
+            # RQ asks while the parent's own transaction is still open, so a parent that has not
+            # failed is the one finishing now (RQ's own check makes the same assumption).
+            known = parent_job.get_status(refresh=refresh_job_status)
+            if known not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+                known = JobStatus.FINISHED
+            statuses = [known if e.parent == parent_job.id else s for e, s in zip(edges, statuses, strict=True)]
+        return judge(edges, statuses).met is True
+
     def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
         super().prepare_for_execution(worker_name, pipeline)
         # Counted in the same transaction that marks the job started, so every start counts once.
@@ -142,7 +172,7 @@ class TaskJob(Job):
             name=spec.get("name") or kwargs.get("task_type", ""),
             payload=kwargs.get("payload", {}),
             duration_ms=kwargs.get("duration_ms"),
-            dependencies=tuple(spec.get("dependencies", ())),
+            dependencies=self.edges,
             priority=Priority(spec.get("priority", Priority.DEFAULT.value)),
             run_at=_datetime_or_none(spec.get("run_at")),
             delay_ms=spec.get("delay_ms"),

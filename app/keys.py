@@ -23,6 +23,11 @@ def type_index(task_type: str) -> str:
     return f"{TASK_INDEX}:type:{task_type}"
 
 
+SWEEP_LOCK = f"{PREFIX}:lock:dependency-sweep"
+"""Held by the one worker that runs the dependency sweep in a maintenance pass, so N workers do
+not all walk every pending task."""
+
+
 # Fields rqflow adds to RQ's job hash. RQ's `Job.save()` writes only its own fields with HSET,
 # so these survive every save RQ makes, and vanish with the job when it expires or is deleted.
 FIELD_ATTEMPTS = "rqflow_attempts"
@@ -33,3 +38,8 @@ FIELD_FINGERPRINT = "rqflow_fingerprint"
 """Hash of the normalized submission, to tell an idempotent repeat from a conflicting one."""
 FIELD_SPEC = "rqflow_spec"
 """JSON of the task's fields that RQ does not keep (name, priority, retry policy, ...)."""
+
+
+def rate_limit_key(task_type: str) -> str:
+    """RQ RateLimit key of a task type: RQ keeps `rq:rl:<key>` and the slots under it."""
+    return f"type:{task_type}"

@@ -85,6 +85,14 @@ class TaskError:
 
 
 @dataclass(frozen=True)
+class Edge:
+    """One dependency: the parent's id, and whether the child runs even if that parent fails."""
+
+    parent: str
+    allow_failure: bool = False
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """A submission, normalized: aliases resolved, defaults not yet applied from the task type."""
 
@@ -92,7 +100,7 @@ class TaskSpec:
     id: str | None = None
     payload: dict[str, Any] = field(default_factory=dict)
     duration_ms: int | None = None
-    dependencies: tuple[str, ...] = ()
+    dependencies: tuple[Edge, ...] = ()
     priority: Priority = Priority.DEFAULT
     run_at: datetime | None = None
     delay_ms: int | None = None
@@ -119,7 +127,7 @@ class Task:
     name: str
     payload: dict[str, Any]
     duration_ms: int | None
-    dependencies: tuple[str, ...]
+    dependencies: tuple[Edge, ...]
     priority: Priority
     run_at: datetime | None
     delay_ms: int | None
@@ -137,3 +145,6 @@ class Task:
     error: TaskError | None
     worker: str | None
     schedule_id: str | None = None
+    waiting_for: dict[str, Any] | None = None
+    """What a task that has not started waits for (dependencies, a concurrency limit, its time,
+    a free worker); filled in only when one task is read."""

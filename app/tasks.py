@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import uuid4
@@ -16,14 +17,17 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq.job import Dependency, JobStatus, Retry
 from rq.queue import Queue
+from rq.rate_limit import RateLimit, RateLimitRegistry
+from rq.registry import CanceledJobRegistry, ScheduledJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
 from app import keys
+from app.dag import Verdict, dependency_failed_error, judge, parent_statuses
 from app.errors import FieldError, InvalidInput, InvalidTask, TaskConflict, TaskNotFound, UnknownDependency
 from app.job import TaskJob
-from app.model import Priority, Task, TaskSpec, TaskStatus
+from app.model import Edge, Priority, Task, TaskSpec, TaskStatus
 from app.registry import Registry, TaskType
 
 MAX_LIST_LIMIT = 1000
@@ -54,8 +58,9 @@ class TaskService:
     def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
         """Store and enqueue a task; returns it and whether it was created (False: an idempotent repeat).
 
-        The job key and every dependency are WATCHed from the existence checks to the write, so two
-        submissions of one id cannot both create it and a dependency cannot vanish in between.
+        The job key and every dependency are WATCHed from the checks to the write, so two
+        submissions of one id cannot both create it, and a dependency cannot vanish or fail in
+        between unseen. A task whose dependency already failed is stored CANCELED at once.
         """
         task_type = self.registry.get_type(spec.type)
         if spec.dependencies and (spec.run_at or spec.delay_ms):
@@ -69,13 +74,16 @@ class TaskService:
         with self.connection.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(job_key, *(TaskJob.key_for(d) for d in spec.dependencies))
+                    pipe.watch(job_key, *(TaskJob.key_for(e.parent) for e in spec.dependencies))
                     if pipe.exists(job_key):
                         pipe.unwatch()
                         return self._repeat(task_id, fingerprint), False
-                    self._check_dependencies(spec.dependencies)
+                    verdict = self._check_dependencies(spec.dependencies)
                     job = self._build_job(task_id, spec, task_type, fingerprint)
-                    self._enqueue(job, spec, pipe)
+                    if verdict.met is False and verdict.blocking is not None:
+                        self._store_canceled(job, verdict, pipe)
+                    else:
+                        self._enqueue(job, spec, pipe)
                     member = _index_member(job.created_at, task_id)
                     pipe.zadd(keys.TASK_INDEX, {member: 0})
                     pipe.zadd(keys.type_index(spec.type), {member: 0})
@@ -93,16 +101,24 @@ class TaskService:
             raise TaskConflict(f"a different task with id {task_id!r} already exists")
         return job.to_task(task[1] if task else None)
 
-    def _check_dependencies(self, dependencies: Sequence[str]) -> None:
-        if not dependencies:
-            return
-        with self.connection.pipeline(transaction=False) as reads:
-            for dep in dependencies:
-                reads.exists(TaskJob.key_for(dep))
-            found = reads.execute()
-        missing = [(i, dep) for i, (dep, exists) in enumerate(zip(dependencies, found, strict=True)) if not exists]
+    def _check_dependencies(self, edges: Sequence[Edge]) -> Verdict:
+        statuses = parent_statuses(self.connection, [e.parent for e in edges])
+        missing = [(i, e.parent) for i, (e, status) in enumerate(zip(edges, statuses, strict=True)) if status is None]
         if missing:
             raise UnknownDependency(missing)
+        return judge(edges, statuses)
+
+    def _store_canceled(self, job: TaskJob, verdict: Verdict, pipe: Pipeline) -> None:
+        assert verdict.blocking is not None
+        error = dependency_failed_error(verdict.blocking.parent, verdict.blocking_status)
+        job.error = error
+        pipe.multi()
+        job.set_status(JobStatus.CANCELED, pipeline=pipe)
+        job.ended_at = job.created_at
+        job.save(pipeline=pipe)
+        pipe.hset(job.key, keys.FIELD_ERROR, json.dumps(error))
+        CanceledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer).add(job, pipeline=pipe)
+        job.cleanup(ttl=self.result_ttl_s, pipeline=pipe)
 
     def _build_job(self, task_id: str, spec: TaskSpec, task_type: TaskType, fingerprint: str) -> TaskJob:
         max_attempts = spec.max_attempts or task_type.max_attempts
@@ -112,6 +128,8 @@ class TaskService:
         if spec.duration_ms is not None:
             kwargs["duration_ms"] = spec.duration_ms
         retries = max_attempts - 1
+        # RQ's RateLimit holds a slot from queued to finished, across every worker on every machine.
+        limit = RateLimit(keys.rate_limit_key(spec.type), task_type.concurrency) if task_type.concurrency else None
         job = self.queues[spec.priority].create_job(
             keys.ENTRY_POINT,
             kwargs=kwargs,
@@ -120,17 +138,25 @@ class TaskService:
             result_ttl=self.result_ttl_s,
             failure_ttl=self.result_ttl_s,
             description=f"{spec.type} {task_id}",
-            depends_on=Dependency(list(spec.dependencies)) if spec.dependencies else None,
+            depends_on=Dependency(
+                [e.parent for e in spec.dependencies],
+                # RQ knows one failure rule per job; TaskJob.dependencies_are_met applies the
+                # per-edge rule. RQ's own paths may only be stricter than ours, never looser.
+                allow_failure=all(e.allow_failure for e in spec.dependencies),
+            )
+            if spec.dependencies
+            else None,
             job_id=task_id,
             # RQ counts the retries; TaskJob.retry() computes each wait from the backoff.
             retry=Retry(max=retries) if retries else None,
+            rate_limit=limit,
         )
         assert isinstance(job, TaskJob)
         job.fingerprint = fingerprint
         job.spec = {
             "name": spec.name,
             "priority": spec.priority.value,
-            "dependencies": list(spec.dependencies),
+            "dependencies": [{"id": e.parent, "allow_failure": e.allow_failure} for e in spec.dependencies],
             "run_at": spec.run_at.isoformat() if spec.run_at else None,
             "delay_ms": spec.delay_ms,
             "max_attempts": max_attempts,
@@ -147,6 +173,13 @@ class TaskService:
         if due is not None and due > datetime.now(timezone.utc):
             pipe.multi()
             job.schedule(queue, due, pipe)
+        elif job.has_rate_limit:
+            queue.setup_dependencies(job, pipeline=pipe)
+            pipe.sadd(queue.redis_queues_keys, queue.key)
+            if job.get_status(refresh=False) is not JobStatus.DEFERRED:
+                # RQ's enqueue_job refuses a pipeline for rate-limited jobs only because saving the
+                # returned job afterwards would overwrite its promoted status; nothing saves it here.
+                queue._enqueue_rate_limited_job(job, pipeline=pipe)
         else:
             # With a pipeline RQ only queues the writes (and WATCHes the dependencies); we EXEC.
             queue.enqueue_job(job, pipeline=pipe)
@@ -154,10 +187,39 @@ class TaskService:
     # -- read ----------------------------------------------------------------------------------
 
     def get(self, task_id: str) -> Task:
+        """The task, with `waiting_for` filled in when it has not started."""
         loaded = self._load([task_id])[0]
         if loaded is None:
             raise TaskNotFound(task_id)
-        return loaded[0].to_task(loaded[1])
+        job, latest = loaded
+        task = job.to_task(latest)
+        if task.status.is_terminal or task.status is TaskStatus.RUNNING:
+            return task
+        return replace(task, waiting_for=self._waiting_for(job))
+
+    def _waiting_for(self, job: TaskJob) -> dict[str, Any] | None:
+        """What keeps a task from starting, so an operator never has to guess."""
+        status = job.get_status(refresh=False)
+        if status is JobStatus.DEFERRED:
+            edges = job.edges
+            statuses = parent_statuses(self.connection, [e.parent for e in edges])
+            return {"dependencies": list(judge(edges, statuses).open)}
+        if status is JobStatus.RATE_LIMITED and job.rate_limit_key:
+            limit = RateLimitRegistry(job.rate_limit_key, connection=self.connection)
+            return {
+                "limit": {
+                    "key": job.rate_limit_key,
+                    "concurrency": job.rate_limit_concurrency,
+                    "holding_slots": limit.get_allowed_job_count(),
+                    "waiting": limit.get_rate_limited_job_count(),
+                }
+            }
+        if status is JobStatus.SCHEDULED:
+            registry = ScheduledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer)
+            score = self.connection.zscore(registry.key, job.id)
+            due = datetime.fromtimestamp(score, tz=timezone.utc) if score is not None else None
+            return {"time": due.isoformat().replace("+00:00", "Z") if due else None}
+        return {"worker": {"queue": job.origin, "queued": self.queues[Priority(job.origin)].count}}
 
     def get_status(self, task_id: str) -> TaskStatus:
         raw = self.connection.hget(TaskJob.key_for(task_id), "status")

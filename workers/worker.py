@@ -10,11 +10,14 @@ import logging
 from types import TracebackType
 from typing import Any
 
+from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker, Worker
 
+from app import keys
+from app.dag import cascade, sweep
 from app.errors import UnknownTaskType
 from app.job import ForbiddenJob, TaskJob
 from app.registry import load_registry
@@ -44,6 +47,26 @@ class TaskWorkerMixin:
         ]
         super().__init__(names, *args, **kwargs)  # type: ignore[call-arg]
         self.push_exc_handler(record_error)  # type: ignore[attr-defined]
+
+    def _enqueue_dependents_safely(self, queue: Queue, job: Job) -> None:
+        """RQ enqueues the dependents a parent's end lets run; before that, cancel the ones it
+        never will (RQ would leave them deferred forever, rq#1093)."""
+        if job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            try:
+                cascade(job.connection, job.id)
+            except Exception:
+                # The maintenance sweep settles whatever this left pending.
+                log.exception("could not cancel the dependents of task %s", job.id)
+        super()._enqueue_dependents_safely(queue, job)  # type: ignore[misc]
+
+    def clean_registries(self) -> None:
+        """RQ's maintenance (which fails the jobs of dead workers), then settle every pending task
+        whose parents have all ended, whichever process ended them."""
+        super().clean_registries()  # type: ignore[misc]
+        connection = self.connection  # type: ignore[attr-defined]
+        lock_s = max(int(self.maintenance_interval) - 1, 1)  # type: ignore[attr-defined]
+        if connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=lock_s):  # type: ignore[attr-defined]
+            sweep(connection, [q.name for q in self.queues])  # type: ignore[attr-defined]
 
 
 def record_error(

@@ -60,7 +60,7 @@ async def list_tasks(request: Request) -> Response:
 
 async def get_task(request: Request) -> Response:
     task = await run_in_threadpool(_service(request).get, request.path_params["task_id"])
-    return JSONResponse(task_json(task))
+    return JSONResponse(task_json(task, detailed=True))
 
 
 async def get_task_status(request: Request) -> Response:

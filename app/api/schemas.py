@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from app.model import Backoff, Priority, Task, TaskSpec
+from app.model import Backoff, Edge, Priority, Task, TaskSpec
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 """RQ 3 allows only letters, digits, `_` and `-` in job ids, and job id = task id."""
@@ -30,6 +30,13 @@ class BackoffIn(BaseModel):
     jitter: Annotated[bool, Field(strict=True)] = True
 
 
+class DependencyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: TaskId
+    allow_failure: Annotated[bool, Field(strict=True)] = False
+
+
 class TaskIn(BaseModel):
     """`POST /api/tasks`. Aliases in `validation_alias` keep clients of older schedulers working."""
 
@@ -39,7 +46,7 @@ class TaskIn(BaseModel):
     type: Annotated[str, Field(min_length=1, max_length=200)]
     payload: dict[str, Any] = Field(default_factory=dict, validation_alias=_alias("payload", "task_data"))
     duration_ms: StrictNonNegative | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
-    dependencies: list[TaskId] = Field(
+    dependencies: list[TaskId | DependencyIn] = Field(
         default_factory=list, max_length=1000, validation_alias=_alias("dependencies", "depends_on")
     )
     priority: Literal["high", "default", "low"] = "default"
@@ -58,11 +65,17 @@ class TaskIn(BaseModel):
     def _check(self) -> TaskIn:
         if self.run_at is not None and self.delay_ms is not None:
             raise ValueError("give run_at or delay_ms, not both")
-        if len(set(self.dependencies)) != len(self.dependencies):
+        parents = [edge.parent for edge in self.edges()]
+        if len(set(parents)) != len(parents):
             raise ValueError("dependencies lists an id more than once")
-        if self.id is not None and self.id in self.dependencies:
+        if self.id is not None and self.id in parents:
             raise ValueError("a task cannot depend on itself")
         return self
+
+    def edges(self) -> tuple[Edge, ...]:
+        return tuple(
+            Edge(d) if isinstance(d, str) else Edge(d.id, allow_failure=d.allow_failure) for d in self.dependencies
+        )
 
     def to_spec(self) -> TaskSpec:
         return TaskSpec(
@@ -70,7 +83,7 @@ class TaskIn(BaseModel):
             id=self.id,
             payload=self.payload,
             duration_ms=self.duration_ms,
-            dependencies=tuple(self.dependencies),
+            dependencies=self.edges(),
             priority=Priority(self.priority),
             run_at=self.run_at.astimezone(timezone.utc) if self.run_at else None,
             delay_ms=self.delay_ms,
@@ -87,15 +100,18 @@ def _time(value: datetime | None) -> str | None:
     return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def task_json(task: Task) -> dict[str, Any]:
-    return {
+def task_json(task: Task, detailed: bool = False) -> dict[str, Any]:
+    """The task as JSON; `detailed` (one task read on its own) adds `waiting_for`."""
+    body = {
         "id": task.id,
         "type": task.type,
         "name": task.name,
         "status": task.status.value,
         "payload": task.payload,
         "duration_ms": task.duration_ms,
-        "dependencies": list(task.dependencies),
+        "dependencies": [
+            {"id": e.parent, "allow_failure": True} if e.allow_failure else e.parent for e in task.dependencies
+        ],
         "priority": task.priority.value,
         "run_at": _time(task.run_at),
         "delay_ms": task.delay_ms,
@@ -113,3 +129,6 @@ def task_json(task: Task) -> dict[str, Any]:
         "worker": task.worker,
         "schedule_id": task.schedule_id,
     }
+    if detailed:
+        body["waiting_for"] = task.waiting_for
+    return body

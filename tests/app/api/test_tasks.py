@@ -38,7 +38,10 @@ def test_submit_stores_a_queued_task_with_type_defaults(client: TestClient) -> N
     assert task["name"] == "data_processing"
     assert task["priority"] == "default"
     assert task["created_at"].endswith("Z")
-    assert client.get("/api/tasks/task-A").json() == {**task, "updated_at": task["updated_at"]}
+    assert client.get("/api/tasks/task-A").json() == {
+        **task,
+        "waiting_for": {"worker": {"queue": "default", "queued": 1}},
+    }
 
 
 def test_generated_id_when_none_given(client: TestClient) -> None:

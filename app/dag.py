@@ -1,0 +1,182 @@
+"""Dependencies between tasks: when an edge is met, the cascade of a failed parent, and the sweep
+that repairs what a crash interrupted.
+
+RQ leaves the dependents of a failed parent deferred forever (rq#1093) and knows failure tolerance
+only per job, not per dependency. rqflow decides per edge: a parent that COMPLETED meets every edge;
+one that FAILED meets only edges with `allow_failure`; one that was CANCELED meets none. A child
+with an edge that can no longer be met is CANCELED at once, and so on down the graph.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.exceptions import WatchError
+from rq.exceptions import InvalidJobOperation
+from rq.job import Job, JobStatus
+from rq.registry import DeferredJobRegistry, ReadyJobRegistry
+from rq.serializers import JSONSerializer
+from rq.utils import as_text
+
+from app import keys
+from app.model import Edge, TaskStatus
+
+log = logging.getLogger(__name__)
+
+FAILED_LIKE = frozenset({JobStatus.FAILED, JobStatus.STOPPED})
+
+
+def edge_met(status: JobStatus | None, allow_failure: bool) -> bool | None:
+    """True: this edge lets the child run. False: it never will. None: not yet decided."""
+    if status is None or status is JobStatus.FINISHED:
+        # A parent that no longer exists expired after it finished (RQ treats it the same way).
+        return True
+    if status in FAILED_LIKE:
+        return allow_failure
+    if status is JobStatus.CANCELED:
+        return False
+    return None
+
+
+def edges_from_spec(raw: Iterable[object]) -> tuple[Edge, ...]:
+    """Edges as stored in a task's spec: `{"id", "allow_failure"}` objects (or bare ids)."""
+    edges = []
+    for item in raw:
+        if isinstance(item, dict):
+            edges.append(Edge(parent=str(item["id"]), allow_failure=bool(item.get("allow_failure"))))
+        else:
+            edges.append(Edge(parent=str(item)))
+    return tuple(edges)
+
+
+def parent_statuses(connection: Redis, parents: Sequence[str]) -> list[JobStatus | None]:
+    """The RQ status of each parent, None for one that does not exist, in one round trip."""
+    with connection.pipeline(transaction=False) as reads:
+        for parent in parents:
+            reads.hget(Job.key_for(parent), "status")
+        raw = reads.execute()
+    return [JobStatus(as_text(r)) if r else None for r in raw]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    met: bool | None
+    """True: every edge is met. False: one never will be. None: some are still open."""
+    blocking: Edge | None = None
+    blocking_status: JobStatus | None = None
+    open: tuple[str, ...] = ()
+
+
+def judge(edges: Sequence[Edge], statuses: Sequence[JobStatus | None]) -> Verdict:
+    open_parents = []
+    for edge, status in zip(edges, statuses, strict=True):
+        met = edge_met(status, edge.allow_failure)
+        if met is False:
+            return Verdict(False, blocking=edge, blocking_status=status)
+        if met is None:
+            open_parents.append(edge.parent)
+    return Verdict(None, open=tuple(open_parents)) if open_parents else Verdict(True)
+
+
+def dependency_failed_error(parent: str, status: JobStatus | None) -> dict[str, str]:
+    shown = TaskStatus.from_job_status(status).value if status else "missing"
+    return {"type": "dependency_failed", "message": f"dependency {parent!r} ended {shown}"}
+
+
+def cancel_dependent(job: Job, parent: str, parent_status: JobStatus | None) -> bool:
+    """Cancel a PENDING task because `parent` can no longer meet its edge; False if it was not pending."""
+    error = json.dumps(dependency_failed_error(parent, parent_status))
+    with job.connection.pipeline() as pipe:
+        try:
+            # The error is written first: a crash between the two writes leaves a pending task the
+            # sweep cancels again, never a canceled task without its reason.
+            pipe.watch(job.key)
+            if pipe.hget(job.key, "status") != JobStatus.DEFERRED.value.encode():
+                pipe.unwatch()
+                return False
+            pipe.multi()
+            pipe.hset(job.key, keys.FIELD_ERROR, error)
+            pipe.execute()
+        except WatchError:
+            return False
+    try:
+        job.cancel()
+    except InvalidJobOperation:
+        return False
+    log.info("task %s canceled: dependency %s ended %s", job.id, parent, parent_status)
+    return True
+
+
+def cascade(connection: Redis, parent: str) -> list[str]:
+    """Cancel every pending task below `parent` whose edge its outcome breaks, recursively.
+
+    Call after `parent` ended FAILED, STOPPED or CANCELED. Returns the canceled ids.
+    """
+    from app.job import TaskJob
+
+    canceled: list[str] = []
+    todo = [parent]
+    while todo:
+        current = todo.pop()
+        status = parent_statuses(connection, [current])[0]
+        child_ids = [as_text(c) for c in connection.smembers(Job.dependents_key_for(current))]
+        for child in TaskJob.fetch_many(child_ids, connection=connection, serializer=JSONSerializer):
+            if not isinstance(child, TaskJob) or child.get_status(refresh=False) is not JobStatus.DEFERRED:
+                continue
+            edge = next((e for e in child.edges if e.parent == current), Edge(current))
+            if edge_met(status, edge.allow_failure) is not False:
+                continue
+            if cancel_dependent(child, current, status):
+                canceled.append(child.id)
+                todo.append(child.id)
+    return canceled
+
+
+def sweep(connection: Redis, queue_names: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Settle every pending task whose parents have all decided: cancel it (and below) or enqueue it.
+
+    The worker cascades as a parent ends, so this only finds what a crash interrupted or what RQ's
+    own paths (e.g. its cleanup of a dead worker's job) left behind. Returns (canceled, enqueued).
+    """
+    from app.job import TaskJob
+
+    canceled: list[str] = []
+    enqueued: list[str] = []
+    for name in queue_names:
+        registry = DeferredJobRegistry(name, connection=connection, job_class=TaskJob, serializer=JSONSerializer)
+        ids = registry.get_job_ids(cleanup=False)
+        for job in TaskJob.fetch_many(ids, connection=connection, serializer=JSONSerializer):
+            if not isinstance(job, TaskJob) or job.get_status(refresh=False) is not JobStatus.DEFERRED:
+                continue
+            edges = job.edges
+            verdict = judge(edges, parent_statuses(connection, [e.parent for e in edges]))
+            if verdict.met is False and verdict.blocking is not None:
+                if cancel_dependent(job, verdict.blocking.parent, verdict.blocking_status):
+                    canceled += [job.id, *cascade(connection, job.id)]
+            elif verdict.met is True and _make_ready(connection, job, name):
+                enqueued.append(job.id)
+    if canceled or enqueued:
+        log.warning("dependency sweep repaired tasks: canceled %s, enqueued %s", canceled, enqueued)
+    return canceled, enqueued
+
+
+def _make_ready(connection: Redis, job: Job, queue_name: str) -> bool:
+    from app.job import TaskJob
+
+    ready = ReadyJobRegistry(queue_name, connection=connection, job_class=TaskJob, serializer=JSONSerializer)
+    with connection.pipeline() as pipe:
+        try:
+            pipe.watch(job.key)
+            if pipe.hget(job.key, "status") != JobStatus.DEFERRED.value.encode():
+                pipe.unwatch()
+                return False
+            pipe.multi()
+            ready.register_jobs([job], pipeline=pipe)
+            pipe.execute()
+        except WatchError:
+            return False
+    return bool(ready.enqueue_jobs([job.id]))
