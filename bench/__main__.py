@@ -25,6 +25,7 @@ from typing import Any
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
+from rq.utils import str_to_date
 
 from tests.support import ROOT, RedisServer, free_port, wait_until
 
@@ -146,12 +147,48 @@ def run_plain(url: str, n: int, worker_class: str, procs: int, env: dict[str, st
     }
 
 
+def hop_latencies(redis: Redis, ids: list[str]) -> list[float]:
+    """Per hop of a chain: the child's start minus its parent's end, in ms (RQ's own timestamps)."""
+    with redis.pipeline(transaction=False) as reads:
+        for job_id in ids:
+            reads.hmget(f"rq:job:{job_id}", "started_at", "ended_at")
+        times = [(str_to_date(s), str_to_date(e)) for s, e in reads.execute()]
+    return [(times[i + 1][0] - times[i][1]).total_seconds() * 1000 for i in range(len(ids) - 1)]
+
+
+def run_chain(url: str, n: int, worker_class: str, procs: int, env: dict[str, str], plain: bool) -> dict[str, Any]:
+    """A chain of n no-op tasks, all submitted first; then the workers start and we time it."""
+    redis = Redis.from_url(url)
+    redis.flushall()
+    ids = [f"c{i}" for i in range(n)]
+    if plain:
+        queue = Queue("default", connection=redis, serializer=JSONSerializer)
+        for i, job_id in enumerate(ids):
+            queue.enqueue("bench.noop.noop", job_id=job_id, depends_on=ids[i - 1] if i else None)
+    else:
+        with api(url, env) as port:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            for i, job_id in enumerate(ids):
+                body = {"id": job_id, "type": "data_processing", "duration_ms": 0, "dependencies": ids[i - 1 : i]}
+                conn.request("POST", "/api/tasks", json.dumps(body), {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 201, response.status
+    started = time.perf_counter()
+    with workers(url, worker_class, procs, env):
+        wait_until(lambda: finished(redis) >= n, timeout=900, interval=0.01, what="the chain")
+        total = time.perf_counter() - started
+    hops = sorted(hop_latencies(redis, ids))
+    return {"total_s": total, "hop_p50_ms": hops[len(hops) // 2], "hop_p99_ms": hops[int(len(hops) * 0.99)]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=int(os.environ.get("RQFLOW_WORKERS", 2)))
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients submitting")
     parser.add_argument("--worker-kind", choices=sorted(WORKER_CLASSES), action="append")
+    parser.add_argument("--chain", type=int, default=1000, help="length of the dependency chain")
     args = parser.parse_args()
     kinds = args.worker_kind or ["fork", "simple"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RQFLOW_")}
@@ -177,6 +214,19 @@ def main() -> None:
                     ("redis_commands_per_task", "Redis commands / task"),
                 ):
                     print(f"{label:24}{flow[key]:>12.1f}{plain[key]:>12.1f}{flow[key] / plain[key]:>8.2f}")
+                chain_plain = run_chain(server.url, args.chain, theirs, args.workers, env, plain=True)
+                chain_flow = run_chain(server.url, args.chain, ours, args.workers, env, plain=False)
+                results[kind]["chain"] = {"rqflow": chain_flow, "rq": chain_plain}
+                print(f"chain of {args.chain}:")
+                for key, label in (
+                    ("total_s", "total (s)"),
+                    ("hop_p50_ms", "hop p50 (ms)"),
+                    ("hop_p99_ms", "hop p99 (ms)"),
+                ):
+                    print(
+                        f"{label:24}{chain_flow[key]:>12.2f}{chain_plain[key]:>12.2f}"
+                        f"{chain_flow[key] / chain_plain[key]:>8.2f}"
+                    )
         finally:
             server.kill()
     out = ROOT / "bench" / "results"
