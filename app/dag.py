@@ -28,6 +28,9 @@ from app.model import Edge, TaskStatus
 log = logging.getLogger(__name__)
 
 FAILED_LIKE = frozenset({JobStatus.FAILED, JobStatus.STOPPED})
+WAITING = frozenset({JobStatus.DEFERRED, JobStatus.SCHEDULED})
+"""States of a task that has dependencies and has not been released to a queue: the ones a
+failed parent can still cancel. (A timed task with dependencies is SCHEDULED until its time.)"""
 
 
 def edge_met(status: JobStatus | None, allow_failure: bool) -> bool | None:
@@ -88,18 +91,22 @@ def dependency_failed_error(parent: str, status: JobStatus | None) -> dict[str, 
 
 
 def cancel_dependent(job: Job, parent: str, parent_status: JobStatus | None) -> bool:
-    """Cancel a PENDING task because `parent` can no longer meet its edge; False if it was not pending."""
+    """Cancel a waiting task because `parent` can no longer meet its edge; False if it was not waiting."""
     error = json.dumps(dependency_failed_error(parent, parent_status))
+    deferred = DeferredJobRegistry(job.origin, connection=job.connection, serializer=JSONSerializer)
     with job.connection.pipeline() as pipe:
         try:
             # The error is written first: a crash between the two writes leaves a pending task the
             # sweep cancels again, never a canceled task without its reason.
             pipe.watch(job.key)
-            if pipe.hget(job.key, "status") != JobStatus.DEFERRED.value.encode():
+            status = pipe.hget(job.key, "status")
+            if status is None or JobStatus(as_text(status)) not in WAITING:
                 pipe.unwatch()
                 return False
             pipe.multi()
             pipe.hset(job.key, keys.FIELD_ERROR, error)
+            # RQ's cancel cleans the registry of the job's status; a timed task also sits in this one.
+            deferred.remove(job, pipeline=pipe)
             pipe.execute()
         except WatchError:
             return False
@@ -125,7 +132,7 @@ def cascade(connection: Redis, parent: str) -> list[str]:
         status = parent_statuses(connection, [current])[0]
         child_ids = [as_text(c) for c in connection.smembers(Job.dependents_key_for(current))]
         for child in TaskJob.fetch_many(child_ids, connection=connection, serializer=JSONSerializer):
-            if not isinstance(child, TaskJob) or child.get_status(refresh=False) is not JobStatus.DEFERRED:
+            if not isinstance(child, TaskJob) or child.get_status(refresh=False) not in WAITING:
                 continue
             edge = next((e for e in child.edges if e.parent == current), Edge(current))
             if edge_met(status, edge.allow_failure) is not False:
@@ -150,14 +157,14 @@ def sweep(connection: Redis, queue_names: Iterable[str]) -> tuple[list[str], lis
         registry = DeferredJobRegistry(name, connection=connection, job_class=TaskJob, serializer=JSONSerializer)
         ids = registry.get_job_ids(cleanup=False)
         for job in TaskJob.fetch_many(ids, connection=connection, serializer=JSONSerializer):
-            if not isinstance(job, TaskJob) or job.get_status(refresh=False) is not JobStatus.DEFERRED:
+            if not isinstance(job, TaskJob) or job.get_status(refresh=False) not in WAITING:
                 continue
             edges = job.edges
             verdict = judge(edges, parent_statuses(connection, [e.parent for e in edges]))
             if verdict.met is False and verdict.blocking is not None:
                 if cancel_dependent(job, verdict.blocking.parent, verdict.blocking_status):
                     canceled += [job.id, *cascade(connection, job.id)]
-            elif verdict.met is True and _make_ready(connection, job, name):
+            elif verdict.met is True and not job.is_held_by_time() and _make_ready(connection, job, name):
                 enqueued.append(job.id)
     if canceled or enqueued:
         log.warning("dependency sweep repaired tasks: canceled %s, enqueued %s", canceled, enqueued)

@@ -72,6 +72,16 @@ class TaskNotFound(DomainError):
         self.task_id = task_id
 
 
+class ScheduleNotFound(DomainError):
+    """Raised when no schedule has the given id."""
+
+    title = "Schedule not found"
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(f"no schedule with id {schedule_id!r}")
+        self.schedule_id = schedule_id
+
+
 class TaskConflict(DomainError):
     """Raised when an id is reused with a different body, or an operation does not fit the task's state."""
 

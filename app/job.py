@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -89,6 +90,11 @@ class TaskJob(Job):
             obj[keys.FIELD_FINGERPRINT] = self.fingerprint
         return obj
 
+    def is_held_by_time(self) -> bool:
+        """True while the task's start time (run_at / delay_ms) is still ahead."""
+        due_ms = self.spec.get("due_ms")
+        return due_ms is not None and int(due_ms) > time.time() * 1000
+
     @property
     def edges(self) -> tuple[Edge, ...]:
         return edges_from_spec(self.spec.get("dependencies", ()))
@@ -105,6 +111,8 @@ class TaskJob(Job):
         RQ calls this when a parent ends, to decide whether to enqueue the child; with a pipeline
         it WATCHes the parents so a concurrent change retries the decision.
         """
+        if self.is_held_by_time():
+            return False
         edges = [e for e in self.edges if e.parent != exclude_job_id]
         if pipeline is not None and edges:
             pipeline.watch(*(self.key_for(e.parent) for e in edges))

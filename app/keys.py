@@ -23,6 +23,31 @@ def type_index(task_type: str) -> str:
     return f"{TASK_INDEX}:type:{task_type}"
 
 
+def schedule_runs_index(schedule_id: str) -> str:
+    """Like TASK_INDEX but for the runs of one schedule, so `?schedule_id=` filters without a scan."""
+    return f"{TASK_INDEX}:schedule:{schedule_id}"
+
+
+SCHEDULE_INDEX = f"{PREFIX}:schedules"
+"""Sorted set of schedule ids by creation time (ms), for listing."""
+
+
+def schedule_key(schedule_id: str) -> str:
+    """Hash of one schedule: its definition (JSON), run count, last and next fire times."""
+    return f"{PREFIX}:schedule:{schedule_id}"
+
+
+TIMERS = "rq:scheduler:scheduled_jobs"
+"""rq-scheduler's own sorted set. rqflow puts one-shot timers in it (score = due time in whole
+seconds, as rq-scheduler compares them) and the `rqscheduler` process fires them."""
+
+TIMER_QUEUE = "rqflow-timers"
+"""Origin of timer jobs: the queue rq-scheduler "enqueues" them to, which FireQueue intercepts."""
+
+TIMER_FUNC = "scheduler.fire.fire"
+"""The function a timer job names; no worker ever runs it (FireQueue fires timers itself)."""
+
+
 SWEEP_LOCK = f"{PREFIX}:lock:dependency-sweep"
 """Held by the one worker that runs the dependency sweep in a maintenance pass, so N workers do
 not all walk every pending task."""

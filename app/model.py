@@ -108,6 +108,7 @@ class TaskSpec:
     backoff: Backoff | None = None
     timeout_ms: int | None = None
     name: str | None = None
+    schedule_id: str | None = None
 
     def fingerprint(self) -> str:
         """Stable hash of what was asked, so a repeat with the same body is recognised as one."""
@@ -116,6 +117,25 @@ class TaskSpec:
         body["run_at"] = self.run_at.isoformat() if self.run_at else None
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TaskChanges:
+    """What `PUT /api/tasks/{id}` changes; None leaves a field as it is."""
+
+    payload: dict[str, Any] | None = None
+    duration_ms: int | None = None
+    priority: Priority | None = None
+    run_at: datetime | None = None
+    delay_ms: int | None = None
+    max_attempts: int | None = None
+    backoff: Backoff | None = None
+    timeout_ms: int | None = None
+    name: str | None = None
+
+    @property
+    def times_given(self) -> bool:
+        return self.run_at is not None or self.delay_ms is not None
 
 
 @dataclass(frozen=True)

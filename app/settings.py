@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     embedded_redis_port: int = Field(default=EMBEDDED_REDIS_PORT, ge=1, le=65535)
     processes: Annotated[list[str], NoDecode] = ["web", "worker", "scheduler"]
     """Which Procfile processes `make run` starts (add `dashboard` for rq-dashboard)."""
+    scheduler_interval_s: float = Field(default=0.25, gt=0, le=1)
+    """How often `rqscheduler` looks for due timers (the Procfile passes it as --interval)."""
     log_level: str = "INFO"
 
     _csv = field_validator("api_keys", "task_modules", "http_allowed_hosts", "processes", mode="before")(_split_csv)

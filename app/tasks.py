@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
@@ -18,17 +19,18 @@ from redis.exceptions import WatchError
 from rq.job import Dependency, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import RateLimit, RateLimitRegistry
-from rq.registry import CanceledJobRegistry, ScheduledJobRegistry
+from rq.registry import CanceledJobRegistry, DeferredJobRegistry, ScheduledJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
 from app import keys
-from app.dag import Verdict, dependency_failed_error, judge, parent_statuses
-from app.errors import FieldError, InvalidInput, InvalidTask, TaskConflict, TaskNotFound, UnknownDependency
+from app.dag import WAITING, Verdict, cancel_dependent, cascade, dependency_failed_error, judge, parent_statuses
+from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound, UnknownDependency
 from app.job import TaskJob
-from app.model import Edge, Priority, Task, TaskSpec, TaskStatus
+from app.model import Edge, Priority, Task, TaskChanges, TaskSpec, TaskStatus
 from app.registry import Registry, TaskType
+from app.timers import Timer, arm
 
 MAX_LIST_LIMIT = 1000
 SCAN_BUDGET = 5000
@@ -63,11 +65,6 @@ class TaskService:
         between unseen. A task whose dependency already failed is stored CANCELED at once.
         """
         task_type = self.registry.get_type(spec.type)
-        if spec.dependencies and (spec.run_at or spec.delay_ms):
-            raise InvalidTask(
-                "a task cannot have both dependencies and a start time yet",
-                [FieldError("run_at", "not supported together with dependencies")],
-            )
         task_id = spec.id or uuid4().hex
         fingerprint = spec.fingerprint()
         job_key = TaskJob.key_for(task_id)
@@ -87,6 +84,8 @@ class TaskService:
                     member = _index_member(job.created_at, task_id)
                     pipe.zadd(keys.TASK_INDEX, {member: 0})
                     pipe.zadd(keys.type_index(spec.type), {member: 0})
+                    if spec.schedule_id:
+                        pipe.zadd(keys.schedule_runs_index(spec.schedule_id), {member: 0})
                     pipe.execute()
                     return job.to_task(), True
                 except WatchError:
@@ -162,6 +161,7 @@ class TaskService:
             "max_attempts": max_attempts,
             "backoff": asdict(backoff),
             "timeout_ms": timeout_ms,
+            "schedule_id": spec.schedule_id,
         }
         return job
 
@@ -171,8 +171,7 @@ class TaskService:
             datetime.now(timezone.utc) + timedelta(milliseconds=spec.delay_ms) if spec.delay_ms else None
         )
         if due is not None and due > datetime.now(timezone.utc):
-            pipe.multi()
-            job.schedule(queue, due, pipe)
+            self._hold_until(job, queue, due, pipe)
         elif job.has_rate_limit:
             queue.setup_dependencies(job, pipeline=pipe)
             pipe.sadd(queue.redis_queues_keys, queue.key)
@@ -183,6 +182,176 @@ class TaskService:
         else:
             # With a pipeline RQ only queues the writes (and WATCHes the dependencies); we EXEC.
             queue.enqueue_job(job, pipeline=pipe)
+
+    def _hold_until(self, job: TaskJob, queue: Queue, due: datetime, pipe: Pipeline) -> None:
+        """Store a timed task SCHEDULED, with a timer that releases it at `due` (see `release`).
+
+        Its dependencies are registered now, so a parent that fails before `due` cancels it at once.
+        """
+        due_ms = math.ceil(due.timestamp() * 1000)
+        job.spec["due_ms"] = due_ms
+        if not pipe.explicit_transaction:
+            pipe.multi()
+        job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
+        job.save(pipeline=pipe)
+        if job.edges:
+            job.register_dependency(pipeline=pipe)
+        pipe.sadd(queue.redis_queues_keys, queue.key)
+        arm(self.connection, Timer("release", job.id, due_ms), pipeline=pipe)
+
+    def release(self, task_id: str, at_ms: int) -> None:
+        """A timed task's time has come (called by the scheduler's timer): queue it if its
+        dependencies allow, leave it PENDING on the open ones, or cancel it if one failed."""
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(TaskJob.key_for(task_id))
+                    loaded = self._load([task_id])[0]
+                    job = loaded[0] if loaded else None
+                    if job is None or job.spec.get("due_ms") != at_ms or job.get_status(refresh=False) not in WAITING:
+                        pipe.unwatch()
+                        return  # deleted, rescheduled or already settled: a stale timer
+                    edges = job.edges
+                    verdict = judge(edges, parent_statuses(self.connection, [e.parent for e in edges]))
+                    if verdict.met is False and verdict.blocking is not None:
+                        pipe.unwatch()
+                        if cancel_dependent(job, verdict.blocking.parent, verdict.blocking_status):
+                            cascade(self.connection, job.id)
+                        return
+                    pipe.multi()
+                    if verdict.met is None:
+                        job.set_status(JobStatus.DEFERRED, pipeline=pipe)
+                    else:
+                        self._release_to_queue(job, pipe)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+    def _release_to_queue(self, job: TaskJob, pipe: Pipeline) -> None:
+        queue = self.queues[Priority(job.origin)]
+        DeferredJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer).remove(
+            job, pipeline=pipe
+        )
+        if job.has_rate_limit:
+            queue._enqueue_rate_limited_job(job, pipeline=pipe)
+        else:
+            queue._enqueue_job(job, pipeline=pipe)
+
+    # -- change -------------------------------------------------------------------------------
+
+    def update(self, task_id: str, changes: TaskChanges) -> Task:
+        """Change a task that has not started: payload, start time, priority, limits.
+
+        A queued task is first taken out of its queue atomically (so no worker can start it while
+        it changes); one a worker already took is RUNNING, and that is a 409.
+        """
+        job = self._job(task_id)
+        self._check_changeable(job)
+        taken = self._take_out_of_queue(job)
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(job.key)
+                    job = self._job(task_id)
+                    status = job.get_status(refresh=False)
+                    if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED) and not taken:
+                        pipe.unwatch()
+                        return self.update(task_id, changes)  # it was released meanwhile: take it
+                    self._check_changeable(job)
+                    release_now = self._apply(job, changes, status, taken, pipe)
+                    pipe.execute()
+                    break
+                except WatchError:
+                    continue
+        if job.has_rate_limit and job.get_status(refresh=False) is JobStatus.SCHEDULED and job.rate_limit_key:
+            # A task moved out of the queue to a later time gives back the slot it held.
+            RateLimitRegistry(job.rate_limit_key, connection=self.connection).release_stale_and_enqueue(job.id)
+        if release_now is not None:
+            self.release(task_id, release_now)
+        return self.get(task_id)
+
+    def _job(self, task_id: str) -> TaskJob:
+        loaded = self._load([task_id])[0]
+        if loaded is None:
+            raise TaskNotFound(task_id)
+        return loaded[0]
+
+    def _check_changeable(self, job: TaskJob) -> None:
+        status = TaskStatus.from_job_status(job.get_status(refresh=False))
+        if job.attempts or status not in (TaskStatus.PENDING, TaskStatus.SCHEDULED, TaskStatus.QUEUED):
+            raise TaskConflict(
+                f"task {job.id!r} is {status.value} and has started; only a task that has not can change"
+            )
+
+    def _take_out_of_queue(self, job: TaskJob) -> bool:
+        """Remove a queued task from its queue list (or its limit's waiting set) if it is still there."""
+        status = job.get_status(refresh=False)
+        if status is JobStatus.RATE_LIMITED and job.rate_limit_key:
+            limit = RateLimitRegistry(job.rate_limit_key, connection=self.connection)
+            return bool(self.connection.zrem(limit.rate_limited_key, job.id))
+        if status is JobStatus.QUEUED:
+            if not self.connection.lrem(self.queues[Priority(job.origin)].key, 1, job.id):
+                raise TaskConflict(f"task {job.id!r} was just taken by a worker; it has started")
+            return True
+        return False
+
+    def _apply(self, job: TaskJob, changes: TaskChanges, status: JobStatus, taken: bool, pipe: Pipeline) -> int | None:
+        """Queue the writes of `changes` on `pipe` (in MULTI); returns a due time to release at once."""
+        kwargs = dict(job.kwargs)
+        spec = dict(job.spec)
+        if changes.payload is not None:
+            kwargs["payload"] = changes.payload
+        if changes.duration_ms is not None:
+            kwargs["duration_ms"] = changes.duration_ms
+        if changes.name is not None:
+            spec["name"] = changes.name
+        if changes.max_attempts is not None:
+            spec["max_attempts"] = changes.max_attempts
+            job.retries_left = changes.max_attempts - 1 or None
+        if changes.backoff is not None:
+            spec["backoff"] = asdict(changes.backoff)
+        if changes.timeout_ms is not None:
+            spec["timeout_ms"] = changes.timeout_ms
+            job.timeout = math.ceil(changes.timeout_ms / 1000)
+        old_origin = job.origin
+        if changes.priority is not None:
+            spec["priority"] = changes.priority.value
+            job.origin = changes.priority.value
+        due_ms: int | None = spec.get("due_ms")
+        if changes.times_given:
+            due = changes.run_at or datetime.now(timezone.utc) + timedelta(milliseconds=changes.delay_ms or 0)
+            spec["run_at"] = changes.run_at.isoformat() if changes.run_at else None
+            spec["delay_ms"] = changes.delay_ms
+            due_ms = math.ceil(due.timestamp() * 1000)
+        job.kwargs = kwargs
+        job.spec = spec
+        future = due_ms is not None and due_ms > time.time() * 1000
+        pipe.multi()
+        if (old_origin != job.origin and status is JobStatus.DEFERRED) or (job.edges and status is JobStatus.SCHEDULED):
+            for origin, add in ((old_origin, False), (job.origin, True)):
+                registry = DeferredJobRegistry(origin, connection=self.connection, serializer=JSONSerializer)
+                (registry.add if add else registry.remove)(job, pipeline=pipe)
+        if changes.times_given and future:
+            spec["due_ms"] = due_ms
+            if status is not JobStatus.DEFERRED:
+                job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
+            job.save(pipeline=pipe)
+            arm(self.connection, Timer("release", job.id, int(due_ms or 0)), pipeline=pipe)
+            return None
+        if changes.times_given:
+            spec["due_ms"] = due_ms = int(time.time() * 1000)
+        job.save(pipeline=pipe)
+        if taken:
+            self._requeue(job, pipe)
+        return due_ms if changes.times_given and status is JobStatus.SCHEDULED else None
+
+    def _requeue(self, job: TaskJob, pipe: Pipeline) -> None:
+        queue = self.queues[Priority(job.origin)]
+        if job.has_rate_limit:
+            queue._enqueue_rate_limited_job(job, pipeline=pipe)
+        else:
+            queue._enqueue_job(job, pipeline=pipe)
 
     # -- read ----------------------------------------------------------------------------------
 
@@ -214,11 +383,14 @@ class TaskService:
                     "waiting": limit.get_rate_limited_job_count(),
                 }
             }
+        if status is JobStatus.SCHEDULED and job.spec.get("due_ms") and job.is_held_by_time():
+            return {"time": _iso(datetime.fromtimestamp(int(job.spec["due_ms"]) / 1000, tz=timezone.utc))}
         if status is JobStatus.SCHEDULED:
+            # Waiting for a retry's backoff, in RQ's scheduled registry.
             registry = ScheduledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer)
             score = self.connection.zscore(registry.key, job.id)
             due = datetime.fromtimestamp(score, tz=timezone.utc) if score is not None else None
-            return {"time": due.isoformat().replace("+00:00", "Z") if due else None}
+            return {"time": _iso(due) if due else None}
         return {"worker": {"queue": job.origin, "queued": self.queues[Priority(job.origin)].count}}
 
     def get_status(self, task_id: str) -> TaskStatus:
@@ -232,14 +404,20 @@ class TaskService:
         *,
         status: TaskStatus | None = None,
         task_type: str | None = None,
+        schedule_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> Page:
         """Tasks newest first. A page may hold fewer than `limit` tasks when a filter is rare; follow
         `next_cursor` until it is None to see every match exactly once, even while tasks arrive."""
-        index = keys.type_index(task_type) if task_type else keys.TASK_INDEX
+        if schedule_id:
+            index = keys.schedule_runs_index(schedule_id)
+            wanted_type = task_type
+        else:
+            index = keys.type_index(task_type) if task_type else keys.TASK_INDEX
+            wanted_type = None
         upper = "(" + _decode_cursor(cursor) if cursor else "+"
-        chunk_size = max(limit, 100) if status else limit
+        chunk_size = max(limit, 100) if status or wanted_type else limit
         found: list[Task] = []
         scanned = 0
         while len(found) < limit and scanned < SCAN_BUDGET:
@@ -258,7 +436,10 @@ class TaskService:
                     stale.append(member)
                 elif ok and task_id in loaded_by_id:
                     job, latest = loaded_by_id[task_id]
-                    found.append(job.to_task(latest))
+                    task = job.to_task(latest)
+                    if wanted_type and task.type != wanted_type:
+                        continue
+                    found.append(task)
                     if len(found) == limit:
                         break
             if stale:
@@ -306,6 +487,10 @@ class TaskService:
                 )
             loaded.append((job, latest))
         return loaded
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _index_member(created_at: datetime, task_id: str) -> str:

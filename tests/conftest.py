@@ -64,3 +64,19 @@ def work(redis: Redis, settings: Settings):  # type: ignore[no-untyped-def]
         return bool(worker.work(burst=True, with_scheduler=with_scheduler))
 
     return run
+
+
+@pytest.fixture
+def fire_timers(redis: Redis, service: TaskService, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """One pass of the real rq-scheduler loop with rqflow's timer classes, as `rqscheduler` runs it."""
+    from rq_scheduler import Scheduler
+
+    from app.schedules import ScheduleService
+    from scheduler import fire
+
+    monkeypatch.setattr(fire, "services", lambda: (service, ScheduleService(redis, service)))
+
+    def run() -> None:
+        Scheduler(connection=redis, interval=1, job_class=fire.TimerJob, queue_class=fire.FireQueue).enqueue_jobs()
+
+    return run

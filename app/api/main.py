@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.problems import HANDLERS, problem
 from app.api.routes import ROUTES
 from app.registry import load_registry
+from app.schedules import ScheduleService
 from app.settings import Settings
 from app.tasks import TaskService
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> Starlette:
         redis = connect(settings)
         app.state.redis = redis
         app.state.tasks = TaskService(redis, registry, result_ttl_s=settings.result_ttl_s)
+        app.state.schedules = ScheduleService(redis, app.state.tasks)
         try:
             yield
         finally:

@@ -18,6 +18,7 @@ from app.errors import (
     DomainError,
     FieldError,
     InvalidInput,
+    ScheduleNotFound,
     StoreUnavailable,
     TaskConflict,
     TaskNotFound,
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 STATUS: dict[type[DomainError], int] = {
     InvalidInput: 422,
     TaskNotFound: 404,
+    ScheduleNotFound: 404,
     TaskConflict: 409,
     StoreUnavailable: 503,
 }

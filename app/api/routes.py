@@ -12,9 +12,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.api.problems import parse_json
-from app.api.schemas import TaskIn, task_json
+from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
+from app.errors import FieldError, InvalidInput
 from app.model import TaskStatus
 from app.registry import Registry
+from app.schedules import ScheduleService
 from app.tasks import MAX_LIST_LIMIT, TaskService
 
 
@@ -23,6 +25,7 @@ class ListQuery(BaseModel):
 
     status: TaskStatus | None = None
     type: str | None = None
+    schedule_id: str | None = None
     limit: int = Field(default=100, ge=1, le=MAX_LIST_LIMIT)
     cursor: str | None = None
 
@@ -48,6 +51,7 @@ async def list_tasks(request: Request) -> Response:
         _service(request).list_tasks,
         status=query.status,
         task_type=query.type,
+        schedule_id=query.schedule_id,
         limit=query.limit,
         cursor=query.cursor,
     )
@@ -63,10 +67,52 @@ async def get_task(request: Request) -> Response:
     return JSONResponse(task_json(task, detailed=True))
 
 
+async def update_task(request: Request) -> Response:
+    body = TaskUpdateIn.model_validate(parse_json(await request.body()))
+    task = await run_in_threadpool(_service(request).update, request.path_params["task_id"], body.to_changes())
+    return JSONResponse(task_json(task, detailed=True))
+
+
 async def get_task_status(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     status = await run_in_threadpool(_service(request).get_status, task_id)
     return JSONResponse({"id": task_id, "status": status.value})
+
+
+def _schedules(request: Request) -> ScheduleService:
+    service: ScheduleService = request.app.state.schedules
+    return service
+
+
+async def create_schedule(request: Request) -> Response:
+    body = ScheduleIn.model_validate(parse_json(await request.body()))
+    schedule, created = await run_in_threadpool(_schedules(request).create, body.to_spec())
+    headers = {"Location": str(request.url_for("get_schedule", schedule_id=schedule.id).path)}
+    return JSONResponse(schedule_json(schedule), status_code=201 if created else 200, headers=headers)
+
+
+async def list_schedules(request: Request) -> Response:
+    schedules = await run_in_threadpool(_schedules(request).list_schedules)
+    return JSONResponse([schedule_json(s) for s in schedules])
+
+
+async def get_schedule(request: Request) -> Response:
+    schedule = await run_in_threadpool(_schedules(request).get, request.path_params["schedule_id"])
+    return JSONResponse(schedule_json(schedule))
+
+
+async def replace_schedule(request: Request) -> Response:
+    schedule_id = request.path_params["schedule_id"]
+    body = ScheduleIn.model_validate(parse_json(await request.body()))
+    if body.id is not None and body.id != schedule_id:
+        raise InvalidInput("the id in the body differs from the one in the path", [FieldError("id", "mismatch")])
+    schedule = await run_in_threadpool(_schedules(request).replace, schedule_id, body.to_spec(schedule_id))
+    return JSONResponse(schedule_json(schedule))
+
+
+async def delete_schedule(request: Request) -> Response:
+    await run_in_threadpool(_schedules(request).delete, request.path_params["schedule_id"])
+    return Response(status_code=204)
 
 
 async def list_types(request: Request) -> Response:
@@ -124,7 +170,13 @@ ROUTES = [
     Route("/api/tasks", submit_task, methods=["POST"]),
     Route("/api/tasks", list_tasks, methods=["GET"]),
     Route("/api/tasks/{task_id}", get_task, methods=["GET"], name="get_task"),
+    Route("/api/tasks/{task_id}", update_task, methods=["PUT"]),
     Route("/api/tasks/{task_id}/status", get_task_status, methods=["GET"]),
+    Route("/api/schedules", create_schedule, methods=["POST"]),
+    Route("/api/schedules", list_schedules, methods=["GET"]),
+    Route("/api/schedules/{schedule_id}", get_schedule, methods=["GET"], name="get_schedule"),
+    Route("/api/schedules/{schedule_id}", replace_schedule, methods=["PUT"]),
+    Route("/api/schedules/{schedule_id}", delete_schedule, methods=["DELETE"]),
     Route("/api/types", list_types, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
 ]

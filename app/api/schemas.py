@@ -6,9 +6,10 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from app.model import Backoff, Edge, Priority, Task, TaskSpec
+from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskSpec
+from app.schedules import Schedule, ScheduleSpec, TaskTemplate
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 """RQ 3 allows only letters, digits, `_` and `-` in job ids, and job id = task id."""
@@ -37,6 +38,10 @@ class DependencyIn(BaseModel):
     allow_failure: Annotated[bool, Field(strict=True)] = False
 
 
+def _edges(dependencies: list[str | DependencyIn]) -> tuple[Edge, ...]:
+    return tuple(Edge(d) if isinstance(d, str) else Edge(d.id, allow_failure=d.allow_failure) for d in dependencies)
+
+
 class TaskIn(BaseModel):
     """`POST /api/tasks`. Aliases in `validation_alias` keep clients of older schedulers working."""
 
@@ -61,21 +66,25 @@ class TaskIn(BaseModel):
         default=None, validation_alias=_alias("name", "description")
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> TaskIn:
-        if self.run_at is not None and self.delay_ms is not None:
-            raise ValueError("give run_at or delay_ms, not both")
-        parents = [edge.parent for edge in self.edges()]
+    @field_validator("dependencies")
+    @classmethod
+    def _distinct_parents(cls, value: list[str | DependencyIn], info: ValidationInfo) -> list[str | DependencyIn]:
+        parents = [edge.parent for edge in _edges(value)]
         if len(set(parents)) != len(parents):
-            raise ValueError("dependencies lists an id more than once")
-        if self.id is not None and self.id in parents:
+            raise ValueError("lists an id more than once")
+        if info.data.get("id") is not None and info.data["id"] in parents:
             raise ValueError("a task cannot depend on itself")
-        return self
+        return value
+
+    @field_validator("delay_ms")
+    @classmethod
+    def _one_start_time(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("run_at") is not None:
+            raise ValueError("give run_at or delay_ms, not both")
+        return value
 
     def edges(self) -> tuple[Edge, ...]:
-        return tuple(
-            Edge(d) if isinstance(d, str) else Edge(d.id, allow_failure=d.allow_failure) for d in self.dependencies
-        )
+        return _edges(self.dependencies)
 
     def to_spec(self) -> TaskSpec:
         return TaskSpec(
@@ -92,6 +101,162 @@ class TaskIn(BaseModel):
             timeout_ms=self.timeout_ms,
             name=self.name,
         )
+
+
+class TaskUpdateIn(BaseModel):
+    """`PUT /api/tasks/{id}`: the fields given change; type, id and dependencies cannot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: dict[str, Any] | None = Field(default=None, validation_alias=_alias("payload", "task_data"))
+    duration_ms: StrictNonNegative | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
+    priority: Literal["high", "default", "low"] | None = None
+    run_at: AwareDatetime | None = Field(default=None, validation_alias=_alias("run_at", "execution_time"))
+    delay_ms: StrictNonNegative | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] | None = Field(
+        default=None, validation_alias=_alias("max_attempts", "maxAttempts")
+    )
+    backoff: BackoffIn | None = None
+    timeout_ms: Annotated[int, Field(ge=1, strict=True)] | None = None
+    name: Annotated[str, Field(max_length=200)] | None = Field(
+        default=None, validation_alias=_alias("name", "description")
+    )
+
+    _one_start_time = field_validator("delay_ms")(TaskIn._one_start_time.__func__)  # type: ignore[attr-defined]
+
+    def to_changes(self) -> TaskChanges:
+        return TaskChanges(
+            payload=self.payload,
+            duration_ms=self.duration_ms,
+            priority=Priority(self.priority) if self.priority else None,
+            run_at=self.run_at.astimezone(timezone.utc) if self.run_at else None,
+            delay_ms=self.delay_ms,
+            max_attempts=self.max_attempts,
+            backoff=Backoff(**self.backoff.model_dump()) if self.backoff else None,
+            timeout_ms=self.timeout_ms,
+            name=self.name,
+        )
+
+
+SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
+"""Shorter than a task id: each run's id is `<schedule id>-<fire time>`."""
+
+
+class TaskTemplateIn(BaseModel):
+    """The task a schedule makes at each fire: a task body without id, dependencies or time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Annotated[str, Field(min_length=1, max_length=200)]
+    payload: dict[str, Any] = Field(default_factory=dict, validation_alias=_alias("payload", "task_data"))
+    duration_ms: StrictNonNegative | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
+    priority: Literal["high", "default", "low"] = "default"
+    max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] | None = Field(
+        default=None, validation_alias=_alias("max_attempts", "maxAttempts")
+    )
+    backoff: BackoffIn | None = None
+    timeout_ms: Annotated[int, Field(ge=1, strict=True)] | None = None
+    name: Annotated[str, Field(max_length=200)] | None = Field(
+        default=None, validation_alias=_alias("name", "description")
+    )
+
+    def to_template(self) -> TaskTemplate:
+        return TaskTemplate(
+            type=self.type,
+            payload=self.payload,
+            duration_ms=self.duration_ms,
+            priority=Priority(self.priority),
+            max_attempts=self.max_attempts,
+            backoff=Backoff(**self.backoff.model_dump()) if self.backoff else None,
+            timeout_ms=self.timeout_ms,
+            name=self.name,
+        )
+
+
+class ScheduleIn(BaseModel):
+    """`POST /api/schedules` and `PUT /api/schedules/{id}`: `cron` or `interval_s`, and a task template."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(pattern=SCHEDULE_ID_PATTERN)] | None = None
+    cron: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    interval_s: Annotated[int, Field(ge=1, le=366 * 86400, strict=True)] | None = Field(
+        default=None, validate_default=True
+    )
+    timezone: Annotated[str, Field(min_length=1, max_length=100)] = Field(default="UTC", validate_default=True)
+    task: TaskTemplateIn
+    start_at: AwareDatetime | None = None
+    end_at: AwareDatetime | None = None
+    max_runs: Annotated[int, Field(ge=1, strict=True)] | None = None
+    paused: Annotated[bool, Field(strict=True)] = False
+
+    @field_validator("interval_s")
+    @classmethod
+    def _cron_or_interval(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if "cron" not in info.data:
+            return value  # cron itself was invalid and is reported already
+        if (info.data["cron"] is None) == (value is None):
+            raise ValueError("give exactly one of cron and interval_s")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_for_cron(cls, value: str, info: ValidationInfo) -> str:
+        if value != "UTC" and info.data.get("interval_s") is not None:
+            raise ValueError("timezone applies to cron schedules only")
+        return value
+
+    @field_validator("end_at")
+    @classmethod
+    def _after_start(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        start = info.data.get("start_at")
+        if value is not None and start is not None and value <= start:
+            raise ValueError("end_at must be after start_at")
+        return value
+
+    def to_spec(self, schedule_id: str | None = None) -> ScheduleSpec:
+        return ScheduleSpec(
+            task=self.task.to_template(),
+            id=schedule_id or self.id,
+            cron=" ".join(self.cron.split()) if self.cron else None,
+            timezone=self.timezone,
+            interval_s=self.interval_s,
+            start_at=self.start_at.astimezone(timezone.utc) if self.start_at else None,
+            end_at=self.end_at.astimezone(timezone.utc) if self.end_at else None,
+            max_runs=self.max_runs,
+            paused=self.paused,
+        )
+
+
+def schedule_json(schedule: Schedule) -> dict[str, Any]:
+    spec = schedule.spec
+    template = spec.task
+    return {
+        "id": schedule.id,
+        "cron": spec.cron,
+        "timezone": spec.timezone,
+        "interval_s": spec.interval_s,
+        "task": {
+            "type": template.type,
+            "payload": template.payload,
+            "duration_ms": template.duration_ms,
+            "priority": template.priority.value,
+            "max_attempts": template.max_attempts,
+            "backoff": asdict(template.backoff) if template.backoff else None,
+            "timeout_ms": template.timeout_ms,
+            "name": template.name,
+        },
+        "start_at": _time(spec.start_at),
+        "end_at": _time(spec.end_at),
+        "max_runs": spec.max_runs,
+        "paused": spec.paused,
+        "runs": schedule.runs,
+        "last_run_at": _time(schedule.last_run_at),
+        "next_run_at": _time(schedule.next_run_at),
+        "last_error": schedule.last_error,
+        "created_at": _time(schedule.created_at),
+        "updated_at": _time(schedule.updated_at),
+    }
 
 
 def _time(value: datetime | None) -> str | None:

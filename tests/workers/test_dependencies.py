@@ -121,7 +121,7 @@ def test_waiting_for_names_the_unfinished_dependencies(client: TestClient, redis
     TaskSimpleWorker(["default"], connection=redis, settings=settings).work(burst=True)
     assert get(client, "kid")["waiting_for"] == {"dependencies": ["p2"]}
     post(client, {"id": "t", "type": "echo", "run_at": "2999-01-01T00:00:00Z"})
-    assert get(client, "t")["waiting_for"] == {"time": "2999-01-01T00:00:00Z"}
+    assert get(client, "t")["waiting_for"] == {"time": "2999-01-01T00:00:00.000Z"}
 
 
 def test_the_sweep_settles_what_a_crash_left_pending(

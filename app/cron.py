@@ -1,0 +1,52 @@
+"""Cron expressions in a time zone: parsing and the next fire time, DST included.
+
+Times are computed on the wall clock of the schedule's zone, then placed on the UTC line:
+- a wall-clock time skipped by a spring-forward jump fires at the same offset after the jump
+  (02:30 on a night that jumps from 02:00 to 03:00 fires at 03:30);
+- a wall-clock time that occurs twice in a fall-back night fires once, at its first occurrence;
+- fire times always strictly increase.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from crontab import CronTab  # type: ignore[import-untyped]
+
+
+class BadCron(ValueError):
+    """Raised for an expression that is not five valid cron fields."""
+
+
+class BadTimezone(ValueError):
+    """Raised for a name that is not an IANA time zone."""
+
+
+def parse(expression: str) -> CronTab:
+    fields = expression.split()
+    if len(fields) != 5:
+        raise BadCron(f"a cron expression has 5 fields (minute hour day month weekday), not {len(fields)}")
+    try:
+        return CronTab(" ".join(fields))
+    except ValueError as error:
+        raise BadCron(str(error)) from None
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BadTimezone(f"unknown time zone {name!r}; use an IANA name such as 'Europe/Berlin'") from None
+
+
+def next_fire(tab: CronTab, tz: ZoneInfo, after: datetime) -> datetime:
+    """The first fire time strictly after `after` (aware), in UTC."""
+    wall = after.astimezone(tz).replace(tzinfo=None)
+    for _ in range(10_000):
+        wall = tab.next(now=wall, return_datetime=True, default_utc=False)
+        assert isinstance(wall, datetime)
+        fire = wall.replace(tzinfo=tz).astimezone(timezone.utc)  # fold=0: first occurrence
+        if fire > after:
+            return fire
+    raise BadCron("the expression never fires")  # pragma: no cover - e.g. February 31st

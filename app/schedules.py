@@ -1,0 +1,336 @@
+"""Recurring tasks: schedules declared as data, fired by one-shot timers on rq-scheduler.
+
+Each fire makes one ordinary task with `schedule_id` and the id `<schedule id>-<fire time>`,
+created only if absent, so several schedulers firing the same timer still make one run. A
+schedule keeps `next_run_at` as the truth: a timer whose time is not the schedule's next run
+(left behind by an edit, a pause or a deletion) fires nothing.
+
+Missed fires (no scheduler was running): when a scheduler returns, the overdue fire runs once,
+and the next one is the first due after that moment; the fires in between are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from uuid import uuid4
+
+from redis import Redis
+from redis.exceptions import WatchError
+from rq.utils import as_text
+
+from app import cron, keys
+from app.errors import FieldError, InvalidInput, ScheduleNotFound, TaskConflict
+from app.model import Backoff, Priority, TaskSpec
+from app.tasks import TaskService
+from app.timers import Timer, arm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskTemplate:
+    """The task every run of a schedule is made from (no id, no dependencies, no start time)."""
+
+    type: str
+    payload: dict[str, Any] = field(default_factory=dict)
+    duration_ms: int | None = None
+    priority: Priority = Priority.DEFAULT
+    max_attempts: int | None = None
+    backoff: Backoff | None = None
+    timeout_ms: int | None = None
+    name: str | None = None
+
+    def to_spec(self, task_id: str, schedule_id: str) -> TaskSpec:
+        return TaskSpec(
+            type=self.type,
+            id=task_id,
+            payload=self.payload,
+            duration_ms=self.duration_ms,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            backoff=self.backoff,
+            timeout_ms=self.timeout_ms,
+            name=self.name,
+            schedule_id=schedule_id,
+        )
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    task: TaskTemplate
+    id: str | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    interval_s: int | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    max_runs: int | None = None
+    paused: bool = False
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(_dump_spec(self).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Schedule:
+    id: str
+    spec: ScheduleSpec
+    runs: int
+    created_at: datetime
+    updated_at: datetime
+    last_run_at: datetime | None
+    next_run_at: datetime | None
+    last_error: str | None
+    next_run_ms: int | None = None
+    """`next_run_at` exactly as stored, which timers are compared with."""
+
+
+def next_fire(spec: ScheduleSpec, after: datetime, anchor: datetime, runs: int) -> datetime | None:
+    """The schedule's first fire strictly after `after`, or None when it has no more.
+
+    `anchor` is when an interval schedule without `start_at` started counting (its creation).
+    """
+    if spec.max_runs is not None and runs >= spec.max_runs:
+        return None
+    start = spec.start_at
+    if spec.cron:
+        floor = max(after, start - timedelta(microseconds=1)) if start else after
+        fire = cron.next_fire(cron.parse(spec.cron), cron.zone(spec.timezone), floor)
+    else:
+        assert spec.interval_s
+        origin = start or anchor + timedelta(seconds=spec.interval_s)
+        if after < origin:
+            fire = origin
+        else:
+            steps = math.floor((after - origin).total_seconds() / spec.interval_s) + 1
+            fire = origin + timedelta(seconds=steps * spec.interval_s)
+    if spec.end_at and fire > spec.end_at:
+        return None
+    return fire
+
+
+def run_id(schedule_id: str, at: datetime) -> str:
+    """The id of the run a fire makes: the same for every scheduler that fires it."""
+    at = at.astimezone(timezone.utc)
+    return f"{schedule_id}-{at:%Y%m%dT%H%M%S}{at.microsecond // 1000:03d}Z"
+
+
+class ScheduleService:
+    def __init__(self, connection: Redis, tasks: TaskService) -> None:
+        self.connection = connection
+        self.tasks = tasks
+
+    def validate(self, spec: ScheduleSpec) -> None:
+        """Raise InvalidInput naming each field that does not fit."""
+        errors = []
+        try:
+            self.tasks.registry.get_type(spec.task.type)
+        except InvalidInput:
+            errors.append(FieldError("task.type", f"unknown task type {spec.task.type!r}"))
+        if spec.cron is not None:
+            try:
+                cron.parse(spec.cron)
+            except cron.BadCron as error:
+                errors.append(FieldError("cron", str(error)))
+        try:
+            cron.zone(spec.timezone)
+        except cron.BadTimezone as error:
+            errors.append(FieldError("timezone", str(error)))
+        if errors:
+            raise InvalidInput("; ".join(f"{e.loc}: {e.message}" for e in errors), errors)
+
+    def create(self, spec: ScheduleSpec) -> tuple[Schedule, bool]:
+        self.validate(spec)
+        schedule_id = spec.id or uuid4().hex
+        spec = replace(spec, id=schedule_id)
+        key = keys.schedule_key(schedule_id)
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    if pipe.exists(key):
+                        pipe.unwatch()
+                        existing = self.get(schedule_id)
+                        if existing.spec.fingerprint() != spec.fingerprint():
+                            raise TaskConflict(f"a different schedule with id {schedule_id!r} already exists")
+                        return existing, False
+                    now = _now()
+                    upcoming = None if spec.paused else next_fire(spec, now, anchor=now, runs=0)
+                    pipe.multi()
+                    pipe.hset(key, mapping=_fields(spec, runs=0, created=now, updated=now, upcoming=upcoming))
+                    pipe.zadd(keys.SCHEDULE_INDEX, {schedule_id: _ms(now)})
+                    if upcoming:
+                        arm(self.connection, Timer("schedule", schedule_id, _ms(upcoming)), pipeline=pipe)
+                    pipe.execute()
+                    return self.get(schedule_id), True
+                except WatchError:
+                    continue
+
+    def replace(self, schedule_id: str, spec: ScheduleSpec) -> Schedule:
+        """A new definition (pause and resume included); runs so far are kept."""
+        self.validate(spec)
+        spec = replace(spec, id=schedule_id)
+        key = keys.schedule_key(schedule_id)
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    current = self.get(schedule_id)
+                    now = _now()
+                    upcoming = (
+                        None if spec.paused else next_fire(spec, now, anchor=current.created_at, runs=current.runs)
+                    )
+                    pipe.multi()
+                    pipe.hset(
+                        key,
+                        mapping=_fields(
+                            spec, runs=current.runs, created=current.created_at, updated=now, upcoming=upcoming
+                        ),
+                    )
+                    if upcoming:
+                        arm(self.connection, Timer("schedule", schedule_id, _ms(upcoming)), pipeline=pipe)
+                    pipe.execute()
+                    return self.get(schedule_id)
+                except WatchError:
+                    continue
+
+    def delete(self, schedule_id: str) -> None:
+        """Stop future runs; runs already made stay, with their `schedule_id`."""
+        with self.connection.pipeline() as pipe:
+            pipe.delete(keys.schedule_key(schedule_id))
+            pipe.zrem(keys.SCHEDULE_INDEX, schedule_id)
+            deleted, _ = pipe.execute()
+        if not deleted:
+            raise ScheduleNotFound(schedule_id)
+
+    def get(self, schedule_id: str) -> Schedule:
+        raw = self.connection.hgetall(keys.schedule_key(schedule_id))
+        if not raw:
+            raise ScheduleNotFound(schedule_id)
+        return _schedule(schedule_id, raw)
+
+    def list_schedules(self) -> list[Schedule]:
+        ids = [as_text(i) for i in self.connection.zrevrange(keys.SCHEDULE_INDEX, 0, -1) if isinstance(i, bytes | str)]
+        with self.connection.pipeline(transaction=False) as reads:
+            for schedule_id in ids:
+                reads.hgetall(keys.schedule_key(schedule_id))
+            raws = reads.execute()
+        return [_schedule(i, raw) for i, raw in zip(ids, raws, strict=True) if raw]
+
+    def fire(self, schedule_id: str, at_ms: int) -> None:
+        """Make the run due at `at_ms` (if the schedule still wants it), then arm the next fire."""
+        try:
+            schedule = self.get(schedule_id)
+        except ScheduleNotFound:
+            return
+        if schedule.spec.paused or schedule.next_run_at is None or schedule.next_run_ms != at_ms:
+            return
+        at = schedule.next_run_at
+        error = None
+        try:
+            self.tasks.submit(schedule.spec.task.to_spec(run_id(schedule_id, at), schedule_id))
+        except TaskConflict:
+            pass  # another scheduler made this run, from a definition edited in between
+        except InvalidInput as invalid:
+            error = invalid.detail
+            log.error("schedule %s could not make its run at %s: %s", schedule_id, at, error)
+        self._advance(schedule_id, at_ms, error)
+
+    def _advance(self, schedule_id: str, at_ms: int, error: str | None) -> None:
+        key = keys.schedule_key(schedule_id)
+        with self.connection.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.hgetall(key)
+                    if not raw:
+                        return
+                    schedule = _schedule(schedule_id, raw)
+                    if schedule.next_run_at is None or schedule.next_run_ms != at_ms:
+                        return  # another scheduler advanced it: this fire is counted once
+                    runs = schedule.runs + (0 if error else 1)
+                    # A late fire (no scheduler was running) runs once; the next is after now.
+                    after = max(schedule.next_run_at, _now())
+                    upcoming = next_fire(schedule.spec, after, anchor=schedule.created_at, runs=runs)
+                    pipe.multi()
+                    pipe.hset(
+                        key,
+                        mapping={
+                            "runs": runs,
+                            "last_run_ms": at_ms,
+                            "next_run_ms": _ms(upcoming) if upcoming else "",
+                            "last_error": error or "",
+                        },
+                    )
+                    if upcoming:
+                        arm(self.connection, Timer("schedule", schedule_id, _ms(upcoming)), pipeline=pipe)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _ms(at: datetime) -> int:
+    return math.ceil(at.timestamp() * 1000)
+
+
+def _from_ms(raw: bytes | str | None) -> datetime | None:
+    text = as_text(raw) if raw else ""
+    return datetime.fromtimestamp(int(text) / 1000, tz=timezone.utc) if text else None
+
+
+def _dump_spec(spec: ScheduleSpec) -> str:
+    body = asdict(spec)
+    body["task"]["priority"] = spec.task.priority.value
+    for name in ("start_at", "end_at"):
+        value = getattr(spec, name)
+        body[name] = value.isoformat() if value else None
+    return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def _load_spec(raw: str) -> ScheduleSpec:
+    body = json.loads(raw)
+    task = body.pop("task")
+    task["priority"] = Priority(task["priority"])
+    task["backoff"] = Backoff(**task["backoff"]) if task.get("backoff") else None
+    for name in ("start_at", "end_at"):
+        body[name] = datetime.fromisoformat(body[name]) if body.get(name) else None
+    return ScheduleSpec(task=TaskTemplate(**task), **body)
+
+
+def _fields(
+    spec: ScheduleSpec, *, runs: int, created: datetime, updated: datetime, upcoming: datetime | None
+) -> dict[Any, Any]:
+    return {
+        "spec": _dump_spec(spec),
+        "runs": runs,
+        "created_ms": _ms(created),
+        "updated_ms": _ms(updated),
+        "next_run_ms": _ms(upcoming) if upcoming else "",
+    }
+
+
+def _schedule(schedule_id: str, raw: dict[Any, Any]) -> Schedule:
+    fields = {as_text(k): v for k, v in raw.items()}
+    created = _from_ms(fields.get("created_ms")) or _now()
+    return Schedule(
+        id=schedule_id,
+        spec=_load_spec(as_text(fields["spec"])),
+        runs=int(fields.get("runs") or 0),
+        created_at=created,
+        updated_at=_from_ms(fields.get("updated_ms")) or created,
+        last_run_at=_from_ms(fields.get("last_run_ms")),
+        next_run_at=_from_ms(fields.get("next_run_ms")),
+        last_error=as_text(fields["last_error"]) if fields.get("last_error") else None,
+        next_run_ms=int(as_text(fields["next_run_ms"])) if fields.get("next_run_ms") else None,
+    )

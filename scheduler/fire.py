@@ -1,0 +1,72 @@
+"""What the standard `rqscheduler` command fires rqflow's timers with:
+
+    rqscheduler --url "$RQFLOW_REDIS_URL" --interval 0.25 \\
+        --job-class scheduler.fire.TimerJob --queue-class scheduler.fire.FireQueue
+
+rq-scheduler moves a due job to "its queue" by calling `queue.enqueue_job(job)`; FireQueue is
+that queue: instead of pushing the timer anywhere, it waits for the timer's exact moment (rq-scheduler
+only knows whole seconds) and fires it. Firing is idempotent, so two schedulers firing the same
+timer after a lapsed lock (rq-scheduler#312) still make one run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import lru_cache
+from typing import Any
+
+from rq.job import Job
+from rq.queue import Queue
+
+from app.registry import load_registry
+from app.schedules import ScheduleService
+from app.settings import get_settings
+from app.tasks import TaskService
+from app.timers import Timer, TimerJob
+
+__all__ = ["FireQueue", "TimerJob", "fire"]
+
+log = logging.getLogger(__name__)
+
+MAX_EARLY_S = 1.0
+"""rq-scheduler hands over a timer at most this early: it compares whole seconds."""
+
+
+@lru_cache(maxsize=1)
+def services() -> tuple[TaskService, ScheduleService]:
+    """Built once per scheduler process from its settings (this module is its entry point)."""
+    from redis import Redis
+
+    settings = get_settings()
+    connection = Redis.from_url(settings.effective_redis_url, socket_connect_timeout=2, socket_timeout=10)
+    tasks = TaskService(connection, load_registry(settings.task_modules, settings.type_limits), settings.result_ttl_s)
+    return tasks, ScheduleService(connection, tasks)
+
+
+def fire(timer: Timer, tasks: TaskService, schedules: ScheduleService) -> None:
+    wait = timer.at - time.time()
+    if 0 < wait <= MAX_EARLY_S:
+        time.sleep(wait)
+    if timer.kind == "release":
+        tasks.release(timer.ref, timer.at_ms)
+    elif timer.kind == "schedule":
+        schedules.fire(timer.ref, timer.at_ms)
+    else:
+        log.warning("ignoring timer %s of unknown kind", timer.id)
+
+
+class FireQueue(Queue):
+    """The queue rq-scheduler hands timers to; it fires them instead of queueing them."""
+
+    def enqueue_job(self, job: Job, pipeline: Any = None, at_front: bool = False, unique: bool = False) -> Job:
+        try:
+            timer = Timer.from_job(job)
+        except (KeyError, ValueError, TypeError):
+            log.warning("dropping job %s from the timer set: it is not an rqflow timer", job.id)
+            return job
+        # An exception propagates: rq-scheduler then exits without removing the timer, the
+        # process manager restarts it, and the timer fires again.
+        fire(timer, *services())
+        self.connection.delete(job.key)
+        return job
