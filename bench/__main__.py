@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import platform
 import subprocess
@@ -19,13 +20,14 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
-from rq.utils import str_to_date
+from rq.utils import as_text, str_to_date
 
 from tests.support import ROOT, RedisServer, free_port, wait_until
 
@@ -182,6 +184,128 @@ def run_chain(url: str, n: int, worker_class: str, procs: int, env: dict[str, st
     return {"total_s": total, "hop_p50_ms": hops[len(hops) // 2], "hop_p99_ms": hops[int(len(hops) * 0.99)]}
 
 
+@contextmanager
+def procfile_processes(url: str, env: dict[str, str], names: list[str]) -> Iterator[None]:
+    from deploy.launch import read_procfile
+
+    procfile = read_procfile(ROOT / "Procfile")
+    full_env = {**env, "RQFLOW_REDIS_URL": url, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    procs = [
+        subprocess.Popen(
+            ["/bin/sh", "-c", f"exec {procfile[name]}"],
+            env=full_env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name in names
+    ]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50_ms": ordered[len(ordered) // 2],
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "max_ms": ordered[-1],
+        "min_ms": ordered[0],
+    }
+
+
+def started_minus(redis: Redis, ids: list[str], due: dict[str, float]) -> list[float]:
+    with redis.pipeline(transaction=False) as reads:
+        for job_id in ids:
+            reads.hget(f"rq:job:{job_id}", "started_at")
+        starts = [str_to_date(s).timestamp() for s in reads.execute()]
+    return [(start - due[job_id]) * 1000 for job_id, start in zip(ids, starts, strict=True)]
+
+
+def run_lateness(url: str, env: dict[str, str], n: int, spread_s: float) -> dict[str, Any]:
+    """n one-off tasks due over `spread_s` seconds, with three schedulers and the Procfile's workers;
+    plus an every-second schedule over the same window, to count duplicate runs."""
+    redis = Redis.from_url(url)
+    redis.flushall()
+    with api(url, env) as port, procfile_processes(url, env, ["scheduler", "scheduler", "scheduler", "worker"]):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+        def post(path: str, body: dict[str, Any]) -> None:
+            conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 201, response.status
+
+        begin = time.time() + 2
+        due = {f"late{i}": begin + spread_s * i / n for i in range(n)}
+        window_start = datetime.fromtimestamp(math.ceil(begin), tz=timezone.utc)
+        fires = int(spread_s)
+        post(
+            "/api/schedules",
+            {
+                "id": "tick",
+                "interval_s": 1,
+                "task": {"type": "data_processing"},
+                "start_at": window_start.isoformat(),
+                "end_at": (window_start + timedelta(seconds=fires - 1)).isoformat(),
+            },
+        )
+        for job_id, when in due.items():
+            post(
+                "/api/tasks",
+                {
+                    "id": job_id,
+                    "type": "data_processing",
+                    "run_at": datetime.fromtimestamp(when, tz=timezone.utc).isoformat(),
+                },
+            )
+        wait_until(lambda: finished(redis) >= n + fires, timeout=spread_s + 60, interval=0.1, what="all tasks")
+        runs = [as_text(m) for m in redis.zrange("rqflow:tasks:schedule:tick", 0, -1)]
+    late = started_minus(redis, list(due), due)
+    return {
+        **percentiles(late),
+        "early": sum(1 for v in late if v < 0),
+        "schedule_runs": len(runs),
+        "schedule_fires": fires,
+        "duplicates": len(runs) - len(set(runs)) + max(0, len(runs) - fires),
+    }
+
+
+def run_lateness_plain(url: str, env: dict[str, str], n: int, spread_s: float) -> dict[str, Any]:
+    """The same one-off load on plain RQ: enqueue_at, fired by the workers' own scheduler."""
+    redis = Redis.from_url(url)
+    redis.flushall()
+    queue = Queue("default", connection=redis, serializer=JSONSerializer)
+    begin = time.time() + 2
+    due = {f"late{i}": begin + spread_s * i / n for i in range(n)}
+    for job_id, when in due.items():
+        queue.enqueue_at(datetime.fromtimestamp(when, tz=timezone.utc), "bench.noop.noop", job_id=job_id)
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "rq"), "worker", "--with-scheduler", "-S", "json", "--url", url, "default"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(2)
+    ]
+    try:
+        wait_until(lambda: finished(redis) >= n, timeout=spread_s + 60, interval=0.1, what="all jobs")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+    late = started_minus(redis, list(due), due)
+    return {**percentiles(late), "early": sum(1 for v in late if v < 0)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=5000)
@@ -189,6 +313,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="concurrent HTTP clients submitting")
     parser.add_argument("--worker-kind", choices=sorted(WORKER_CLASSES), action="append")
     parser.add_argument("--chain", type=int, default=1000, help="length of the dependency chain")
+    parser.add_argument("--timed", type=int, default=200, help="one-off tasks due over --spread seconds")
+    parser.add_argument("--spread", type=float, default=20.0)
+    parser.add_argument("--only", choices=["throughput", "timing"], help="run one part")
     args = parser.parse_args()
     kinds = args.worker_kind or ["fork", "simple"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RQFLOW_")}
@@ -201,7 +328,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data:
         server = RedisServer.start_new(Path(data), appendonly=True)
         try:
-            for kind in kinds:
+            for kind in kinds if args.only != "timing" else []:
                 ours, theirs = WORKER_CLASSES[kind]
                 plain = run_plain(server.url, args.tasks, theirs, args.workers, env)
                 flow = run_rqflow(server.url, args.tasks, ours, args.workers, args.clients, env)
@@ -227,6 +354,18 @@ def main() -> None:
                         f"{label:24}{chain_flow[key]:>12.2f}{chain_plain[key]:>12.2f}"
                         f"{chain_flow[key] / chain_plain[key]:>8.2f}"
                     )
+            if args.only != "throughput":
+                plain_late = run_lateness_plain(server.url, env, args.timed, args.spread)
+                late = run_lateness(server.url, env, args.timed, args.spread)
+                results["lateness"] = {"rqflow": late, "rq": plain_late}
+                print(f"\n[{args.timed} one-off tasks due over {args.spread:.0f} s: start minus due time]")
+                print(f"{'':24}{'rqflow':>12}{'plain RQ':>12}")
+                for key in ("p50_ms", "p99_ms", "max_ms", "min_ms", "early"):
+                    print(f"{key:24}{late[key]:>12.1f}{plain_late[key]:>12.1f}")
+                print(
+                    f"three schedulers, every-second schedule: {late['schedule_runs']} runs for "
+                    f"{late['schedule_fires']} fires, {late['duplicates']} duplicates"
+                )
         finally:
             server.kill()
     out = ROOT / "bench" / "results"
