@@ -187,3 +187,47 @@ def _make_ready(connection: Redis, job: Job, queue_name: str) -> bool:
         except WatchError:
             return False
     return bool(ready.enqueue_jobs([job.id]))
+
+
+def topological_order(parents: dict[str, list[str]]) -> list[str]:
+    """Ids ordered so that every task comes after its parents (edges to ids not in `parents` are
+    ignored); raises DependencyCycle with the ids of one cycle when there is one."""
+    children: dict[str, list[str]] = {node: [] for node in parents}
+    waiting = {node: 0 for node in parents}
+    for node, ups in parents.items():
+        for up in ups:
+            if up in parents:
+                children[up].append(node)
+                waiting[node] += 1
+    ready = [node for node, count in waiting.items() if count == 0]
+    order = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for child in children[node]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    if len(order) < len(parents):
+        raise DependencyCycle(_a_cycle({n for n, c in waiting.items() if c}, parents))
+    return order
+
+
+class DependencyCycle(Exception):
+    """Raised when tasks depend on each other in a circle; `ids` lists one such circle in order."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(" -> ".join([*ids, ids[0]]))
+        self.ids = ids
+
+
+def _a_cycle(stuck: set[str], parents: dict[str, list[str]]) -> list[str]:
+    # Every stuck node has a stuck parent, so walking up from any of them must revisit a node.
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    node = next(iter(sorted(stuck)))
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(up for up in parents[node] if up in stuck)
+    return path[seen[node] :][::-1]

@@ -37,6 +37,10 @@ def schedule_key(schedule_id: str) -> str:
     return f"{PREFIX}:schedule:{schedule_id}"
 
 
+HELD = f"{PREFIX}:held"
+"""Sorted set of tasks held for their start time (id -> due ms): counts SCHEDULED tasks without
+a scan, and lets the repair pass find one whose timer was lost."""
+
 TIMERS = "rq:scheduler:scheduled_jobs"
 """rq-scheduler's own sorted set. rqflow puts one-shot timers in it (score = due time in whole
 seconds, as rq-scheduler compares them) and the `rqscheduler` process fires them."""

@@ -4,32 +4,29 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
-from uuid import uuid4
 
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
-from rq.job import Dependency, JobStatus, Retry
-from rq.queue import Queue
-from rq.rate_limit import RateLimit, RateLimitRegistry
-from rq.registry import CanceledJobRegistry, DeferredJobRegistry, ScheduledJobRegistry
-from rq.results import Result
+from rq.job import JobStatus
+from rq.rate_limit import RateLimitRegistry
+from rq.registry import DeferredJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
-from app import keys
-from app.dag import WAITING, Verdict, cancel_dependent, cascade, dependency_failed_error, judge, parent_statuses
-from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound, UnknownDependency
+from app import keys, store
+from app.dag import WAITING, cancel_dependent, cascade, judge, parent_statuses
+from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound
 from app.job import TaskJob
-from app.model import Edge, Priority, Task, TaskChanges, TaskSpec, TaskStatus
-from app.registry import Registry, TaskType
+from app.model import Priority, Task, TaskChanges, TaskSpec, TaskStatus
+from app.registry import Registry
+from app.submission import Submission
 from app.timers import Timer, arm
 
 MAX_LIST_LIMIT = 1000
@@ -51,153 +48,19 @@ class TaskService:
         self.connection = connection
         self.registry = registry
         self.result_ttl_s = result_ttl_s
-        self.queues = {
-            p: Queue(p.value, connection=connection, job_class=TaskJob, serializer=JSONSerializer) for p in Priority
-        }
+        self.queues = store.queues(connection)
+        self.submission = Submission(connection, registry, result_ttl_s, self.queues)
 
     # -- submit --------------------------------------------------------------------------------
 
     def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
-        """Store and enqueue a task; returns it and whether it was created (False: an idempotent repeat).
+        """Store and enqueue one task; returns it and whether it was created (False: an idempotent repeat)."""
+        tasks, created = self.submission.submit([spec], batch=False)
+        return tasks[0], created
 
-        The job key and every dependency are WATCHed from the checks to the write, so two
-        submissions of one id cannot both create it, and a dependency cannot vanish or fail in
-        between unseen. A task whose dependency already failed is stored CANCELED at once.
-        """
-        task_type = self.registry.get_type(spec.type)
-        task_id = spec.id or uuid4().hex
-        fingerprint = spec.fingerprint()
-        job_key = TaskJob.key_for(task_id)
-        with self.connection.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(job_key, *(TaskJob.key_for(e.parent) for e in spec.dependencies))
-                    if pipe.exists(job_key):
-                        pipe.unwatch()
-                        return self._repeat(task_id, fingerprint), False
-                    verdict = self._check_dependencies(spec.dependencies)
-                    job = self._build_job(task_id, spec, task_type, fingerprint)
-                    if verdict.met is False and verdict.blocking is not None:
-                        self._store_canceled(job, verdict, pipe)
-                    else:
-                        self._enqueue(job, spec, pipe)
-                    member = _index_member(job.created_at, task_id)
-                    pipe.zadd(keys.TASK_INDEX, {member: 0})
-                    pipe.zadd(keys.type_index(spec.type), {member: 0})
-                    if spec.schedule_id:
-                        pipe.zadd(keys.schedule_runs_index(spec.schedule_id), {member: 0})
-                    pipe.execute()
-                    return job.to_task(), True
-                except WatchError:
-                    continue
-
-    def _repeat(self, task_id: str, fingerprint: str) -> Task:
-        task = self._load([task_id])[0]
-        job = task[0] if task else None
-        if job is None:
-            raise TaskConflict(f"task {task_id!r} changed while it was submitted again; retry the request")
-        if job.fingerprint != fingerprint:
-            raise TaskConflict(f"a different task with id {task_id!r} already exists")
-        return job.to_task(task[1] if task else None)
-
-    def _check_dependencies(self, edges: Sequence[Edge]) -> Verdict:
-        statuses = parent_statuses(self.connection, [e.parent for e in edges])
-        missing = [(i, e.parent) for i, (e, status) in enumerate(zip(edges, statuses, strict=True)) if status is None]
-        if missing:
-            raise UnknownDependency(missing)
-        return judge(edges, statuses)
-
-    def _store_canceled(self, job: TaskJob, verdict: Verdict, pipe: Pipeline) -> None:
-        assert verdict.blocking is not None
-        error = dependency_failed_error(verdict.blocking.parent, verdict.blocking_status)
-        job.error = error
-        pipe.multi()
-        job.set_status(JobStatus.CANCELED, pipeline=pipe)
-        job.ended_at = job.created_at
-        job.save(pipeline=pipe)
-        pipe.hset(job.key, keys.FIELD_ERROR, json.dumps(error))
-        CanceledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer).add(job, pipeline=pipe)
-        job.cleanup(ttl=self.result_ttl_s, pipeline=pipe)
-
-    def _build_job(self, task_id: str, spec: TaskSpec, task_type: TaskType, fingerprint: str) -> TaskJob:
-        max_attempts = spec.max_attempts or task_type.max_attempts
-        backoff = spec.backoff or task_type.backoff
-        timeout_ms = spec.timeout_ms or task_type.timeout_ms
-        kwargs: dict[str, Any] = {"task_type": spec.type, "payload": spec.payload}
-        if spec.duration_ms is not None:
-            kwargs["duration_ms"] = spec.duration_ms
-        retries = max_attempts - 1
-        # RQ's RateLimit holds a slot from queued to finished, across every worker on every machine.
-        limit = RateLimit(keys.rate_limit_key(spec.type), task_type.concurrency) if task_type.concurrency else None
-        job = self.queues[spec.priority].create_job(
-            keys.ENTRY_POINT,
-            kwargs=kwargs,
-            # RQ's death penalty counts whole seconds; round up so no attempt is cut short.
-            timeout=math.ceil(timeout_ms / 1000),
-            result_ttl=self.result_ttl_s,
-            failure_ttl=self.result_ttl_s,
-            description=f"{spec.type} {task_id}",
-            depends_on=Dependency(
-                [e.parent for e in spec.dependencies],
-                # RQ knows one failure rule per job; TaskJob.dependencies_are_met applies the
-                # per-edge rule. RQ's own paths may only be stricter than ours, never looser.
-                allow_failure=all(e.allow_failure for e in spec.dependencies),
-            )
-            if spec.dependencies
-            else None,
-            job_id=task_id,
-            # RQ counts the retries; TaskJob.retry() computes each wait from the backoff.
-            retry=Retry(max=retries) if retries else None,
-            rate_limit=limit,
-        )
-        assert isinstance(job, TaskJob)
-        job.fingerprint = fingerprint
-        job.spec = {
-            "name": spec.name,
-            "priority": spec.priority.value,
-            "dependencies": [{"id": e.parent, "allow_failure": e.allow_failure} for e in spec.dependencies],
-            "run_at": spec.run_at.isoformat() if spec.run_at else None,
-            "delay_ms": spec.delay_ms,
-            "max_attempts": max_attempts,
-            "backoff": asdict(backoff),
-            "timeout_ms": timeout_ms,
-            "schedule_id": spec.schedule_id,
-        }
-        return job
-
-    def _enqueue(self, job: TaskJob, spec: TaskSpec, pipe: Pipeline) -> None:
-        queue = self.queues[spec.priority]
-        due = spec.run_at or (
-            datetime.now(timezone.utc) + timedelta(milliseconds=spec.delay_ms) if spec.delay_ms else None
-        )
-        if due is not None and due > datetime.now(timezone.utc):
-            self._hold_until(job, queue, due, pipe)
-        elif job.has_rate_limit:
-            queue.setup_dependencies(job, pipeline=pipe)
-            pipe.sadd(queue.redis_queues_keys, queue.key)
-            if job.get_status(refresh=False) is not JobStatus.DEFERRED:
-                # RQ's enqueue_job refuses a pipeline for rate-limited jobs only because saving the
-                # returned job afterwards would overwrite its promoted status; nothing saves it here.
-                queue._enqueue_rate_limited_job(job, pipeline=pipe)
-        else:
-            # With a pipeline RQ only queues the writes (and WATCHes the dependencies); we EXEC.
-            queue.enqueue_job(job, pipeline=pipe)
-
-    def _hold_until(self, job: TaskJob, queue: Queue, due: datetime, pipe: Pipeline) -> None:
-        """Store a timed task SCHEDULED, with a timer that releases it at `due` (see `release`).
-
-        Its dependencies are registered now, so a parent that fails before `due` cancels it at once.
-        """
-        due_ms = math.ceil(due.timestamp() * 1000)
-        job.spec["due_ms"] = due_ms
-        if not pipe.explicit_transaction:
-            pipe.multi()
-        job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
-        job.save(pipeline=pipe)
-        if job.edges:
-            job.register_dependency(pipeline=pipe)
-        pipe.sadd(queue.redis_queues_keys, queue.key)
-        arm(self.connection, Timer("release", job.id, due_ms), pipeline=pipe)
+    def submit_batch(self, specs: Sequence[TaskSpec], dry_run: bool = False) -> tuple[list[Task], bool]:
+        """A whole DAG, all or nothing; dependencies may point inside the batch in any order."""
+        return self.submission.submit(specs, batch=True, dry_run=dry_run)
 
     def release(self, task_id: str, at_ms: int) -> None:
         """A timed task's time has come (called by the scheduler's timer): queue it if its
@@ -210,6 +73,8 @@ class TaskService:
                     job = loaded[0] if loaded else None
                     if job is None or job.spec.get("due_ms") != at_ms or job.get_status(refresh=False) not in WAITING:
                         pipe.unwatch()
+                        if job is None or job.get_status(refresh=False) not in WAITING:
+                            self.connection.zrem(keys.HELD, task_id)
                         return  # deleted, rescheduled or already settled: a stale timer
                     edges = job.edges
                     verdict = judge(edges, parent_statuses(self.connection, [e.parent for e in edges]))
@@ -217,8 +82,10 @@ class TaskService:
                         pipe.unwatch()
                         if cancel_dependent(job, verdict.blocking.parent, verdict.blocking_status):
                             cascade(self.connection, job.id)
+                        self.connection.zrem(keys.HELD, task_id)
                         return
                     pipe.multi()
+                    pipe.zrem(keys.HELD, job.id)
                     if verdict.met is None:
                         job.set_status(JobStatus.DEFERRED, pipeline=pipe)
                     else:
@@ -337,6 +204,7 @@ class TaskService:
             if status is not JobStatus.DEFERRED:
                 job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
             job.save(pipeline=pipe)
+            pipe.zadd(keys.HELD, {job.id: int(due_ms or 0)})
             arm(self.connection, Timer("release", job.id, int(due_ms or 0)), pipeline=pipe)
             return None
         if changes.times_given:
@@ -384,13 +252,13 @@ class TaskService:
                 }
             }
         if status is JobStatus.SCHEDULED and job.spec.get("due_ms") and job.is_held_by_time():
-            return {"time": _iso(datetime.fromtimestamp(int(job.spec["due_ms"]) / 1000, tz=timezone.utc))}
+            return {"time": store.iso(datetime.fromtimestamp(int(job.spec["due_ms"]) / 1000, tz=timezone.utc))}
         if status is JobStatus.SCHEDULED:
             # Waiting for a retry's backoff, in RQ's scheduled registry.
             registry = ScheduledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer)
             score = self.connection.zscore(registry.key, job.id)
             due = datetime.fromtimestamp(score, tz=timezone.utc) if score is not None else None
-            return {"time": _iso(due) if due else None}
+            return {"time": store.iso(due) if due else None}
         return {"worker": {"queue": job.origin, "queued": self.queues[Priority(job.origin)].count}}
 
     def get_status(self, task_id: str) -> TaskStatus:
@@ -460,42 +328,8 @@ class TaskService:
             for r in raw
         ]
 
-    def _load(self, ids: Sequence[str]) -> list[tuple[TaskJob, Result | None] | None]:
-        """Each job with its newest RQ result, in one round trip."""
-        with self.connection.pipeline(transaction=False) as reads:
-            for task_id in ids:
-                reads.hgetall(TaskJob.key_for(task_id))
-                reads.xrevrange(Result.get_key(task_id), "+", "-", count=1)
-            raw = reads.execute()
-        loaded: list[tuple[TaskJob, Result | None] | None] = []
-        for n, task_id in enumerate(ids):
-            fields, results = raw[2 * n], raw[2 * n + 1]
-            if not fields:
-                loaded.append(None)
-                continue
-            job = TaskJob(task_id, connection=self.connection)
-            job.restore(fields)
-            latest = None
-            if results:
-                result_id, payload = results[0]
-                latest = Result.restore(
-                    task_id,
-                    result_id.decode(),
-                    payload,
-                    connection=self.connection,
-                    serializer=JSONSerializer,
-                )
-            loaded.append((job, latest))
-        return loaded
-
-
-def _iso(at: datetime) -> str:
-    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _index_member(created_at: datetime, task_id: str) -> str:
-    micros = int(created_at.replace(tzinfo=created_at.tzinfo or timezone.utc).timestamp() * 1_000_000)
-    return f"{micros:020d}:{task_id}"
+    def _load(self, ids: Sequence[str]) -> list[store.Loaded | None]:
+        return store.load(self.connection, ids)
 
 
 def _encode_cursor(member: str) -> str:

@@ -28,7 +28,8 @@ class TimerJob(Job):
     any queue class a job names, so nothing in Redis can make the scheduler import code."""
 
     def __init__(self, id: str | None = None, connection: Any = None, serializer: Any = None) -> None:
-        super().__init__(id=id, connection=connection, serializer=JSONSerializer)
+        super().__init__(id=id, connection=connection)
+        self.serializer = JSONSerializer
 
     def restore(self, raw_data: Any) -> Any:
         super().restore(raw_data)
