@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -14,9 +14,10 @@ from starlette.routing import Route
 from app.api.problems import parse_json
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
 from app.errors import FieldError, InvalidInput
-from app.model import TaskStatus
+from app.model import TaskSpec, TaskStatus
 from app.registry import Registry
 from app.schedules import ScheduleService
+from app.submission import MAX_BATCH
 from app.tasks import MAX_LIST_LIMIT, TaskService
 
 
@@ -40,6 +41,38 @@ async def submit_task(request: Request) -> Response:
     task, created = await run_in_threadpool(_service(request).submit, body.to_spec())
     headers = {"Location": str(request.url_for("get_task", task_id=task.id).path)}
     return JSONResponse(task_json(task), status_code=201 if created else 200, headers=headers)
+
+
+async def submit_batch(request: Request) -> Response:
+    body = parse_json(await request.body())
+    specs = await run_in_threadpool(_batch_specs, body)
+    dry_run = request.query_params.get("dry_run", "false").lower() in ("1", "true", "yes")
+    tasks, created = await run_in_threadpool(_service(request).submit_batch, specs, dry_run)
+    status = 200 if dry_run or not created else 201
+    return JSONResponse({"dry_run": dry_run, "tasks": [task_json(t) for t in tasks]}, status_code=status)
+
+
+def _batch_specs(body: Any) -> list[TaskSpec]:
+    """Each member validated on its own, so that every error names its index and id."""
+    if not isinstance(body, dict) or set(body) != {"tasks"} or not isinstance(body["tasks"], list):
+        raise InvalidInput('send {"tasks": [...]}', [FieldError("tasks", "a list of tasks is required")])
+    raw = body["tasks"]
+    if not 1 <= len(raw) <= MAX_BATCH:
+        raise InvalidInput(f"a batch holds 1 to {MAX_BATCH} tasks", [FieldError("tasks", f"{len(raw)} tasks")])
+    specs, errors = [], []
+    for index, item in enumerate(raw):
+        try:
+            specs.append(TaskIn.model_validate(item).to_spec())
+        except ValidationError as invalid:
+            task_id = item.get("id") if isinstance(item, dict) else None
+            for e in invalid.errors():
+                where = ".".join(str(part) for part in e["loc"])
+                errors.append(
+                    FieldError(f"tasks.{index}{'.' + where if where else ''}", f"task {task_id!r}: {e['msg']}")
+                )
+    if errors:
+        raise InvalidInput("; ".join(f"{e.loc}: {e.message}" for e in errors[:20]), errors)
+    return specs
 
 
 async def list_tasks(request: Request) -> Response:
@@ -169,6 +202,7 @@ def _persistence(redis: Redis) -> dict[str, Any]:
 ROUTES = [
     Route("/api/tasks", submit_task, methods=["POST"]),
     Route("/api/tasks", list_tasks, methods=["GET"]),
+    Route("/api/tasks/batch", submit_batch, methods=["POST"]),
     Route("/api/tasks/{task_id}", get_task, methods=["GET"], name="get_task"),
     Route("/api/tasks/{task_id}", update_task, methods=["PUT"]),
     Route("/api/tasks/{task_id}/status", get_task_status, methods=["GET"]),

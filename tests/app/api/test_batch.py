@@ -1,0 +1,145 @@
+"""POST /api/tasks/batch: whole DAGs in one call, all or nothing."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+from redis import Redis
+from starlette.testclient import TestClient
+
+from tests.app.api.test_tasks import assert_problem
+
+
+def layered_dag(layers: int, width: int, path: Path) -> list[dict[str, Any]]:
+    tasks = []
+    for layer in range(layers):
+        for n in range(width):
+            parents = [f"L{layer - 1}-{p}" for p in range(width) if (p + n) % 3 == 0] if layer else []
+            tasks.append(
+                {"id": f"L{layer}-{n}", "type": "mark", "payload": {"path": str(path)}, "dependencies": parents}
+            )
+    return tasks
+
+
+def test_a_200_task_layered_dag_submitted_children_first_runs_in_dependency_order(
+    client: TestClient, work: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    tasks = layered_dag(10, 20, log)
+    shuffled = list(reversed(tasks))
+    random.Random(3).shuffle(shuffled)
+    response = client.post("/api/tasks/batch", json={"tasks": shuffled})
+    assert response.status_code == 201, response.text
+    assert [t["id"] for t in response.json()["tasks"]] == [t["id"] for t in shuffled]
+    statuses = {t["id"]: t["status"] for t in response.json()["tasks"]}
+    assert {statuses[f"L0-{n}"] for n in range(20)} == {"QUEUED"}
+    assert {s for i, s in statuses.items() if not i.startswith("L0-")} == {"PENDING"}
+    work()
+    runs = {line.split()[0]: (float(line.split()[1]), float(line.split()[2])) for line in log.read_text().splitlines()}
+    assert len(runs) == 200
+    for task in tasks:
+        for parent in task["dependencies"]:
+            assert runs[task["id"]][0] >= runs[parent][1], f"{task['id']} started before {parent} ended"
+
+
+def test_dependencies_may_point_at_existing_tasks(client: TestClient, work: Any) -> None:
+    client.post("/api/tasks", json={"id": "old", "type": "echo"})
+    body = {"tasks": [{"id": "b", "type": "echo", "dependencies": ["a", "old"]}, {"id": "a", "type": "echo"}]}
+    assert client.post("/api/tasks/batch", json=body).status_code == 201
+    work()
+    assert client.get("/api/tasks/b").json()["status"] == "COMPLETED"
+
+
+def test_a_cycle_is_refused_naming_its_ids_and_stores_nothing(client: TestClient, redis: Redis) -> None:
+    body = {
+        "tasks": [
+            {"id": "free", "type": "echo"},
+            {"id": "x", "type": "echo", "dependencies": ["z"]},
+            {"id": "y", "type": "echo", "dependencies": ["x", "free"]},
+            {"id": "z", "type": "echo", "dependencies": ["y"]},
+        ]
+    }
+    problem = assert_problem(client.post("/api/tasks/batch", json=body), 422)
+    assert "cycle" in problem["detail"]
+    for task_id in ("x", "y", "z"):
+        assert task_id in problem["detail"]
+    assert "free" not in problem["detail"].split("cycle")[1]
+    assert {e["field"] for e in problem["errors"]} == {
+        "tasks.1.dependencies",
+        "tasks.2.dependencies",
+        "tasks.3.dependencies",
+    }
+    assert redis.keys("rq:*") == [] and redis.keys("rqflow:*") == []
+
+
+def test_an_invalid_member_is_named_by_index_and_id_and_nothing_is_stored(client: TestClient, redis: Redis) -> None:
+    body = {
+        "tasks": [
+            {"id": "ok", "type": "echo"},
+            {"id": "bad", "type": "echo", "priority": "urgent"},
+            {"id": "unknown", "type": "nope"},
+            {"id": "orphan", "type": "echo", "dependencies": ["ghost"]},
+        ]
+    }
+    problem = assert_problem(client.post("/api/tasks/batch", json=body), 422)
+    fields = {e["field"]: e["message"] for e in problem["errors"]}
+    assert "tasks.1.priority" in fields and "'bad'" in fields["tasks.1.priority"]
+    assert redis.keys("rq:job:*") == []
+    body["tasks"] = [body["tasks"][0], body["tasks"][2]]
+    problem = assert_problem(client.post("/api/tasks/batch", json=body), 422, "tasks.1.type")
+    assert "'unknown'" in problem["errors"][0]["message"]
+    body["tasks"] = [{"id": "ok", "type": "echo"}, {"id": "orphan", "type": "echo", "dependencies": ["ghost"]}]
+    assert_problem(client.post("/api/tasks/batch", json=body), 422, "tasks.1.dependencies.0")
+    body["tasks"] = [{"id": "twice", "type": "echo"}, {"id": "twice", "type": "echo"}]
+    assert_problem(client.post("/api/tasks/batch", json=body), 422, "tasks.1.id")
+    assert redis.keys("rq:job:*") == []
+
+
+def test_bad_batch_shapes(client: TestClient) -> None:
+    assert_problem(client.post("/api/tasks/batch", json=[{"type": "echo"}]), 422, "tasks")
+    assert_problem(client.post("/api/tasks/batch", json={"tasks": []}), 422, "tasks")
+    assert_problem(client.post("/api/tasks/batch", json={"tasks": [{"type": "echo"}] * 10_001}), 422, "tasks")
+    assert_problem(client.post("/api/tasks/batch", content=b"{"), 400)
+
+
+def test_dry_run_validates_and_stores_nothing(client: TestClient, redis: Redis) -> None:
+    client.post("/api/tasks", json={"id": "failed", "type": "echo"})
+    redis.hset("rq:job:failed", "status", "failed")
+    body = {
+        "tasks": [
+            {"id": "a", "type": "echo"},
+            {"id": "b", "type": "echo", "dependencies": ["a"]},
+            {"id": "c", "type": "echo", "dependencies": ["failed"]},
+            {"id": "d", "type": "echo", "delay_ms": 60_000},
+        ]
+    }
+    keys_before = sorted(redis.keys("*"))
+    response = client.post("/api/tasks/batch?dry_run=true", json=body)
+    assert response.status_code == 200
+    assert response.json()["dry_run"] is True
+    assert [t["status"] for t in response.json()["tasks"]] == ["QUEUED", "PENDING", "CANCELED", "SCHEDULED"]
+    assert sorted(redis.keys("*")) == keys_before
+
+
+def test_a_repeated_batch_is_idempotent(client: TestClient) -> None:
+    body = {"tasks": [{"id": "a", "type": "echo"}, {"id": "b", "type": "echo", "dependencies": ["a"]}]}
+    assert client.post("/api/tasks/batch", json=body).status_code == 201
+    assert client.post("/api/tasks/batch", json=body).status_code == 200
+    body["tasks"][1]["payload"] = {"changed": True}
+    assert_problem(client.post("/api/tasks/batch", json=body), 409)
+
+
+def test_a_member_behind_a_failed_parent_is_canceled_with_its_descendants(client: TestClient, redis: Redis) -> None:
+    client.post("/api/tasks", json={"id": "broken", "type": "echo"})
+    redis.hset("rq:job:broken", "status", "canceled")
+    body = {
+        "tasks": [
+            {"id": "kid", "type": "echo", "dependencies": ["broken"]},
+            {"id": "grandkid", "type": "echo", "dependencies": ["kid"]},
+        ]
+    }
+    tasks = {t["id"]: t for t in client.post("/api/tasks/batch", json=body).json()["tasks"]}
+    assert tasks["kid"]["status"] == tasks["grandkid"]["status"] == "CANCELED"
+    assert tasks["grandkid"]["error"]["message"] == "dependency 'kid' ended CANCELED"
