@@ -15,10 +15,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
-from rq.registry import DeferredJobRegistry, ReadyJobRegistry
+from rq.registry import CanceledJobRegistry, DeferredJobRegistry, ReadyJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
@@ -87,12 +88,23 @@ def judge(edges: Sequence[Edge], statuses: Sequence[JobStatus | None]) -> Verdic
 
 def dependency_failed_error(parent: str, status: JobStatus | None) -> dict[str, str]:
     shown = TaskStatus.from_job_status(status).value if status else "missing"
-    return {"type": "dependency_failed", "message": f"dependency {parent!r} ended {shown}"}
+    # `dependency` lets a retry of the parent find and re-arm the tasks it took down.
+    return {"type": "dependency_failed", "message": f"dependency {parent!r} ended {shown}", "dependency": parent}
 
 
 def cancel_dependent(job: Job, parent: str, parent_status: JobStatus | None) -> bool:
     """Cancel a waiting task because `parent` can no longer meet its edge; False if it was not waiting."""
-    error = json.dumps(dependency_failed_error(parent, parent_status))
+    return cancel_task(job, dependency_failed_error(parent, parent_status), only=WAITING)
+
+
+CANCELABLE = frozenset(
+    {JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RATE_LIMITED, JobStatus.READY_TO_ENQUEUE, *WAITING}
+)
+
+
+def cancel_task(job: Job, error: dict[str, str], only: frozenset[JobStatus] = CANCELABLE) -> bool:
+    """Cancel a task that has not started (RQ's cancel: out of its queue, registries and limit),
+    keeping `error` as the reason; False if its status is not in `only` any more."""
     deferred = DeferredJobRegistry(job.origin, connection=job.connection, serializer=JSONSerializer)
     with job.connection.pipeline() as pipe:
         try:
@@ -100,22 +112,56 @@ def cancel_dependent(job: Job, parent: str, parent_status: JobStatus | None) -> 
             # sweep cancels again, never a canceled task without its reason.
             pipe.watch(job.key)
             status = pipe.hget(job.key, "status")
-            if status is None or JobStatus(as_text(status)) not in WAITING:
+            if status is None or JobStatus(as_text(status)) not in only:
                 pipe.unwatch()
                 return False
             pipe.multi()
-            pipe.hset(job.key, keys.FIELD_ERROR, error)
-            # RQ's cancel cleans the registry of the job's status; a timed task also sits in this one.
+            pipe.hset(job.key, keys.FIELD_ERROR, json.dumps(error))
+            # RQ's cancel cleans the registry of the job's status; a timed task also sits in these.
             deferred.remove(job, pipeline=pipe)
+            pipe.zrem(keys.HELD, job.id)
             pipe.execute()
         except WatchError:
             return False
+    if hasattr(job, "error"):
+        job.error = error  # so the history event carries the reason
     try:
         job.cancel()
     except InvalidJobOperation:
         return False
-    log.info("task %s canceled: dependency %s ended %s", job.id, parent, parent_status)
+    log.info("task %s canceled: %s", job.id, error["message"])
     return True
+
+
+def rearm(connection: Redis, parent: str, pipe: Pipeline) -> list[str]:
+    """Put back to PENDING (on `pipe`, in MULTI) the tasks below `parent` that were canceled because of
+    it, recursively, unless another of their parents still stands in the way. Returns their ids."""
+    from app.job import TaskJob
+
+    rearmed: list[str] = []
+    todo = [parent]
+    while todo:
+        current = todo.pop()
+        child_ids = [as_text(c) for c in connection.smembers(Job.dependents_key_for(current))]
+        for child in TaskJob.fetch_many(child_ids, connection=connection, serializer=JSONSerializer):
+            if not isinstance(child, TaskJob) or child.get_status(refresh=False) is not JobStatus.CANCELED:
+                continue
+            if (child.error or {}).get("type") != "dependency_failed" or (child.error or {}).get(
+                "dependency"
+            ) != current:
+                continue
+            others = [e for e in child.edges if e.parent not in (current, parent, *rearmed)]
+            if judge(others, parent_statuses(connection, [e.parent for e in others])).met is False:
+                continue
+            child.error = None
+            pipe.hdel(child.key, keys.FIELD_ERROR)
+            CanceledJobRegistry(child.origin, connection=connection).remove(child, pipeline=pipe)
+            DeferredJobRegistry(child.origin, connection=connection).add(child, pipeline=pipe)
+            child.set_status(JobStatus.DEFERRED, pipeline=pipe)
+            pipe.persist(child.key)
+            rearmed.append(child.id)
+            todo.append(child.id)
+    return rearmed
 
 
 def cascade(connection: Redis, parent: str) -> list[str]:

@@ -17,9 +17,20 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
 
-from app import keys
+from app import history, keys
 from app.dag import edges_from_spec, judge, parent_statuses
 from app.model import Backoff, Edge, Priority, Task, TaskError, TaskStatus
+
+STATUS_EVENTS = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.DEFERRED: "pending",
+    JobStatus.SCHEDULED: "scheduled",
+    JobStatus.FINISHED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "stopped",
+    JobStatus.CANCELED: "canceled",
+}
+"""RQ status changes that are events in a task's history (STARTED is recorded where it happens)."""
 
 
 class ForbiddenJob(Exception):
@@ -134,6 +145,29 @@ class TaskJob(Job):
         # Counted in the same transaction that marks the job started, so every start counts once.
         pipeline.hincrby(self.key, keys.FIELD_ATTEMPTS, 1)
         self.attempts += 1
+        history.record(pipeline, self.id, "started", attempt=self.attempts, worker=worker_name)
+
+    def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
+        """RQ's status change, plus the matching event in the task's history, in the same pipeline."""
+        super().set_status(status, pipeline=pipeline)
+        event = STATUS_EVENTS.get(status)
+        if event is None:
+            return
+        ended = status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+        history.record(
+            pipeline if pipeline is not None else self.connection,
+            self.id,
+            event,
+            attempt=self.attempts or None,
+            worker=self.worker_name if ended else None,
+            error=self.error if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED) else None,
+            ttl_s=self.result_ttl if ended else None,
+        )
+        if ended:
+            bucket = keys.finished_bucket(time.time())
+            target = pipeline if pipeline is not None else self.connection
+            target.incr(bucket)
+            target.expire(bucket, 120)
 
     def retry(self, queue: Queue, pipeline: Pipeline) -> None:
         """Re-queue after a failed attempt, waiting as the task's backoff says.
@@ -146,6 +180,15 @@ class TaskJob(Job):
         self.retries_left -= 1
         backoff = Backoff(**self.spec["backoff"]) if self.spec.get("backoff") else Backoff()
         wait_ms = backoff.delay_ms(max(self.attempts, 1))
+        history.record(
+            pipeline,
+            self.id,
+            "retrying",
+            attempt=self.attempts,
+            worker=self.worker_name,
+            error=self.error,
+            detail=f"next attempt in {wait_ms / 1000:.3f} s",
+        )
         if wait_ms <= 0:
             queue._enqueue_job(self, pipeline=pipeline, at_front=self.enqueue_at_front_on_retry)
             return

@@ -72,3 +72,17 @@ FIELD_SPEC = "rqflow_spec"
 def rate_limit_key(task_type: str) -> str:
     """RQ RateLimit key of a task type: RQ keeps `rq:rl:<key>` and the slots under it."""
     return f"type:{task_type}"
+
+
+def history_key(task_id: str) -> str:
+    """Stream of a task's events (submitted, queued, started, retrying, ...), capped, expiring with it."""
+    return f"{PREFIX}:history:{task_id}"
+
+
+FINISHED_BUCKET_S = 10
+"""Width of the counters of finished tasks behind `/api/stats` throughput."""
+
+
+def finished_bucket(epoch_s: float) -> str:
+    """Counter of tasks that ended (any way) in one FINISHED_BUCKET_S window; expires on its own."""
+    return f"{PREFIX}:finished:{int(epoch_s) // FINISHED_BUCKET_S}"

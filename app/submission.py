@@ -25,7 +25,7 @@ from rq.rate_limit import RateLimit
 from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 
-from app import keys, store
+from app import history, keys, store
 from app.dag import DependencyCycle, dependency_failed_error, edge_met, parent_statuses, topological_order
 from app.errors import FieldError, InvalidTask, TaskConflict, UnknownTaskType
 from app.job import TaskJob
@@ -161,6 +161,7 @@ class Submission:
                 if blocked:
                     break
             due = _due(p.spec)
+            history.record(target, job.id, "submitted", detail=p.spec.name)
             if blocked:
                 canceled.add(p.task_id)
                 self._store_canceled(job, *blocked, target)
@@ -171,7 +172,7 @@ class Submission:
                 job.save(pipeline=target)
                 job.register_dependency(pipeline=target)
             else:
-                self._enqueue(job, target)
+                self.enqueue(job, target)
             member = store.index_member(job.created_at, job.id)
             for index in (keys.TASK_INDEX, keys.type_index(p.spec.type)) + (
                 (keys.schedule_runs_index(p.spec.schedule_id),) if p.spec.schedule_id else ()
@@ -181,8 +182,9 @@ class Submission:
             target.zadd(index, members)
         return jobs
 
-    def _enqueue(self, job: TaskJob, pipe: Any) -> None:
-        queue = self.queues[Priority(job.spec["priority"])]
+    def enqueue(self, job: TaskJob, pipe: Any) -> None:
+        """Put a job on its queue (or in its limit's waiting line) within the caller's MULTI."""
+        queue = self.queues[Priority(job.origin)]
         pipe.sadd(queue.redis_queues_keys, queue.key)
         if job.has_rate_limit:
             # RQ's enqueue_job refuses a pipeline for rate-limited jobs only because saving the

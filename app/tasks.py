@@ -14,14 +14,16 @@ from typing import Any
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 from rq.rate_limit import RateLimitRegistry
-from rq.registry import DeferredJobRegistry, ScheduledJobRegistry
+from rq.registry import CanceledJobRegistry, DeferredJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
-from app import keys, store
-from app.dag import WAITING, cancel_dependent, cascade, judge, parent_statuses
+from app import history, keys, store
+from app.dag import WAITING, cancel_dependent, cancel_task, cascade, judge, parent_statuses, rearm
 from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound
 from app.job import TaskJob
 from app.model import Priority, Task, TaskChanges, TaskSpec, TaskStatus
@@ -96,14 +98,10 @@ class TaskService:
                     continue
 
     def _release_to_queue(self, job: TaskJob, pipe: Pipeline) -> None:
-        queue = self.queues[Priority(job.origin)]
         DeferredJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer).remove(
             job, pipeline=pipe
         )
-        if job.has_rate_limit:
-            queue._enqueue_rate_limited_job(job, pipeline=pipe)
-        else:
-            queue._enqueue_job(job, pipeline=pipe)
+        self.submission.enqueue(job, pipe)
 
     # -- change -------------------------------------------------------------------------------
 
@@ -211,15 +209,95 @@ class TaskService:
             spec["due_ms"] = due_ms = int(time.time() * 1000)
         job.save(pipeline=pipe)
         if taken:
-            self._requeue(job, pipe)
+            self.submission.enqueue(job, pipe)
         return due_ms if changes.times_given and status is JobStatus.SCHEDULED else None
 
-    def _requeue(self, job: TaskJob, pipe: Pipeline) -> None:
-        queue = self.queues[Priority(job.origin)]
-        if job.has_rate_limit:
-            queue._enqueue_rate_limited_job(job, pipeline=pipe)
-        else:
-            queue._enqueue_job(job, pipeline=pipe)
+    # -- cancel, retry, delete -------------------------------------------------------------
+
+    def cancel(self, task_id: str) -> tuple[Task, bool]:
+        """Cancel a task; returns it and whether it is CANCELED already (False: a running task was
+        asked to stop, and its worker cancels it within moments). Dependents cascade."""
+        for _ in range(200):
+            job = self._job(task_id)
+            status = job.get_status(refresh=False)
+            if TaskStatus.from_job_status(status).is_terminal:
+                raise TaskConflict(f"task {task_id!r} is already {TaskStatus.from_job_status(status).value}")
+            if status is JobStatus.STARTED:
+                try:
+                    send_stop_job_command(self.connection, task_id, serializer=JSONSerializer)
+                except (InvalidJobOperation, NoSuchJobError):
+                    continue  # it ended meanwhile
+                return self.get(task_id), False
+            if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED):
+                try:
+                    self._take_out_of_queue(job)
+                except TaskConflict:
+                    time.sleep(0.005)  # a worker just took it: it is about to be STARTED
+                    continue
+            if cancel_task(job, {"type": "canceled", "message": "canceled on request"}):
+                cascade(self.connection, task_id)
+                return self.get(task_id), True
+        raise TaskConflict(f"task {task_id!r} kept changing state; try again")
+
+    def retry(self, task_id: str) -> Task:
+        """Run a FAILED or CANCELED task again (its attempts keep counting) and put back to PENDING
+        the dependents that were canceled because of it."""
+        job = self._job(task_id)
+        status = job.get_status(refresh=False)
+        if status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            raise TaskConflict(
+                f"only a FAILED or CANCELED task can be retried; {task_id!r} is "
+                f"{TaskStatus.from_job_status(status).value}"
+            )
+        edges = job.edges
+        verdict = judge(edges, parent_statuses(self.connection, [e.parent for e in edges]))
+        if verdict.met is False and verdict.blocking is not None:
+            raise TaskConflict(f"its dependency {verdict.blocking.parent!r} has not completed; retry that one first")
+        with self.connection.pipeline() as pipe:
+            pipe.multi()
+            rearm(self.connection, task_id, pipe)
+            job.retries_left = int(job.spec.get("max_attempts", 1)) - 1 or None
+            job.error = None
+            pipe.hdel(job.key, keys.FIELD_ERROR)
+            for registry in (job.failed_job_registry, CanceledJobRegistry(job.origin, connection=self.connection)):
+                registry.remove(job, pipeline=pipe)
+            history.record(pipe, task_id, "retry_requested", attempt=job.attempts or None)
+            if verdict.met is None:
+                job.set_status(JobStatus.DEFERRED, pipeline=pipe)
+                job.save(pipeline=pipe)
+                DeferredJobRegistry(job.origin, connection=self.connection).add(job, pipeline=pipe)
+            else:
+                job.ended_at = None
+                self.submission.enqueue(job, pipe)
+            pipe.persist(job.key)
+            pipe.execute()
+        return self.get(task_id)
+
+    def delete(self, task_id: str) -> None:
+        """Cancel the task if it has not ended, then remove it, its RQ job, results and history."""
+        job = self._job(task_id)
+        if not TaskStatus.from_job_status(job.get_status(refresh=False)).is_terminal:
+            self.cancel(task_id)
+            deadline = time.monotonic() + 10
+            while not self.get(task_id).status.is_terminal and time.monotonic() < deadline:
+                time.sleep(0.05)  # a running task stops within moments; then its record can go
+            job = self._job(task_id)
+        member = store.index_member(job.created_at, task_id)
+        with self.connection.pipeline() as pipe:
+            job.delete(pipeline=pipe)
+            pipe.delete(keys.history_key(task_id))
+            pipe.zrem(keys.HELD, task_id)
+            for index in (keys.TASK_INDEX, keys.type_index(job.kwargs.get("task_type", ""))):
+                pipe.zrem(index, member)
+            if job.spec.get("schedule_id"):
+                pipe.zrem(keys.schedule_runs_index(job.spec["schedule_id"]), member)
+            pipe.execute()
+
+    def history(self, task_id: str) -> list[history.Event]:
+        events = history.read(self.connection, task_id)
+        if not events and not self.connection.exists(TaskJob.key_for(task_id)):
+            raise TaskNotFound(task_id)
+        return events
 
     # -- read ----------------------------------------------------------------------------------
 

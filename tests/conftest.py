@@ -35,7 +35,8 @@ def redis(redis_server: RedisServer) -> Iterator[Redis]:
 
 
 @pytest.fixture
-def settings(redis_server: RedisServer, tmp_path: Path) -> Settings:
+def settings(redis_server: RedisServer, redis: Redis, tmp_path: Path) -> Settings:
+    """Settings for this test's processes; asking for them also flushes the session Redis."""
     return Settings(redis_url=redis_server.url, task_modules=TEST_MODULES, var_dir=tmp_path)
 
 

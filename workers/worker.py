@@ -6,10 +6,12 @@ JSON serializer, the allow-listing job class, the task registry, and a record of
 
 from __future__ import annotations
 
+import json
 import logging
 from types import TracebackType
 from typing import Any
 
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -48,9 +50,24 @@ class TaskWorkerMixin:
         super().__init__(names, *args, **kwargs)  # type: ignore[call-arg]
         self.push_exc_handler(record_error)  # type: ignore[attr-defined]
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        # A task canceled in the instant between a worker's pop and its start must not run.
+        if job.get_status(refresh=False) is JobStatus.CANCELED:
+            log.info("task %s was canceled before it started; not running it", job.id)
+            return
+        super().execute_job(job, queue)  # type: ignore[misc]
+
     def _enqueue_dependents_safely(self, queue: Queue, job: Job) -> None:
         """RQ enqueues the dependents a parent's end lets run; before that, cancel the ones it
         never will (RQ would leave them deferred forever, rq#1093)."""
+        if job.get_status(refresh=False) is JobStatus.STOPPED and isinstance(job, TaskJob):
+            # rqflow stops a running task only to cancel it (RQ's stop command makes it STOPPED).
+            job.error = {"type": "canceled", "message": "canceled on request while running"}
+            job.connection.hset(job.key, keys.FIELD_ERROR, json.dumps(job.error))
+            try:
+                job.cancel()
+            except InvalidJobOperation:
+                log.warning("could not mark stopped task %s canceled", job.id)
         if job.get_status(refresh=False) in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             try:
                 cascade(job.connection, job.id)

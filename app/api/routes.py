@@ -11,12 +11,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from app import stats
 from app.api.problems import parse_json
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
 from app.errors import FieldError, InvalidInput
 from app.model import TaskSpec, TaskStatus
 from app.registry import Registry
 from app.schedules import ScheduleService
+from app.store import iso
 from app.submission import MAX_BATCH
 from app.tasks import MAX_LIST_LIMIT, TaskService
 
@@ -104,6 +106,47 @@ async def update_task(request: Request) -> Response:
     body = TaskUpdateIn.model_validate(parse_json(await request.body()))
     task = await run_in_threadpool(_service(request).update, request.path_params["task_id"], body.to_changes())
     return JSONResponse(task_json(task, detailed=True))
+
+
+async def cancel_task(request: Request) -> Response:
+    task, done = await run_in_threadpool(_service(request).cancel, request.path_params["task_id"])
+    # 202: a running task was told to stop; it is CANCELED within moments.
+    return JSONResponse(task_json(task, detailed=True), status_code=200 if done else 202)
+
+
+async def retry_task(request: Request) -> Response:
+    task = await run_in_threadpool(_service(request).retry, request.path_params["task_id"])
+    return JSONResponse(task_json(task, detailed=True))
+
+
+async def delete_task(request: Request) -> Response:
+    await run_in_threadpool(_service(request).delete, request.path_params["task_id"])
+    return Response(status_code=204)
+
+
+async def task_history(request: Request) -> Response:
+    events = await run_in_threadpool(_service(request).history, request.path_params["task_id"])
+    return JSONResponse(
+        [
+            {
+                "event": e.event,
+                "at": iso(e.at),
+                "attempt": e.attempt,
+                "worker": e.worker,
+                "error": e.error,
+                "detail": e.detail,
+            }
+            for e in events
+        ]
+    )
+
+
+async def get_stats(request: Request) -> Response:
+    return JSONResponse(await run_in_threadpool(stats.stats, request.app.state.redis))
+
+
+async def get_workers(request: Request) -> Response:
+    return JSONResponse(await run_in_threadpool(stats.workers, request.app.state.redis))
 
 
 async def get_task_status(request: Request) -> Response:
@@ -205,6 +248,12 @@ ROUTES = [
     Route("/api/tasks/batch", submit_batch, methods=["POST"]),
     Route("/api/tasks/{task_id}", get_task, methods=["GET"], name="get_task"),
     Route("/api/tasks/{task_id}", update_task, methods=["PUT"]),
+    Route("/api/tasks/{task_id}", delete_task, methods=["DELETE"]),
+    Route("/api/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/api/tasks/{task_id}/retry", retry_task, methods=["POST"]),
+    Route("/api/tasks/{task_id}/history", task_history, methods=["GET"]),
+    Route("/api/stats", get_stats, methods=["GET"]),
+    Route("/api/workers", get_workers, methods=["GET"]),
     Route("/api/tasks/{task_id}/status", get_task_status, methods=["GET"]),
     Route("/api/schedules", create_schedule, methods=["POST"]),
     Route("/api/schedules", list_schedules, methods=["GET"]),

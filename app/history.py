@@ -1,0 +1,78 @@
+"""Each task's history: a capped Redis stream of its events, oldest first, kept as long as the task."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from redis import Redis
+from rq.utils import as_text
+
+from app import keys
+
+MAX_EVENTS = 100
+"""Per task; a task retried or re-armed forever keeps its newest events."""
+
+TERMINAL_EVENTS = frozenset({"completed", "failed", "canceled", "stopped"})
+
+
+@dataclass(frozen=True)
+class Event:
+    event: str
+    at: datetime
+    attempt: int | None
+    worker: str | None
+    error: dict[str, str] | None
+    detail: str | None
+
+
+def record(
+    target: Any,
+    task_id: str,
+    event: str,
+    *,
+    attempt: int | None = None,
+    worker: str | None = None,
+    error: dict[str, str] | None = None,
+    detail: str | None = None,
+    ttl_s: int | None = None,
+) -> None:
+    """Append an event on `target` (a pipeline, so it commits with the change it describes).
+
+    Terminal events start the stream's expiry: it lives exactly as long as the task's own record.
+    """
+    fields: dict[str, str | int] = {"event": event, "at_ms": int(time.time() * 1000)}
+    if attempt:
+        fields["attempt"] = attempt
+    if worker:
+        fields["worker"] = worker
+    if error:
+        fields["error"] = json.dumps({"type": error.get("type", ""), "message": error.get("message", "")})
+    if detail:
+        fields["detail"] = detail
+    key = keys.history_key(task_id)
+    target.xadd(key, fields, maxlen=MAX_EVENTS, approximate=False)
+    if event in TERMINAL_EVENTS and ttl_s:
+        target.expire(key, ttl_s)
+    elif event not in TERMINAL_EVENTS:
+        target.persist(key)
+
+
+def read(connection: Redis, task_id: str) -> list[Event]:
+    events = []
+    for _, raw in connection.xrange(keys.history_key(task_id)) or []:
+        fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
+        events.append(
+            Event(
+                event=fields["event"],
+                at=datetime.fromtimestamp(int(fields["at_ms"]) / 1000, tz=timezone.utc),
+                attempt=int(fields["attempt"]) if "attempt" in fields else None,
+                worker=fields.get("worker"),
+                error=json.loads(fields["error"]) if "error" in fields else None,
+                detail=fields.get("detail"),
+            )
+        )
+    return events

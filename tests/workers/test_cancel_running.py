@@ -1,0 +1,62 @@
+"""Canceling a running task stops it on its (forking) worker within a second or two, and cascades."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from app.settings import Settings
+from tests.support import ROOT, wait_until
+
+
+def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(client: TestClient, settings: Settings) -> None:
+    client.post("/api/tasks", json={"id": "long", "type": "data_processing", "duration_ms": 20_000})
+    client.post("/api/tasks", json={"id": "after", "type": "echo", "dependencies": ["long"]})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RQFLOW_TASK_MODULES": "tests.handlers"}
+    worker = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "rq"),
+            "worker",
+            "-w",
+            "workers.worker.TaskWorker",
+            "--url",
+            str(settings.redis_url),
+            "high",
+            "default",
+            "low",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: client.get("/api/tasks/long").json()["status"] == "RUNNING", timeout=20, what="start")
+        asked = time.monotonic()
+        response = client.post("/api/tasks/long/cancel")
+        assert response.status_code == 202
+        wait_until(
+            lambda: client.get("/api/tasks/long").json()["status"] == "CANCELED",
+            timeout=2,
+            interval=0.02,
+            what="the running task to be canceled",
+        )
+        took = time.monotonic() - asked
+        long = client.get("/api/tasks/long").json()
+        assert long["error"] == {"type": "canceled", "message": "canceled on request while running"}
+        after = client.get("/api/tasks/after").json()
+        assert after["status"] == "CANCELED" and after["error"]["type"] == "dependency_failed"
+        events = [e["event"] for e in client.get("/api/tasks/long/history").json()]
+        assert events[-2:] == ["stopped", "canceled"]
+        assert took < 2
+        # The worker is free again: it runs the next task.
+        client.post("/api/tasks", json={"id": "next", "type": "echo"})
+        wait_until(lambda: client.get("/api/tasks/next").json()["status"] == "COMPLETED", timeout=20)
+    finally:
+        worker.terminate()
+        worker.wait(30)
