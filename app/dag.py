@@ -159,6 +159,7 @@ def rearm(connection: Redis, parent: str, pipe: Pipeline) -> list[str]:
             DeferredJobRegistry(child.origin, connection=connection).add(child, pipeline=pipe)
             child.set_status(JobStatus.DEFERRED, pipeline=pipe)
             pipe.persist(child.key)
+            pipe.persist(keys.history_key(child.id))
             rearmed.append(child.id)
             todo.append(child.id)
     return rearmed

@@ -42,7 +42,8 @@ def record(
 ) -> None:
     """Append an event on `target` (a pipeline, so it commits with the change it describes).
 
-    Terminal events start the stream's expiry: it lives exactly as long as the task's own record.
+    Terminal events start the stream's expiry, so it lives exactly as long as the task's own record
+    (a task brought back by a retry or re-arm gets PERSIST where that happens).
     """
     fields: dict[str, str | int] = {"event": event, "at_ms": int(time.time() * 1000)}
     if attempt:
@@ -57,8 +58,6 @@ def record(
     target.xadd(key, fields, maxlen=MAX_EVENTS, approximate=False)
     if event in TERMINAL_EVENTS and ttl_s:
         target.expire(key, ttl_s)
-    elif event not in TERMINAL_EVENTS:
-        target.persist(key)
 
 
 def read(connection: Redis, task_id: str) -> list[Event]:

@@ -55,6 +55,8 @@ class TaskJob(Job):
         self.error: dict[str, str] | None = None
         self.spec: dict[str, Any] = {}
         self.fingerprint: str | None = None
+        self.record_status_events = True
+        """Off while a task is being submitted: its "submitted" event says where it went."""
 
     # -- the allow-list ------------------------------------------------------------------------
 
@@ -151,7 +153,7 @@ class TaskJob(Job):
         """RQ's status change, plus the matching event in the task's history, in the same pipeline."""
         super().set_status(status, pipeline=pipeline)
         event = STATUS_EVENTS.get(status)
-        if event is None:
+        if event is None or not self.record_status_events:
             return
         ended = status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
         history.record(

@@ -86,3 +86,9 @@ FINISHED_BUCKET_S = 10
 def finished_bucket(epoch_s: float) -> str:
     """Counter of tasks that ended (any way) in one FINISHED_BUCKET_S window; expires on its own."""
     return f"{PREFIX}:finished:{int(epoch_s) // FINISHED_BUCKET_S}"
+
+
+def claim_key(task_id: str) -> str:
+    """Held (with a short expiry) while a submission of this id writes it, so that a concurrent
+    submission of the same id cannot create it twice."""
+    return f"{PREFIX}:claim:{task_id}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -112,9 +112,23 @@ class TaskSpec:
 
     def fingerprint(self) -> str:
         """Stable hash of what was asked, so a repeat with the same body is recognised as one."""
-        body = asdict(self)
-        body["priority"] = self.priority.value
-        body["run_at"] = self.run_at.isoformat() if self.run_at else None
+        body = [
+            self.type,
+            self.id,
+            self.payload,
+            self.duration_ms,
+            [[e.parent, e.allow_failure] for e in self.dependencies],
+            self.priority.value,
+            self.run_at.isoformat() if self.run_at else None,
+            self.delay_ms,
+            self.max_attempts,
+            [self.backoff.initial_ms, self.backoff.factor, self.backoff.max_ms, self.backoff.jitter]
+            if self.backoff
+            else None,
+            self.timeout_ms,
+            self.name,
+            self.schedule_id,
+        ]
         canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 

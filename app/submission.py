@@ -8,9 +8,11 @@ fail unseen in between. Each task is written in the state its parents allow: can
 
 from __future__ import annotations
 
+import gc
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -22,22 +24,49 @@ from redis.exceptions import WatchError
 from rq.job import Dependency, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import RateLimit
-from rq.registry import CanceledJobRegistry
+from rq.registry import CanceledJobRegistry, DeferredJobRegistry
 from rq.serializers import JSONSerializer
+from rq.utils import current_timestamp
 
 from app import history, keys, store
+from app.bulk import RUN_COMMANDS, BulkWriter
 from app.dag import DependencyCycle, dependency_failed_error, edge_met, parent_statuses, topological_order
 from app.errors import FieldError, InvalidTask, TaskConflict, UnknownTaskType
-from app.job import TaskJob
+from app.job import STATUS_EVENTS, TaskJob
 from app.model import Priority, Task, TaskSpec
 from app.registry import Registry, TaskType
 from app.timers import Timer, arm
 
 MAX_BATCH = 10_000
 
+RESERVATION_TTL_S = 120
+"""A claim outlives any write it precedes; one left by a crashed API process expires by itself."""
+
+# KEYS: pairs of (job key, claim key) for each new id. ARGV: ttl, token. Returns the (1-based)
+# positions of ids already taken (stored, or claimed by a submission in flight), claiming none;
+# or an empty list, having claimed them all.
+RESERVE = """
+local taken = {}
+for i = 1, #KEYS, 2 do
+    if redis.call('EXISTS', KEYS[i], KEYS[i + 1]) > 0 then table.insert(taken, (i + 1) / 2) end
+end
+if #taken == 0 then
+    for i = 2, #KEYS, 2 do redis.call('SET', KEYS[i], ARGV[2], 'EX', ARGV[1]) end
+end
+return taken
+"""
+
+# KEYS: claim keys. ARGV: the token of the claims to drop (someone else's are left alone).
+RELEASE = """
+for _, key in ipairs(KEYS) do
+    if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+"""
+
 
 @dataclass(frozen=True)
 class Planned:
+    batch: bool
     index: int
     task_id: str
     spec: TaskSpec
@@ -51,30 +80,53 @@ class Submission:
         self.registry = registry
         self.result_ttl_s = result_ttl_s
         self.queues = queues
+        self._reserve = connection.register_script(RESERVE)
+        self._run_commands = connection.register_script(RUN_COMMANDS)
+        self._release = connection.register_script(RELEASE)
 
     def submit(self, specs: Sequence[TaskSpec], *, batch: bool, dry_run: bool = False) -> tuple[list[Task], bool]:
         """Store every task or none; returns them in request order, and whether they were created
-        (False: the same submission came again). `batch` only changes how errors name fields."""
+        (False: the same submission came again). `batch` only changes how errors name fields.
+
+        The new ids are reserved first by one atomic script (WATCHing thousands of keys costs Redis
+        quadratic time); parents outside the batch are WATCHed until the write commits.
+        """
         plan = self._plan(specs, batch)
         new_keys = [TaskJob.key_for(p.task_id) for p in plan]
         in_batch = {p.task_id for p in plan}
         outside = sorted({e.parent for p in plan for e in p.spec.dependencies if e.parent not in in_batch})
+        claims = [keys.claim_key(p.task_id) for p in plan]
+        token = uuid4().hex
+        if dry_run:
+            if self.connection.exists(*new_keys):
+                return self._repeat(plan), False
+        elif self._reserve(
+            keys=[k for pair in zip(new_keys, claims, strict=True) for k in pair], args=[RESERVATION_TTL_S, token]
+        ):
+            return self._repeat(plan), False
+        try:
+            with _gc_paused():
+                jobs = self._write(plan, outside, dry_run)
+        finally:
+            if not dry_run:
+                self._release(keys=claims, args=[token])
+        by_id = {job.id: job.to_task() for job in jobs}
+        return [by_id[p.task_id] for p in sorted(plan, key=lambda p: p.index)], True
+
+    def _write(self, plan: list[Planned], outside: list[str], dry_run: bool) -> list[TaskJob]:
         with self.connection.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(*new_keys, *(TaskJob.key_for(parent) for parent in outside))
-                    if pipe.exists(*new_keys):
-                        pipe.unwatch()
-                        return self._repeat(plan), False
+                    if outside:
+                        pipe.watch(*(TaskJob.key_for(parent) for parent in outside))
                     statuses = dict(zip(outside, parent_statuses(self.connection, outside), strict=True))
-                    self._check_parents_exist(plan, statuses, batch)
+                    self._check_parents_exist(plan, statuses, batch=plan[0].batch)
                     jobs = self._write_all(plan, statuses, pipe, dry_run)
                     if dry_run:
-                        pipe.unwatch()
+                        pipe.reset()
                     else:
                         pipe.execute()
-                    by_id = {job.id: job.to_task() for job in jobs}
-                    return [by_id[p.task_id] for p in sorted(plan, key=lambda p: p.index)], True
+                    return jobs
                 except WatchError:
                     continue
 
@@ -93,7 +145,7 @@ class Submission:
             if task_id in planned:
                 errors.append(FieldError(f"{where}id", f"task id {task_id!r} appears more than once in the batch"))
                 continue
-            planned[task_id] = Planned(index, task_id, spec, task_type, spec.fingerprint())
+            planned[task_id] = Planned(batch, index, task_id, spec, task_type, spec.fingerprint())
         if errors:
             raise InvalidTask("; ".join(e.message for e in errors), errors)
         try:
@@ -137,11 +189,13 @@ class Submission:
         """Queue every write on `pipe` (after MULTI), parents before children."""
         canceled: set[str] = set()
         jobs = []
-        indexes: dict[str, dict[str, int]] = {}
+        indexes: dict[str, dict[str, float]] = {}
+        pushes: dict[str, list[str]] = {}
         if not dry_run:
             pipe.multi()
         # A dry run makes every write into a no-op and so returns exactly what would be stored.
         target: Any = _Discard() if dry_run else pipe
+        bulk: Any = _Discard() if dry_run else BulkWriter(pipe, self._run_commands)
         for p in plan:
             job = self._build_job(p)
             jobs.append(job)
@@ -161,25 +215,37 @@ class Submission:
                 if blocked:
                     break
             due = _due(p.spec)
-            history.record(target, job.id, "submitted", detail=p.spec.name)
             if blocked:
                 canceled.add(p.task_id)
                 self._store_canceled(job, *blocked, target)
             elif due is not None:
-                self._hold_until(job, due, target)
+                self._hold_until(job, due, target, indexes)
             elif waiting:
-                job.set_status(JobStatus.DEFERRED, pipeline=target)
-                job.save(pipeline=target)
-                job.register_dependency(pipeline=target)
-            else:
+                job._status = JobStatus.DEFERRED  # written by save
+                job.save(pipeline=bulk)
+                self._register_dependency(job, bulk, indexes)
+            elif job.has_rate_limit:
                 self.enqueue(job, target)
+            else:
+                # RQ's Queue._enqueue_job, with the status written once (by save) and the ids pushed
+                # in one RPUSH per queue, in dependency order, after every job is written.
+                queue = self.queues[Priority(job.origin)]
+                queue._prepare_for_queue(job)
+                job.save(pipeline=bulk)
+                pushes.setdefault(queue.key, []).append(job.id)
+            history.record(bulk, job.id, "submitted", detail=STATUS_EVENTS.get(job.get_status(refresh=False)))
+            job.record_status_events = True
             member = store.index_member(job.created_at, job.id)
             for index in (keys.TASK_INDEX, keys.type_index(p.spec.type)) + (
                 (keys.schedule_runs_index(p.spec.schedule_id),) if p.spec.schedule_id else ()
             ):
                 indexes.setdefault(index, {})[member] = 0
+        bulk.flush()
         for index, members in indexes.items():
             target.zadd(index, members)
+        for queue_key, ids in pushes.items():
+            target.sadd(Queue.redis_queues_keys, queue_key)
+            target.rpush(queue_key, *ids)
         return jobs
 
     def enqueue(self, job: TaskJob, pipe: Any) -> None:
@@ -226,6 +292,7 @@ class Submission:
             rate_limit=limit,
         )
         assert isinstance(job, TaskJob)
+        job.record_status_events = False
         job.fingerprint = p.fingerprint
         job.spec = {
             "name": spec.name,
@@ -240,7 +307,16 @@ class Submission:
         }
         return job
 
-    def _hold_until(self, job: TaskJob, due: datetime, pipe: Any) -> None:
+    def _register_dependency(self, job: TaskJob, pipe: Any, indexes: dict[str, dict[str, float]]) -> None:
+        """RQ's `Job.register_dependency`, with the deferred-registry entries gathered into one ZADD
+        per queue (`indexes`) instead of one registry object and command per task."""
+        registry_key = DeferredJobRegistry.key_template.format(job.origin)
+        indexes.setdefault(registry_key, {})[job.id] = current_timestamp()
+        for parent in job._dependency_ids:
+            pipe.sadd(job.dependents_key_for(parent), job.id)
+        pipe.sadd(job.dependencies_key, *job._dependency_ids)
+
+    def _hold_until(self, job: TaskJob, due: datetime, pipe: Any, indexes: dict[str, dict[str, float]]) -> None:
         """Store a timed task SCHEDULED, with a timer that releases it at `due` (TaskService.release).
 
         Its dependencies are registered now, so a parent that fails before `due` cancels it at once.
@@ -250,7 +326,7 @@ class Submission:
         job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
         job.save(pipeline=pipe)
         if job.edges:
-            job.register_dependency(pipeline=pipe)
+            self._register_dependency(job, pipe, indexes)
         pipe.zadd(keys.HELD, {job.id: due_ms})
         arm(self.connection, Timer("release", job.id, due_ms), pipeline=pipe)
 
@@ -263,6 +339,19 @@ class Submission:
         pipe.hset(job.key, keys.FIELD_ERROR, json.dumps(error))
         CanceledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer).add(job, pipeline=pipe)
         job.cleanup(ttl=self.result_ttl_s, pipeline=pipe)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """A 10,000-task batch allocates a few hundred thousand short-lived objects; the cyclic
+    collector would spend more time walking them than building the batch takes."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _due(spec: TaskSpec) -> datetime | None:

@@ -270,6 +270,7 @@ class TaskService:
                 job.ended_at = None
                 self.submission.enqueue(job, pipe)
             pipe.persist(job.key)
+            pipe.persist(keys.history_key(task_id))
             pipe.execute()
         return self.get(task_id)
 

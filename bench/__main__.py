@@ -306,6 +306,67 @@ def run_lateness_plain(url: str, env: dict[str, str], n: int, spread_s: float) -
     return {**percentiles(late), "early": sum(1 for v in late if v < 0)}
 
 
+def run_batch_and_listing(url: str, env: dict[str, str], batch: int, stored: int) -> dict[str, Any]:
+    """Server time of one `batch`-task DAG submission; list latency with `stored` tasks in Redis."""
+    from app.model import Edge, TaskSpec
+    from app.registry import load_registry
+    from app.tasks import TaskService
+
+    redis = Redis.from_url(url)
+    redis.flushall()
+    service = TaskService(redis, load_registry(), result_ttl_s=3600)
+
+    def chain_batch(prefix: str) -> list[TaskSpec]:
+        # A DAG, not a flat list: every task but the first ten depends on one ten places back.
+        return [
+            TaskSpec(
+                type="data_processing",
+                id=f"{prefix}{i}",
+                duration_ms=0,
+                dependencies=(Edge(f"{prefix}{i - 10}"),) if i >= 10 else (),
+            )
+            for i in range(batch)
+        ]
+
+    timings = []
+    for round_ in range(3):
+        specs = chain_batch(f"r{round_}-")
+        started = time.perf_counter()
+        service.submit_batch(specs)
+        timings.append(time.perf_counter() - started)
+    result: dict[str, Any] = {"batch_tasks": batch, "batch_server_s": sorted(timings)[1]}
+    while redis.zcard("rqflow:tasks") < stored:
+        service.submit_batch(chain_batch(f"fill{redis.zcard('rqflow:tasks')}-"))
+    with api(url, env) as port:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+        def latency(path: str) -> float:
+            samples = []
+            for _ in range(20):
+                begin = time.perf_counter()
+                conn.request("GET", path)
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 200, (path, response.status)
+                samples.append((time.perf_counter() - begin) * 1000)
+            return sorted(samples)[len(samples) // 2]
+
+        conn.request("GET", "/api/tasks?limit=100")
+        first = conn.getresponse()
+        first.read()
+        next_path = first.headers["Link"].split(";")[0].strip("<>")
+        result.update(
+            stored=redis.zcard("rqflow:tasks"),
+            list_first_page_ms=latency("/api/tasks?limit=100"),
+            list_next_page_ms=latency(next_path),
+            list_by_type_ms=latency("/api/tasks?type=data_processing&limit=100"),
+            list_rare_status_ms=latency("/api/tasks?status=COMPLETED&limit=100"),
+            get_one_ms=latency("/api/tasks/r0-5000"),
+            stats_ms=latency("/api/stats"),
+        )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=5000)
@@ -315,7 +376,9 @@ def main() -> None:
     parser.add_argument("--chain", type=int, default=1000, help="length of the dependency chain")
     parser.add_argument("--timed", type=int, default=200, help="one-off tasks due over --spread seconds")
     parser.add_argument("--spread", type=float, default=20.0)
-    parser.add_argument("--only", choices=["throughput", "timing"], help="run one part")
+    parser.add_argument("--only", choices=["throughput", "timing", "manage"], help="run one part")
+    parser.add_argument("--batch", type=int, default=10_000, help="tasks in one batch submission")
+    parser.add_argument("--stored", type=int, default=100_000, help="tasks stored for the list latency")
     args = parser.parse_args()
     kinds = args.worker_kind or ["fork", "simple"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RQFLOW_")}
@@ -328,7 +391,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as data:
         server = RedisServer.start_new(Path(data), appendonly=True)
         try:
-            for kind in kinds if args.only != "timing" else []:
+            for kind in kinds if args.only in (None, "throughput") else []:
                 ours, theirs = WORKER_CLASSES[kind]
                 plain = run_plain(server.url, args.tasks, theirs, args.workers, env)
                 flow = run_rqflow(server.url, args.tasks, ours, args.workers, args.clients, env)
@@ -354,7 +417,24 @@ def main() -> None:
                         f"{label:24}{chain_flow[key]:>12.2f}{chain_plain[key]:>12.2f}"
                         f"{chain_flow[key] / chain_plain[key]:>8.2f}"
                     )
-            if args.only != "throughput":
+            if args.only in (None, "manage"):
+                manage = run_batch_and_listing(server.url, env, args.batch, args.stored)
+                results["manage"] = manage
+                print(
+                    f"\n[one batch of {manage['batch_tasks']} tasks (a DAG), server time, median of 3]: "
+                    f"{manage['batch_server_s'] * 1000:.0f} ms"
+                )
+                print(f"[with {manage['stored']} tasks stored, median of 20 requests over HTTP]")
+                for key in (
+                    "list_first_page_ms",
+                    "list_next_page_ms",
+                    "list_by_type_ms",
+                    "list_rare_status_ms",
+                    "get_one_ms",
+                    "stats_ms",
+                ):
+                    print(f"{key:24}{manage[key]:>12.1f}")
+            if args.only in (None, "timing"):
                 plain_late = run_lateness_plain(server.url, env, args.timed, args.spread)
                 late = run_lateness(server.url, env, args.timed, args.spread)
                 results["lateness"] = {"rqflow": late, "rq": plain_late}
