@@ -92,3 +92,10 @@ def claim_key(task_id: str) -> str:
     """Held (with a short expiry) while a submission of this id writes it, so that a concurrent
     submission of the same id cannot create it twice."""
     return f"{PREFIX}:claim:{task_id}"
+
+
+REPAIRS = f"{PREFIX}:repairs"
+"""Hash of counters, one field per kind of repair the reconciler made (shown in /api/stats)."""
+
+REPAIR_CURSOR = f"{PREFIX}:repair:cursor"
+"""Where the reconciler's walk over the task index stopped; it goes on from there next pass."""

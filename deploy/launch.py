@@ -24,6 +24,9 @@ def read_procfile(path: Path) -> dict[str, str]:
 
 
 def program(name: str, command: str, priority: int) -> str:
+    # Workers get SIGTERM alone, not their work-horses: they stop taking tasks and give the running
+    # one RQFLOW_SHUTDOWN_GRACE_S to finish before requeueing it; whatever is left is killed as a group.
+    as_group = "false" if name == "worker" else "true"
     # supervisord splits `command` itself and interpolates %(...)s, so hand the Procfile line to a
     # shell (for its $VARIABLES) with exec, and double every %.
     shell = f"/bin/sh -c {shlex.quote('exec ' + command)}".replace("%", "%%")
@@ -36,9 +39,9 @@ autostart=true
 autorestart=true
 startsecs=1
 startretries=1000
-stopasgroup=true
+stopasgroup={as_group}
 killasgroup=true
-stopwaitsecs=30
+stopwaitsecs=40
 stdout_logfile=/dev/stdout
 stdout_logfile_maxbytes=0
 redirect_stderr=true

@@ -8,31 +8,47 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import time
 from types import TracebackType
 from typing import Any
 
-from rq.exceptions import InvalidJobOperation
+from rq.exceptions import AbandonedJobError, InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker, Worker
 
-from app import keys
-from app.dag import cascade, sweep
+from app import history, keys
+from app.dag import cascade
 from app.errors import UnknownTaskType
 from app.job import ForbiddenJob, TaskJob
 from app.registry import load_registry
+from app.repair import repair
 from app.settings import Settings, get_settings
+from app.tasks import TaskService
 from workers import entry
 
 log = logging.getLogger(__name__)
 
 ERROR_TYPES: dict[type[BaseException], str] = {
     JobTimeoutException: "timeout",
+    AbandonedJobError: "worker_lost",
     ForbiddenJob: "forbidden_job",
     UnknownTaskType: "unknown_task_type",
 }
+
+
+class TaskQueue(Queue):
+    """RQ's queue, but the lock that lets one worker clean the registries expires in step with
+    rqflow's maintenance interval: RQ holds it 899 s, so a worker killed while cleaning would stop
+    every cleanup (and so the rescue of dead workers' tasks) for 15 minutes."""
+
+    maintenance_lock_s = 60
+
+    def acquire_maintenance_lock(self) -> bool:
+        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=self.maintenance_lock_s))
 
 
 class TaskWorkerMixin:
@@ -40,15 +56,72 @@ class TaskWorkerMixin:
 
     def __init__(self, queues: Any, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
         settings = settings or get_settings()
-        entry.install(load_registry(settings.task_modules, settings.type_limits), settings)
-        # Whatever the command line said: rqflow jobs are JSON and only TaskJob may run them.
-        kwargs["job_class"] = TaskJob
-        kwargs["serializer"] = JSONSerializer
+        registry = load_registry(settings.task_modules, settings.type_limits)
+        entry.install(registry, settings)
+        # Whatever the command line said: rqflow jobs are JSON and only TaskJob may run them, and
+        # a dead worker's task is noticed in seconds, not RQ's default 10 to 15 minutes.
+        kwargs.update(
+            job_class=TaskJob,
+            queue_class=TaskQueue,
+            serializer=JSONSerializer,
+            job_monitoring_interval=settings.heartbeat_s,
+            maintenance_interval=settings.maintenance_s,
+            worker_ttl=max(settings.worker_lost_after_s + 15, 30),
+        )
+        kwargs.pop("default_worker_ttl", None)
         names = [
             q.name if isinstance(q, Queue) else q for q in ([queues] if isinstance(queues, str | Queue) else queues)
         ]
         super().__init__(names, *args, **kwargs)  # type: ignore[call-arg]
         self.push_exc_handler(record_error)  # type: ignore[attr-defined]
+        self.settings = settings
+        self.tasks = TaskService(self.connection, registry, settings.result_ttl_s)  # type: ignore[attr-defined]
+        self._shutdown_deadline: float | None = None
+        self._cut_off: str | None = None
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """RQ keeps a running task's heartbeat for the monitoring interval plus 60 s; rqflow's margin is
+        `worker_lost_after_s`, so a task whose worker died is found that much sooner."""
+        interval = self.job_monitoring_interval  # type: ignore[attr-defined]
+        if job.timeout and job.timeout > 0:
+            interval = min(interval, job.timeout - working_time)
+        return int(max(interval, 1)) + self.settings.worker_lost_after_s
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: take no new task, let the running one finish for `shutdown_grace_s`."""
+        if self._shutdown_deadline is None:
+            self._shutdown_deadline = time.monotonic() + self.settings.shutdown_grace_s
+        super().request_stop(signum, frame)  # type: ignore[misc]
+
+    def maintain_heartbeats(self, job: Job, execution: Any) -> None:
+        if self._shutdown_deadline is not None and time.monotonic() >= self._shutdown_deadline:
+            log.warning("task %s still running at the end of the shutdown grace period: requeueing it", job.id)
+            self._cut_off = job.id
+            self.kill_horse(signal.SIGKILL)  # type: ignore[attr-defined]
+            return
+        super().maintain_heartbeats(job, execution)  # type: ignore[misc]
+
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
+    ) -> None:
+        if self._cut_off != job.id:
+            return super().handle_job_failure(  # type: ignore[misc, no-any-return]
+                job, queue, started_job_registry, exc_string, execution
+            )
+        # Cut off by a shutdown, not failed: back to the front of its queue, its retries untouched.
+        self._cut_off = None
+        with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)  # type: ignore[attr-defined]
+            history.record(
+                pipe,
+                job.id,
+                "requeued",
+                attempt=getattr(job, "attempts", None),
+                worker=self.name,  # type: ignore[attr-defined]
+                detail="cut off by the worker's shutdown",
+            )
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         # A task canceled in the instant between a worker's pop and its start must not run.
@@ -83,7 +156,7 @@ class TaskWorkerMixin:
         connection = self.connection  # type: ignore[attr-defined]
         lock_s = max(int(self.maintenance_interval) - 1, 1)  # type: ignore[attr-defined]
         if connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=lock_s):  # type: ignore[attr-defined]
-            sweep(connection, [q.name for q in self.queues])  # type: ignore[attr-defined]
+            repair(self.tasks, [q.name for q in self.queues])  # type: ignore[attr-defined]
 
 
 def record_error(
@@ -94,6 +167,8 @@ def record_error(
         error_type = next((name for cls, name in ERROR_TYPES.items() if isinstance(exc_value, cls)), exc_type.__name__)
         try:
             message = str(exc_value) or str(exc_value.__cause__ or "") or exc_type.__name__
+            if isinstance(exc_value, AbandonedJobError):
+                message = "the worker running it died or stopped answering"
             job.record_error(error_type, message[:2000])
         except Exception:
             log.exception("could not record the error of task %s", job.id)
