@@ -1,0 +1,171 @@
+"""kill -9 of real processes: nothing acknowledged is lost, nothing stays stuck."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from app.api.main import create_app
+from app.settings import Settings
+from bench.procs import kill_tree
+from tests.support import ROOT, RedisServer, wait_until
+
+FAST = {"RQFLOW_WORKER_LOST_AFTER_S": "5", "RQFLOW_MAINTENANCE_S": "2", "RQFLOW_HEARTBEAT_S": "1"}
+
+
+def start_worker(url: str, *, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "rq"),
+            "worker",
+            "-w",
+            "workers.worker.TaskWorker",
+            "--url",
+            url,
+            "high",
+            "default",
+            "low",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+@pytest.fixture
+def worker_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RQFLOW_TASK_MODULES": "tests.handlers", **FAST}
+
+
+def test_a_task_whose_worker_is_killed_completes_on_another(
+    client: TestClient, settings: Settings, worker_env: dict[str, str]
+) -> None:
+    url = str(settings.redis_url)
+    client.post(
+        "/api/tasks",
+        json={"id": "victim", "type": "data_processing", "duration_ms": 3000, "backoff": {"initial_ms": 0}},
+    )
+    first = start_worker(url, env=worker_env)
+    try:
+        wait_until(lambda: client.get("/api/tasks/victim").json()["status"] == "RUNNING", timeout=30)
+        second = start_worker(url, env=worker_env)
+        try:
+            killed_at = time.monotonic()
+            kill_tree(first.pid)
+            first.wait(10)
+            wait_until(
+                lambda: client.get("/api/tasks/victim").json()["status"] == "COMPLETED",
+                timeout=40,
+                interval=0.2,
+                what="the task to complete on the other worker",
+            )
+            took = time.monotonic() - killed_at
+            task = client.get("/api/tasks/victim").json()
+            assert task["attempts"] == 2
+            events = client.get("/api/tasks/victim/history").json()
+            lost = [e for e in events if e["event"] == "retrying"]
+            assert lost and lost[0]["error"]["type"] == "worker_lost"
+            assert took < 5 + 2 + 1 + 3 + 10  # lost-after + maintenance + heartbeat + the rerun, with slack
+        finally:
+            second.terminate()
+            second.wait(30)
+    finally:
+        if first.poll() is None:
+            kill_tree(first.pid)
+
+
+def test_a_lost_task_with_no_attempts_left_fails_as_worker_lost_and_cascades(
+    client: TestClient, settings: Settings, worker_env: dict[str, str]
+) -> None:
+    url = str(settings.redis_url)
+    client.post("/api/tasks", json={"id": "once", "type": "data_processing", "duration_ms": 5000, "max_attempts": 1})
+    client.post("/api/tasks", json={"id": "then", "type": "echo", "dependencies": ["once"]})
+    first = start_worker(url, env=worker_env)
+    wait_until(lambda: client.get("/api/tasks/once").json()["status"] == "RUNNING", timeout=30)
+    kill_tree(first.pid)
+    first.wait(10)
+    second = start_worker(url, env=worker_env)
+    try:
+        wait_until(lambda: client.get("/api/tasks/then").json()["status"] == "CANCELED", timeout=40, interval=0.2)
+        once = client.get("/api/tasks/once").json()
+        assert once["status"] == "FAILED"
+        assert once["error"]["type"] == "worker_lost"
+    finally:
+        second.terminate()
+        second.wait(30)
+
+
+@pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    (tmp_path / "data").mkdir()
+    server = RedisServer.start_new(tmp_path / "data", appendonly=True)
+    yield server
+    server.kill()
+
+
+def test_redis_killed_and_restarted_keeps_every_acknowledged_task(
+    aof_redis: RedisServer, worker_env: dict[str, str]
+) -> None:
+    settings = Settings(redis_url=aof_redis.url, task_modules=["tests.handlers"])
+    acknowledged = []
+    with TestClient(create_app(settings)) as client:
+        for n in range(300):
+            body: dict[str, Any] = {"id": f"t{n}", "type": "echo"}
+            if n % 3 == 2:
+                body["dependencies"] = [f"t{n - 1}"]
+            if client.post("/api/tasks", json=body).status_code == 201:
+                acknowledged.append(body["id"])
+        aof_redis.kill(signal.SIGKILL)  # right after the last acknowledgement
+        assert client.get("/health").status_code == 503
+        aof_redis.start()
+        assert len(acknowledged) == 300
+        stored = {t["id"] for t in client.get("/api/tasks?limit=1000").json()}
+        assert stored == set(acknowledged)
+        worker = start_worker(aof_redis.url, env=worker_env)
+        try:
+
+            def all_done() -> bool:
+                tasks = client.get("/api/tasks?limit=1000").json()
+                return all(t["status"] == "COMPLETED" for t in tasks)
+
+            wait_until(all_done, timeout=60, interval=0.3, what="every task to complete")
+        finally:
+            worker.terminate()
+            worker.wait(30)
+
+
+def test_workers_ride_out_a_redis_restart(aof_redis: RedisServer, worker_env: dict[str, str]) -> None:
+    settings = Settings(redis_url=aof_redis.url, task_modules=["tests.handlers"])
+    worker = start_worker(aof_redis.url, env=worker_env)
+    try:
+        with TestClient(create_app(settings)) as client:
+            client.post("/api/tasks", json={"id": "before", "type": "echo"})
+            wait_until(lambda: client.get("/api/tasks/before").json()["status"] == "COMPLETED", timeout=30)
+            aof_redis.kill(signal.SIGKILL)
+            time.sleep(1.5)  # Redis is down for a while: the worker must wait, not die
+            aof_redis.start()
+            assert worker.poll() is None, "the worker exited instead of reconnecting"
+            wait_until(
+                lambda: client.post("/api/tasks", json={"id": "after", "type": "echo"}).status_code in (200, 201),
+                timeout=20,
+            )
+            wait_until(
+                lambda: client.get("/api/tasks/after").json()["status"] == "COMPLETED",
+                timeout=60,
+                interval=0.2,
+                what="a task submitted after the restart to run on the same worker",
+            )
+    finally:
+        worker.terminate()
+        worker.wait(30)
