@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-all lint bench clean
+.PHONY: run test lint bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("rqflow needs Python 3.10+") if sys.version_info < (3, 10) else None'
@@ -16,9 +16,6 @@ run: $(STAMP)
 	$(BIN)/python deploy/launch.py
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
-
-test-all: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -27,8 +24,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.chaos --duration 600
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
