@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import Iterable
 
-from redis import Redis
 from rq.executions import ExecutionRegistry
 from rq.job import JobStatus
 from rq.utils import as_text, str_to_date
@@ -48,10 +47,6 @@ def repair(service: TaskService, queue_names: Iterable[str]) -> dict[str, int]:
             pipe.execute()
         log.warning("repairs: %s", made)
     return counts
-
-
-def repairs_made(connection: Redis) -> dict[str, int]:
-    return {as_text(k): int(v) for k, v in connection.hgetall(keys.REPAIRS).items()}
 
 
 def _release_overdue(service: TaskService) -> int:

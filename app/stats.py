@@ -44,7 +44,9 @@ def stats(connection: Redis) -> dict[str, Any]:
                 reads.zcard(registry(name, connection=connection).key)
         reads.zcard(keys.HELD)
         reads.mget(buckets)
+        reads.hgetall(keys.REPAIRS)
         raw = reads.execute()
+    repairs = {as_text(k): int(v) for k, v in raw.pop().items()}
     per_queue = len(registries) + 1
     depth: dict[str, int] = {}
     totals = [0] * len(registries)
@@ -70,6 +72,7 @@ def stats(connection: Redis) -> dict[str, Any]:
         "workers_alive": Worker.count(connection=connection),
         "finished_last_minute": finished,
         "throughput_per_s": round(finished / WINDOW_S, 3),
+        "repairs": repairs,
     }
 
 

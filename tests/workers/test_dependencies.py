@@ -140,6 +140,7 @@ def test_the_sweep_settles_what_a_crash_left_pending(
     TaskSimpleWorker(["high", "default", "low"], connection=redis, settings=settings).clean_registries()
     assert get(client, "child")["status"] == "CANCELED"
     assert get(client, "orphan")["status"] == "QUEUED"
+    assert client.get("/api/stats").json()["repairs"] == {"pending_canceled": 1, "pending_enqueued": 1}
     work()
     assert get(client, "orphan")["status"] == "COMPLETED"
 
