@@ -46,7 +46,7 @@ class TaskTemplate:
     timeout_ms: int | None = None
     name: str | None = None
 
-    def to_spec(self, task_id: str, schedule_id: str) -> TaskSpec:
+    def to_spec(self, task_id: str | None, schedule_id: str | None) -> TaskSpec:
         return TaskSpec(
             type=self.type,
             id=task_id,

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -83,3 +83,40 @@ def _pings(client: Redis) -> bool:
         return bool(client.ping())
     except RedisConnectionError:
         return False
+
+
+def rq_worker(
+    url: str, *flags: str, queues: tuple[str, ...] = ("high", "default", "low"), env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """The standard `rq worker` command with rqflow's worker class, as a process of its own
+    (its own session, so that killing its tree takes the work-horse too)."""
+    import sys
+
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "RQFLOW_TASK_MODULES": "tests.handlers", **(env or {})}
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "rq"),
+            "worker",
+            "-w",
+            "workers.worker.TaskWorker",
+            "--url",
+            url,
+            *flags,
+            *queues,
+        ],
+        env=full_env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def post_task(client: Any, body: dict[str, Any], status: int = 201) -> dict[str, Any]:
+    response = client.post("/api/tasks", json=body)
+    assert response.status_code == status, response.text
+    return dict(response.json())
+
+
+def get_task(client: Any, task_id: str) -> dict[str, Any]:
+    return dict(client.get(f"/api/tasks/{task_id}").json())

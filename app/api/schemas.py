@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -38,112 +38,19 @@ class DependencyIn(BaseModel):
     allow_failure: Annotated[bool, Field(strict=True)] = False
 
 
+def _one_start_time(value: int | None, info: ValidationInfo) -> int | None:
+    if value is not None and info.data.get("run_at") is not None:
+        raise ValueError("give run_at or delay_ms, not both")
+    return value
+
+
 def _edges(dependencies: list[str | DependencyIn]) -> tuple[Edge, ...]:
     return tuple(Edge(d) if isinstance(d, str) else Edge(d.id, allow_failure=d.allow_failure) for d in dependencies)
 
 
-class TaskIn(BaseModel):
-    """`POST /api/tasks`. Aliases in `validation_alias` keep clients of older schedulers working."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: TaskId | None = None
-    type: Annotated[str, Field(min_length=1, max_length=200)]
-    payload: dict[str, Any] = Field(default_factory=dict, validation_alias=_alias("payload", "task_data"))
-    duration_ms: StrictNonNegative | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
-    dependencies: list[TaskId | DependencyIn] = Field(
-        default_factory=list, max_length=1000, validation_alias=_alias("dependencies", "depends_on")
-    )
-    priority: Literal["high", "default", "low"] = "default"
-    run_at: AwareDatetime | None = Field(default=None, validation_alias=_alias("run_at", "execution_time"))
-    delay_ms: StrictNonNegative | None = None
-    max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] | None = Field(
-        default=None, validation_alias=_alias("max_attempts", "maxAttempts")
-    )
-    backoff: BackoffIn | None = None
-    timeout_ms: Annotated[int, Field(ge=1, strict=True)] | None = None
-    name: Annotated[str, Field(max_length=200)] | None = Field(
-        default=None, validation_alias=_alias("name", "description")
-    )
-
-    @field_validator("dependencies")
-    @classmethod
-    def _distinct_parents(cls, value: list[str | DependencyIn], info: ValidationInfo) -> list[str | DependencyIn]:
-        parents = [edge.parent for edge in _edges(value)]
-        if len(set(parents)) != len(parents):
-            raise ValueError("lists an id more than once")
-        if info.data.get("id") is not None and info.data["id"] in parents:
-            raise ValueError("a task cannot depend on itself")
-        return value
-
-    @field_validator("delay_ms")
-    @classmethod
-    def _one_start_time(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and info.data.get("run_at") is not None:
-            raise ValueError("give run_at or delay_ms, not both")
-        return value
-
-    def edges(self) -> tuple[Edge, ...]:
-        return _edges(self.dependencies)
-
-    def to_spec(self) -> TaskSpec:
-        return TaskSpec(
-            type=self.type,
-            id=self.id,
-            payload=self.payload,
-            duration_ms=self.duration_ms,
-            dependencies=self.edges(),
-            priority=Priority(self.priority),
-            run_at=self.run_at.astimezone(timezone.utc) if self.run_at else None,
-            delay_ms=self.delay_ms,
-            max_attempts=self.max_attempts,
-            backoff=Backoff(**self.backoff.model_dump()) if self.backoff else None,
-            timeout_ms=self.timeout_ms,
-            name=self.name,
-        )
-
-
-class TaskUpdateIn(BaseModel):
-    """`PUT /api/tasks/{id}`: the fields given change; type, id and dependencies cannot."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    payload: dict[str, Any] | None = Field(default=None, validation_alias=_alias("payload", "task_data"))
-    duration_ms: StrictNonNegative | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
-    priority: Literal["high", "default", "low"] | None = None
-    run_at: AwareDatetime | None = Field(default=None, validation_alias=_alias("run_at", "execution_time"))
-    delay_ms: StrictNonNegative | None = None
-    max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] | None = Field(
-        default=None, validation_alias=_alias("max_attempts", "maxAttempts")
-    )
-    backoff: BackoffIn | None = None
-    timeout_ms: Annotated[int, Field(ge=1, strict=True)] | None = None
-    name: Annotated[str, Field(max_length=200)] | None = Field(
-        default=None, validation_alias=_alias("name", "description")
-    )
-
-    _one_start_time = field_validator("delay_ms")(TaskIn._one_start_time.__func__)  # type: ignore[attr-defined]
-
-    def to_changes(self) -> TaskChanges:
-        return TaskChanges(
-            payload=self.payload,
-            duration_ms=self.duration_ms,
-            priority=Priority(self.priority) if self.priority else None,
-            run_at=self.run_at.astimezone(timezone.utc) if self.run_at else None,
-            delay_ms=self.delay_ms,
-            max_attempts=self.max_attempts,
-            backoff=Backoff(**self.backoff.model_dump()) if self.backoff else None,
-            timeout_ms=self.timeout_ms,
-            name=self.name,
-        )
-
-
-SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
-"""Shorter than a task id: each run's id is `<schedule id>-<fire time>`."""
-
-
 class TaskTemplateIn(BaseModel):
-    """The task a schedule makes at each fire: a task body without id, dependencies or time."""
+    """What every task body has; on its own, the task a schedule makes at each fire (a task body
+    without id, dependencies or start time). Aliases keep clients of older schedulers working."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -171,6 +78,85 @@ class TaskTemplateIn(BaseModel):
             timeout_ms=self.timeout_ms,
             name=self.name,
         )
+
+
+class TaskIn(TaskTemplateIn):
+    """`POST /api/tasks` (and each member of a batch)."""
+
+    id: TaskId | None = None
+    dependencies: list[TaskId | DependencyIn] = Field(
+        default_factory=list, max_length=1000, validation_alias=_alias("dependencies", "depends_on")
+    )
+    run_at: AwareDatetime | None = Field(default=None, validation_alias=_alias("run_at", "execution_time"))
+    delay_ms: StrictNonNegative | None = None
+
+    @field_validator("dependencies")
+    @classmethod
+    def _distinct_parents(cls, value: list[str | DependencyIn], info: ValidationInfo) -> list[str | DependencyIn]:
+        parents = [edge.parent for edge in _edges(value)]
+        if len(set(parents)) != len(parents):
+            raise ValueError("lists an id more than once")
+        if info.data.get("id") is not None and info.data["id"] in parents:
+            raise ValueError("a task cannot depend on itself")
+        return value
+
+    @field_validator("delay_ms")
+    @classmethod
+    def _one_start_time(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return _one_start_time(value, info)
+
+    def edges(self) -> tuple[Edge, ...]:
+        return _edges(self.dependencies)
+
+    def to_spec(self) -> TaskSpec:
+        return replace(
+            self.to_template().to_spec(self.id, schedule_id=None),
+            dependencies=self.edges(),
+            run_at=self.run_at.astimezone(timezone.utc) if self.run_at else None,
+            delay_ms=self.delay_ms,
+        )
+
+
+class TaskUpdateIn(BaseModel):
+    """`PUT /api/tasks/{id}`: the fields given change; type, id and dependencies cannot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: dict[str, Any] | None = Field(default=None, validation_alias=_alias("payload", "task_data"))
+    duration_ms: StrictNonNegative | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
+    priority: Literal["high", "default", "low"] | None = None
+    run_at: AwareDatetime | None = Field(default=None, validation_alias=_alias("run_at", "execution_time"))
+    delay_ms: StrictNonNegative | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] | None = Field(
+        default=None, validation_alias=_alias("max_attempts", "maxAttempts")
+    )
+    backoff: BackoffIn | None = None
+    timeout_ms: Annotated[int, Field(ge=1, strict=True)] | None = None
+    name: Annotated[str, Field(max_length=200)] | None = Field(
+        default=None, validation_alias=_alias("name", "description")
+    )
+
+    @field_validator("delay_ms")
+    @classmethod
+    def _one_start_time(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return _one_start_time(value, info)
+
+    def to_changes(self) -> TaskChanges:
+        return TaskChanges(
+            payload=self.payload,
+            duration_ms=self.duration_ms,
+            priority=Priority(self.priority) if self.priority else None,
+            run_at=self.run_at.astimezone(timezone.utc) if self.run_at else None,
+            delay_ms=self.delay_ms,
+            max_attempts=self.max_attempts,
+            backoff=Backoff(**self.backoff.model_dump()) if self.backoff else None,
+            timeout_ms=self.timeout_ms,
+            name=self.name,
+        )
+
+
+SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
+"""Shorter than a task id: each run's id is `<schedule id>-<fire time>`."""
 
 
 class ScheduleIn(BaseModel):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,35 +15,18 @@ from starlette.testclient import TestClient
 from app.api.main import create_app
 from app.settings import Settings
 from bench.procs import kill_tree
-from tests.support import ROOT, RedisServer, wait_until
+from tests.support import RedisServer, rq_worker, wait_until
 
 FAST = {"RQFLOW_WORKER_LOST_AFTER_S": "5", "RQFLOW_MAINTENANCE_S": "2", "RQFLOW_HEARTBEAT_S": "1"}
 
 
 def start_worker(url: str, *, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "rq"),
-            "worker",
-            "-w",
-            "workers.worker.TaskWorker",
-            "--url",
-            url,
-            "high",
-            "default",
-            "low",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    return rq_worker(url, env=env)
 
 
 @pytest.fixture
 def worker_env(settings: Settings) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "RQFLOW_TASK_MODULES": "tests.handlers", **FAST}
+    return FAST
 
 
 def test_a_task_whose_worker_is_killed_completes_on_another(

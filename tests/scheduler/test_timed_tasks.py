@@ -11,18 +11,10 @@ from starlette.testclient import TestClient
 
 from app.settings import Settings
 from tests.app.api.test_tasks import assert_problem
+from tests.support import get_task as get
+from tests.support import post_task as post
 from tests.support import wait_until
 from workers.worker import TaskSimpleWorker
-
-
-def post(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
-    response = client.post("/api/tasks", json=body)
-    assert response.status_code == 201, response.text
-    return dict(response.json())
-
-
-def get(client: TestClient, task_id: str) -> dict[str, Any]:
-    return dict(client.get(f"/api/tasks/{task_id}").json())
 
 
 def at(seconds: float) -> str:

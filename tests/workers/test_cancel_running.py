@@ -2,39 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from starlette.testclient import TestClient
 
 from app.settings import Settings
-from tests.support import ROOT, wait_until
+from tests.support import rq_worker, wait_until
 
 
 def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(client: TestClient, settings: Settings) -> None:
     client.post("/api/tasks", json={"id": "long", "type": "data_processing", "duration_ms": 20_000})
     client.post("/api/tasks", json={"id": "after", "type": "echo", "dependencies": ["long"]})
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RQFLOW_TASK_MODULES": "tests.handlers"}
-    worker = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "rq"),
-            "worker",
-            "-w",
-            "workers.worker.TaskWorker",
-            "--url",
-            str(settings.redis_url),
-            "high",
-            "default",
-            "low",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = rq_worker(str(settings.redis_url))
     try:
         wait_until(lambda: client.get("/api/tasks/long").json()["status"] == "RUNNING", timeout=20, what="start")
         asked = time.monotonic()

@@ -9,17 +9,9 @@ from redis import Redis
 from starlette.testclient import TestClient
 
 from app.settings import Settings
+from tests.support import get_task as get
+from tests.support import post_task as post
 from workers.worker import TaskSimpleWorker
-
-
-def post(client: TestClient, body: dict[str, Any], status: int = 201) -> dict[str, Any]:
-    response = client.post("/api/tasks", json=body)
-    assert response.status_code == status, response.text
-    return dict(response.json())
-
-
-def get(client: TestClient, task_id: str) -> dict[str, Any]:
-    return dict(client.get(f"/api/tasks/{task_id}").json())
 
 
 def failing(task_id: str, **extra: Any) -> dict[str, Any]:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +13,7 @@ from starlette.testclient import TestClient
 
 from app.api.main import create_app
 from app.settings import Settings, TypeLimits
-from tests.support import ROOT, wait_until
+from tests.support import rq_worker, wait_until
 from workers.worker import TaskSimpleWorker
 
 LIMITS = {"mark": {"concurrency": 2}}
@@ -52,32 +49,7 @@ def test_a_limit_of_two_with_three_workers_runs_two_at_once_never_three(
         )
     for n in range(4):
         limited_client.post("/api/tasks", json={"id": f"e{n}", "type": "echo"})
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "RQFLOW_TASK_MODULES": "tests.handlers",
-        "RQFLOW_TYPE_LIMITS": json.dumps(LIMITS),
-    }
-    workers = [
-        subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "rq"),
-                "worker",
-                "-w",
-                "workers.worker.TaskWorker",
-                "--url",
-                str(limited.redis_url),
-                "high",
-                "default",
-                "low",
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(3)
-    ]
+    workers = [rq_worker(str(limited.redis_url), env={"RQFLOW_TYPE_LIMITS": json.dumps(LIMITS)}) for _ in range(3)]
     try:
 
         def all_done() -> bool:
