@@ -38,6 +38,8 @@ from app.registry import Registry, TaskType
 from app.timers import Timer, arm
 
 MAX_BATCH = 10_000
+BULK_FROM = 100
+"""Batches of at least this many tasks write through BulkWriter."""
 
 RESERVATION_TTL_S = 120
 """A claim outlives any write it precedes; one left by a crashed API process expires by itself."""
@@ -195,7 +197,11 @@ class Submission:
             pipe.multi()
         # A dry run makes every write into a no-op and so returns exactly what would be stored.
         target: Any = _Discard() if dry_run else pipe
-        bulk: Any = _Discard() if dry_run else BulkWriter(pipe, self._run_commands)
+        bulk: Any = target
+        if len(plan) >= BULK_FROM and not dry_run:
+            # For a handful of tasks the script's own overhead (redis-py checks it is loaded before
+            # each transaction) costs more than it saves.
+            bulk = BulkWriter(pipe, self._run_commands)
         for p in plan:
             job = self._build_job(p)
             jobs.append(job)
@@ -240,7 +246,8 @@ class Submission:
                 (keys.schedule_runs_index(p.spec.schedule_id),) if p.spec.schedule_id else ()
             ):
                 indexes.setdefault(index, {})[member] = 0
-        bulk.flush()
+        if isinstance(bulk, BulkWriter):
+            bulk.flush()
         for index, members in indexes.items():
             target.zadd(index, members)
         for queue_key, ids in pushes.items():
