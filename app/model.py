@@ -66,6 +66,10 @@ class Backoff:
     max_ms: int = 300_000
     jitter: bool = True
 
+    def as_dict(self) -> dict[str, Any]:
+        """What a task's spec stores (dataclasses.asdict is ten times slower, which shows in batches)."""
+        return {"initial_ms": self.initial_ms, "factor": self.factor, "max_ms": self.max_ms, "jitter": self.jitter}
+
     def delay_ms(self, retry: int, rng: random.Random | None = None) -> float:
         """How long to wait before retry number `retry` (1 = the first retry).
 

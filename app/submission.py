@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import uuid4
@@ -308,7 +308,7 @@ class Submission:
             "run_at": spec.run_at.isoformat() if spec.run_at else None,
             "delay_ms": spec.delay_ms,
             "max_attempts": max_attempts,
-            "backoff": asdict(backoff),
+            "backoff": backoff.as_dict(),
             "timeout_ms": timeout_ms,
             "schedule_id": spec.schedule_id,
         }

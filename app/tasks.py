@@ -7,7 +7,7 @@ import binascii
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -175,7 +175,7 @@ class TaskService:
             spec["max_attempts"] = changes.max_attempts
             job.retries_left = changes.max_attempts - 1 or None
         if changes.backoff is not None:
-            spec["backoff"] = asdict(changes.backoff)
+            spec["backoff"] = changes.backoff.as_dict()
         if changes.timeout_ms is not None:
             spec["timeout_ms"] = changes.timeout_ms
             job.timeout = math.ceil(changes.timeout_ms / 1000)

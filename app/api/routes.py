@@ -200,12 +200,7 @@ async def list_types(request: Request) -> Response:
                 "description": t.description,
                 "max_attempts": t.max_attempts,
                 "timeout_ms": t.timeout_ms,
-                "backoff": {
-                    "initial_ms": t.backoff.initial_ms,
-                    "factor": t.backoff.factor,
-                    "max_ms": t.backoff.max_ms,
-                    "jitter": t.backoff.jitter,
-                },
+                "backoff": t.backoff.as_dict(),
                 "concurrency": t.concurrency,
             }
             for t in registry.values()
