@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -111,42 +111,39 @@ def submit_over_http(port: int, n: int, clients: int) -> None:
         list(pool.map(send, [range(c, n, clients) for c in range(clients)]))
 
 
+def timed_run(redis: Redis, n: int, submit: Callable[[], None]) -> dict[str, Any]:
+    """Submit n tasks with `submit` (workers already running) and time it until all finished."""
+    before = commands(redis)
+    started = time.perf_counter()
+    submit()
+    submitted = time.perf_counter()
+    wait_until(lambda: finished(redis) >= n, timeout=900, interval=0.01, what="all tasks")
+    done = time.perf_counter()
+    return {
+        "submit_per_s": n / (submitted - started),
+        "end_to_end_per_s": n / (done - started),
+        "redis_commands_per_task": (commands(redis) - before) / n,
+    }
+
+
 def run_rqflow(url: str, n: int, worker_class: str, procs: int, clients: int, env: dict[str, str]) -> dict[str, Any]:
     redis = Redis.from_url(url)
     redis.flushall()
     with api(url, env) as port, workers(url, worker_class, procs, env):
-        before = commands(redis)
-        started = time.perf_counter()
-        submit_over_http(port, n, clients)
-        submitted = time.perf_counter()
-        wait_until(lambda: finished(redis) >= n, timeout=900, interval=0.01, what="all tasks")
-        done = time.perf_counter()
-        calls = commands(redis) - before
-    return {
-        "submit_per_s": n / (submitted - started),
-        "end_to_end_per_s": n / (done - started),
-        "redis_commands_per_task": calls / n,
-    }
+        return timed_run(redis, n, lambda: submit_over_http(port, n, clients))
 
 
 def run_plain(url: str, n: int, worker_class: str, procs: int, env: dict[str, str]) -> dict[str, Any]:
     redis = Redis.from_url(url)
     redis.flushall()
     queue = Queue("default", connection=redis, serializer=JSONSerializer)
-    with workers(url, worker_class, procs, env):
-        before = commands(redis)
-        started = time.perf_counter()
+
+    def submit() -> None:
         for i in range(n):
             queue.enqueue("bench.noop.noop", job_id=f"p{i}")
-        submitted = time.perf_counter()
-        wait_until(lambda: finished(redis) >= n, timeout=900, interval=0.01, what="all jobs")
-        done = time.perf_counter()
-        calls = commands(redis) - before
-    return {
-        "submit_per_s": n / (submitted - started),
-        "end_to_end_per_s": n / (done - started),
-        "redis_commands_per_task": calls / n,
-    }
+
+    with workers(url, worker_class, procs, env):
+        return timed_run(redis, n, submit)
 
 
 def hop_latencies(redis: Redis, ids: list[str]) -> list[float]:

@@ -6,6 +6,7 @@ JSON serializer, the allow-listing job class, the task registry, and a record of
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -13,6 +14,8 @@ import time
 from types import TracebackType
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.exceptions import AbandonedJobError, InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.queue import Queue
@@ -78,6 +81,27 @@ class TaskWorkerMixin:
         self.tasks = TaskService(self.connection, registry, settings.result_ttl_s)  # type: ignore[attr-defined]
         self._shutdown_deadline: float | None = None
         self._cut_off: str | None = None
+
+    def work(self, burst: bool = False, **kwargs: Any) -> bool:
+        """RQ's loop quits on any error it did not expect, Redis going away among them (rq#2015,
+        rq#1968). Unless a stop was asked for (or the run was bounded), start it again, with
+        backoff, once Redis answers: a worker rides out a Redis restart on its own."""
+        delay = 1.0
+        while True:
+            try:
+                worked = bool(super().work(burst=burst, **kwargs))  # type: ignore[misc]
+            except (RedisConnectionError, RedisTimeoutError) as error:
+                log.warning("worker %s: Redis unavailable (%s)", self.name, error)  # type: ignore[attr-defined]
+            else:
+                bounded = burst or kwargs.get("max_jobs") or kwargs.get("max_idle_time")
+                # RQ raises StopRequested (and leaves _stop_requested unset) when stopped while idle.
+                if bounded or self._shutdown_deadline is not None:
+                    return worked
+                log.warning("worker %s: its loop ended unexpectedly; starting it again", self.name)  # type: ignore[attr-defined]
+            time.sleep(delay)
+            delay = min(delay * 2, 30)
+            with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
+                self.register_death()  # type: ignore[attr-defined]  # so that its next birth is not refused
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """RQ keeps a running task's heartbeat for the monitoring interval plus 60 s; rqflow's margin is
@@ -175,9 +199,9 @@ def record_error(
     return True
 
 
-class TaskWorker(TaskWorkerMixin, Worker):
+class TaskWorker(TaskWorkerMixin, Worker):  # type: ignore[misc]  # work() takes RQ's keywords
     """Forks a work-horse per task: a crash or timeout kills only that task, and a running task can be stopped."""
 
 
-class TaskSimpleWorker(TaskWorkerMixin, SimpleWorker):
+class TaskSimpleWorker(TaskWorkerMixin, SimpleWorker):  # type: ignore[misc]
     """Runs tasks in the worker process itself: faster, but a task cannot be stopped or isolated."""
