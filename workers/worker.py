@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from rq.exceptions import AbandonedJobError, InvalidJobOperation
+from rq.exceptions import AbandonedJobError, InvalidJobOperation, StopRequested
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
@@ -98,7 +98,10 @@ class TaskWorkerMixin:
                 if bounded or self._shutdown_deadline is not None:
                     return worked
                 log.warning("worker %s: its loop ended unexpectedly; starting it again", self.name)  # type: ignore[attr-defined]
-            time.sleep(delay)
+            try:
+                time.sleep(delay)
+            except StopRequested:
+                return False
             delay = min(delay * 2, 30)
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                 self.register_death()  # type: ignore[attr-defined]  # so that its next birth is not refused
