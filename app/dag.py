@@ -86,6 +86,11 @@ def judge(edges: Sequence[Edge], statuses: Sequence[JobStatus | None]) -> Verdic
     return Verdict(None, open=tuple(open_parents)) if open_parents else Verdict(True)
 
 
+def judge_now(connection: Redis, edges: Sequence[Edge]) -> Verdict:
+    """`judge` on the parents' current statuses (one round trip)."""
+    return judge(edges, parent_statuses(connection, [e.parent for e in edges]))
+
+
 def dependency_failed_error(parent: str, status: JobStatus | None) -> dict[str, str]:
     shown = TaskStatus.from_job_status(status).value if status else "missing"
     # `dependency` lets a retry of the parent find and re-arm the tasks it took down.
@@ -151,7 +156,7 @@ def rearm(connection: Redis, parent: str, pipe: Pipeline) -> list[str]:
             ) != current:
                 continue
             others = [e for e in child.edges if e.parent not in (current, parent, *rearmed)]
-            if judge(others, parent_statuses(connection, [e.parent for e in others])).met is False:
+            if judge_now(connection, others).met is False:
                 continue
             child.error = None
             pipe.hdel(child.key, keys.FIELD_ERROR)
@@ -206,8 +211,7 @@ def sweep(connection: Redis, queue_names: Iterable[str]) -> tuple[list[str], lis
         for job in TaskJob.fetch_many(ids, connection=connection, serializer=JSONSerializer):
             if not isinstance(job, TaskJob) or job.get_status(refresh=False) not in WAITING:
                 continue
-            edges = job.edges
-            verdict = judge(edges, parent_statuses(connection, [e.parent for e in edges]))
+            verdict = judge_now(connection, job.edges)
             if verdict.met is False and verdict.blocking is not None:
                 if cancel_dependent(job, verdict.blocking.parent, verdict.blocking_status):
                     canceled += [job.id, *cascade(connection, job.id)]

@@ -21,6 +21,7 @@ from typing import Any
 from uuid import uuid4
 
 from redis import Redis
+from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq.utils import as_text
 
@@ -161,12 +162,9 @@ class ScheduleService:
                             raise TaskConflict(f"a different schedule with id {schedule_id!r} already exists")
                         return existing, False
                     now = _now()
-                    upcoming = None if spec.paused else next_fire(spec, now, anchor=now, runs=0)
                     pipe.multi()
-                    pipe.hset(key, mapping=_fields(spec, runs=0, created=now, updated=now, upcoming=upcoming))
+                    self._store(pipe, spec, runs=0, created=now)
                     pipe.zadd(keys.SCHEDULE_INDEX, {schedule_id: _ms(now)})
-                    if upcoming:
-                        arm(self.connection, Timer("schedule", schedule_id, _ms(upcoming)), pipeline=pipe)
                     pipe.execute()
                     return self.get(schedule_id), True
                 except WatchError:
@@ -182,23 +180,22 @@ class ScheduleService:
                 try:
                     pipe.watch(key)
                     current = self.get(schedule_id)
-                    now = _now()
-                    upcoming = (
-                        None if spec.paused else next_fire(spec, now, anchor=current.created_at, runs=current.runs)
-                    )
                     pipe.multi()
-                    pipe.hset(
-                        key,
-                        mapping=_fields(
-                            spec, runs=current.runs, created=current.created_at, updated=now, upcoming=upcoming
-                        ),
-                    )
-                    if upcoming:
-                        arm(self.connection, Timer("schedule", schedule_id, _ms(upcoming)), pipeline=pipe)
+                    self._store(pipe, spec, runs=current.runs, created=current.created_at)
                     pipe.execute()
                     return self.get(schedule_id)
                 except WatchError:
                     continue
+
+    def _store(self, pipe: Pipeline, spec: ScheduleSpec, *, runs: int, created: datetime) -> None:
+        """Queue the write of a definition, and the timer of its next fire, on `pipe` (in MULTI)."""
+        assert spec.id
+        now = _now()
+        upcoming = None if spec.paused else next_fire(spec, now, anchor=created, runs=runs)
+        fields = _fields(spec, runs=runs, created=created, updated=now, upcoming=upcoming)
+        pipe.hset(keys.schedule_key(spec.id), mapping=fields)
+        if upcoming:
+            arm(self.connection, Timer("schedule", spec.id, _ms(upcoming)), pipeline=pipe)
 
     def delete(self, schedule_id: str) -> None:
         """Stop future runs; runs already made stay, with their `schedule_id`."""

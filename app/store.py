@@ -20,6 +20,16 @@ def queues(connection: Redis) -> dict[Priority, Queue]:
     return {p: Queue(p.value, connection=connection, job_class=TaskJob, serializer=JSONSerializer) for p in Priority}
 
 
+def fetch(connection: Redis, task_id: str) -> TaskJob | None:
+    """One job without its result (one HGETALL), for operations that only change it."""
+    fields = connection.hgetall(TaskJob.key_for(task_id))
+    if not fields:
+        return None
+    job = TaskJob(task_id, connection=connection)
+    job.restore(fields)
+    return job
+
+
 def load(connection: Redis, ids: Sequence[str]) -> list[Loaded | None]:
     """Each job with its newest RQ result (None for a missing job), in one round trip."""
     with connection.pipeline(transaction=False) as reads:

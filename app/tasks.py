@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
 from app import history, keys, store
-from app.dag import WAITING, cancel_dependent, cancel_task, cascade, judge, parent_statuses, rearm
+from app.dag import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
 from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound
 from app.job import TaskJob
 from app.model import Priority, Task, TaskChanges, TaskSpec, TaskStatus
@@ -71,15 +71,14 @@ class TaskService:
             while True:
                 try:
                     pipe.watch(TaskJob.key_for(task_id))
-                    loaded = self._load([task_id])[0]
-                    job = loaded[0] if loaded else None
-                    if job is None or job.spec.get("due_ms") != at_ms or job.get_status(refresh=False) not in WAITING:
+                    job = store.fetch(self.connection, task_id)
+                    waiting = job is not None and job.get_status(refresh=False) in WAITING
+                    if job is None or not waiting or job.spec.get("due_ms") != at_ms:
                         pipe.unwatch()
-                        if job is None or job.get_status(refresh=False) not in WAITING:
+                        if not waiting:
                             self.connection.zrem(keys.HELD, task_id)
                         return  # deleted, rescheduled or already settled: a stale timer
-                    edges = job.edges
-                    verdict = judge(edges, parent_statuses(self.connection, [e.parent for e in edges]))
+                    verdict = judge_now(self.connection, job.edges)
                     if verdict.met is False and verdict.blocking is not None:
                         pipe.unwatch()
                         if cancel_dependent(job, verdict.blocking.parent, verdict.blocking_status):
@@ -137,10 +136,10 @@ class TaskService:
         return self.get(task_id)
 
     def _job(self, task_id: str) -> TaskJob:
-        loaded = self._load([task_id])[0]
-        if loaded is None:
+        job = store.fetch(self.connection, task_id)
+        if job is None:
             raise TaskNotFound(task_id)
-        return loaded[0]
+        return job
 
     def _check_changeable(self, job: TaskJob) -> None:
         status = TaskStatus.from_job_status(job.get_status(refresh=False))
@@ -193,7 +192,8 @@ class TaskService:
         job.spec = spec
         future = due_ms is not None and due_ms > time.time() * 1000
         pipe.multi()
-        if (old_origin != job.origin and status is JobStatus.DEFERRED) or (job.edges and status is JobStatus.SCHEDULED):
+        in_deferred_registry = status is JobStatus.DEFERRED or (status is JobStatus.SCHEDULED and bool(job.edges))
+        if old_origin != job.origin and in_deferred_registry:
             for origin, add in ((old_origin, False), (job.origin, True)):
                 registry = DeferredJobRegistry(origin, connection=self.connection, serializer=JSONSerializer)
                 (registry.add if add else registry.remove)(job, pipeline=pipe)
@@ -249,8 +249,7 @@ class TaskService:
                 f"only a FAILED or CANCELED task can be retried; {task_id!r} is "
                 f"{TaskStatus.from_job_status(status).value}"
             )
-        edges = job.edges
-        verdict = judge(edges, parent_statuses(self.connection, [e.parent for e in edges]))
+        verdict = judge_now(self.connection, job.edges)
         if verdict.met is False and verdict.blocking is not None:
             raise TaskConflict(f"its dependency {verdict.blocking.parent!r} has not completed; retry that one first")
         with self.connection.pipeline() as pipe:
@@ -280,7 +279,7 @@ class TaskService:
         if not TaskStatus.from_job_status(job.get_status(refresh=False)).is_terminal:
             self.cancel(task_id)
             deadline = time.monotonic() + 10
-            while not self.get(task_id).status.is_terminal and time.monotonic() < deadline:
+            while not self.get_status(task_id).is_terminal and time.monotonic() < deadline:
                 time.sleep(0.05)  # a running task stops within moments; then its record can go
             job = self._job(task_id)
         member = store.index_member(job.created_at, task_id)
@@ -317,9 +316,7 @@ class TaskService:
         """What keeps a task from starting, so an operator never has to guess."""
         status = job.get_status(refresh=False)
         if status is JobStatus.DEFERRED:
-            edges = job.edges
-            statuses = parent_statuses(self.connection, [e.parent for e in edges])
-            return {"dependencies": list(judge(edges, statuses).open)}
+            return {"dependencies": list(judge_now(self.connection, job.edges).open)}
         if status is JobStatus.RATE_LIMITED and job.rate_limit_key:
             limit = RateLimitRegistry(job.rate_limit_key, connection=self.connection)
             return {
@@ -330,7 +327,7 @@ class TaskService:
                     "waiting": limit.get_rate_limited_job_count(),
                 }
             }
-        if status is JobStatus.SCHEDULED and job.spec.get("due_ms") and job.is_held_by_time():
+        if status is JobStatus.SCHEDULED and job.is_held_by_time():
             return {"time": store.iso(datetime.fromtimestamp(int(job.spec["due_ms"]) / 1000, tz=timezone.utc))}
         if status is JobStatus.SCHEDULED:
             # Waiting for a retry's backoff, in RQ's scheduled registry.

@@ -47,6 +47,18 @@ def finished(redis: Redis) -> int:
 
 
 @contextmanager
+def stopping(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """Terminate the processes on the way out, and wait for each."""
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+
+
+@contextmanager
 def workers(url: str, worker_class: str, count: int, env: dict[str, str]) -> Iterator[None]:
     procs = [
         subprocess.Popen(
@@ -59,14 +71,9 @@ def workers(url: str, worker_class: str, count: int, env: dict[str, str]) -> Ite
         for _ in range(count)
     ]
     redis = Redis.from_url(url)
-    wait_until(lambda: len(redis.smembers("rq:workers")) >= count, timeout=30, what="workers")
-    try:
+    with stopping(procs):
+        wait_until(lambda: len(redis.smembers("rq:workers")) >= count, timeout=30, what="workers")
         yield
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
 
 
 @contextmanager
@@ -197,13 +204,8 @@ def procfile_processes(url: str, env: dict[str, str], names: list[str]) -> Itera
         )
         for name in names
     ]
-    try:
+    with stopping(procs):
         yield
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

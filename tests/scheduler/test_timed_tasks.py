@@ -48,7 +48,6 @@ def test_a_timed_task_still_waits_for_its_dependencies(
     post(client, {"id": "parent", "type": "echo", "priority": "low"})
     post(client, {"id": "child", "type": "echo", "delay_ms": 300, "dependencies": ["parent"]})
     assert get(client, "child")["status"] == "SCHEDULED"
-    time.sleep(0.4)
     wait_until(lambda: fire_timers() or get(client, "child")["status"] == "PENDING", timeout=10, interval=0.02)
     assert get(client, "child")["waiting_for"] == {"dependencies": ["parent"]}
     TaskSimpleWorker(["high", "default", "low"], connection=redis, settings=settings).work(burst=True)
