@@ -86,6 +86,11 @@ class TaskJob(Job):
     def send_webhooks(self, status: Any, *, exc_string: str | None = None) -> None:
         """rqflow sets no webhooks; a tampered job must not make workers call arbitrary URLs."""
 
+    @classmethod
+    def dependencies_key_for(cls, job_id: str) -> str:
+        """RQ's `dependencies_key` (an instance property there), for a job not built as an object."""
+        return f"{cls.redis_job_namespace_prefix}:{job_id}:dependencies"
+
     # -- rqflow's fields -----------------------------------------------------------------------
 
     def restore(self, raw_data: Any) -> Any:

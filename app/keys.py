@@ -75,7 +75,8 @@ def rate_limit_key(task_type: str) -> str:
 
 
 def history_key(task_id: str) -> str:
-    """Stream of a task's events (submitted, queued, started, retrying, ...), capped, expiring with it."""
+    """Stream of a task's events after its submission (queued, started, retrying, ...), capped, expiring
+    with it; the submission itself is in the task's spec (`submitted_as`)."""
     return f"{PREFIX}:history:{task_id}"
 
 
@@ -88,10 +89,9 @@ def finished_bucket(epoch_s: float) -> str:
     return f"{PREFIX}:finished:{int(epoch_s) // FINISHED_BUCKET_S}"
 
 
-def claim_key(task_id: str) -> str:
-    """Held (with a short expiry) while a submission of this id writes it, so that a concurrent
-    submission of the same id cannot create it twice."""
-    return f"{PREFIX}:claim:{task_id}"
+CLAIMS = f"{PREFIX}:claims"
+"""Sorted set of task ids being written by a submission now, scored by when the claim lapses: a
+concurrent submission of the same id cannot create it twice."""
 
 
 REPAIRS = f"{PREFIX}:repairs"

@@ -1,9 +1,9 @@
 """Putting tasks into Redis: one or a whole DAG, all or nothing, in one MULTI/EXEC.
 
-The job keys of the new tasks and of every parent outside the batch are WATCHed from the checks
-to the write: two submissions of one id cannot both create it, and a parent cannot vanish or
-fail unseen in between. Each task is written in the state its parents allow: canceled at once
-(a parent already failed), held for its time, pending on parents, or queued.
+The new ids are claimed first, so two submissions of one id cannot both create it; parents
+outside the batch are WATCHed from the checks to the write, so none can vanish or fail unseen in
+between. Each task is written in the state its parents allow: canceled at once (a parent already
+failed), held for its time, pending on parents, or queued.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import gc
 import json
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import uuid4
@@ -21,59 +21,52 @@ from uuid import uuid4
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
-from rq.job import Dependency, JobStatus, Retry
+from rq.job import JobStatus
 from rq.queue import Queue
-from rq.rate_limit import RateLimit
 from rq.registry import CanceledJobRegistry, DeferredJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import current_timestamp
 
-from app import history, keys, store
-from app.bulk import RUN_COMMANDS, BulkWriter
+from app import keys, store
+from app.bulk import FastTransaction
 from app.dag import DependencyCycle, dependency_failed_error, edge_met, parent_statuses, topological_order
 from app.errors import FieldError, InvalidTask, TaskConflict, UnknownTaskType
-from app.job import STATUS_EVENTS, TaskJob
+from app.factory import Factory, Planned, Shapes
+from app.job import TaskJob
 from app.model import Priority, Task, TaskSpec
-from app.registry import Registry, TaskType
+from app.registry import Registry
 from app.timers import Timer, arm
 
 MAX_BATCH = 10_000
-BULK_FROM = 100
-"""Batches of at least this many tasks write through BulkWriter."""
+CLAIM_TTL_MS = 120_000
+"""A claim outlives any write it precedes; one left by a crashed API process lapses by itself."""
 
-RESERVATION_TTL_S = 120
-"""A claim outlives any write it precedes; one left by a crashed API process expires by itself."""
-
-# KEYS: pairs of (job key, claim key) for each new id. ARGV: ttl, token. Returns the (1-based)
-# positions of ids already taken (stored, or claimed by a submission in flight), claiming none;
-# or an empty list, having claimed them all.
+# KEYS: the claims set, then the job key of each new id. ARGV: now (ms), claim expiry (ms), then
+# the new ids. Claims nothing and returns 1 if any id is stored or claimed by a submission in
+# flight; else claims them all and returns 0. Each step is one command per 4,000 ids (Lua's
+# `unpack` stops at 8,000 values), so 10,000 ids cost Redis a few milliseconds.
 RESERVE = """
-local taken = {}
-for i = 1, #KEYS, 2 do
-    if redis.call('EXISTS', KEYS[i], KEYS[i + 1]) > 0 then table.insert(taken, (i + 1) / 2) end
+local step = 4000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for i = 2, #KEYS, step do
+    if redis.call('EXISTS', unpack(KEYS, i, math.min(i + step - 1, #KEYS))) > 0 then return 1 end
 end
-if #taken == 0 then
-    for i = 2, #KEYS, 2 do redis.call('SET', KEYS[i], ARGV[2], 'EX', ARGV[1]) end
+for i = 3, #ARGV, step do
+    local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, i, math.min(i + step - 1, #ARGV)))
+    for _, score in ipairs(scores) do
+        if score then return 1 end
+    end
 end
-return taken
+for i = 3, #ARGV, step / 2 do
+    local members = {}
+    for j = i, math.min(i + step / 2 - 1, #ARGV) do
+        members[#members + 1] = ARGV[2]
+        members[#members + 1] = ARGV[j]
+    end
+    redis.call('ZADD', KEYS[1], unpack(members))
+end
+return 0
 """
-
-# KEYS: claim keys. ARGV: the token of the claims to drop (someone else's are left alone).
-RELEASE = """
-for _, key in ipairs(KEYS) do
-    if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
-end
-"""
-
-
-@dataclass(frozen=True)
-class Planned:
-    batch: bool
-    index: int
-    task_id: str
-    spec: TaskSpec
-    task_type: TaskType
-    fingerprint: str
 
 
 class Submission:
@@ -82,9 +75,8 @@ class Submission:
         self.registry = registry
         self.result_ttl_s = result_ttl_s
         self.queues = queues
+        self.factory = Factory(queues, result_ttl_s)
         self._reserve = connection.register_script(RESERVE)
-        self._run_commands = connection.register_script(RUN_COMMANDS)
-        self._release = connection.register_script(RELEASE)
 
     def submit(self, specs: Sequence[TaskSpec], *, batch: bool, dry_run: bool = False) -> tuple[list[Task], bool]:
         """Store every task or none; returns them in request order, and whether they were created
@@ -94,41 +86,41 @@ class Submission:
         quadratic time); parents outside the batch are WATCHed until the write commits.
         """
         plan = self._plan(specs, batch)
-        new_keys = [TaskJob.key_for(p.task_id) for p in plan]
-        in_batch = {p.task_id for p in plan}
+        ids = [p.task_id for p in plan]
+        new_keys = [TaskJob.key_for(task_id) for task_id in ids]
+        in_batch = set(ids)
         outside = sorted({e.parent for p in plan for e in p.spec.dependencies if e.parent not in in_batch})
-        claims = [keys.claim_key(p.task_id) for p in plan]
-        token = uuid4().hex
         if dry_run:
             if self.connection.exists(*new_keys):
                 return self._repeat(plan), False
-        elif self._reserve(
-            keys=[k for pair in zip(new_keys, claims, strict=True) for k in pair], args=[RESERVATION_TTL_S, token]
-        ):
-            return self._repeat(plan), False
+        else:
+            now_ms = int(time.time() * 1000)
+            if self._reserve(keys=[keys.CLAIMS, *new_keys], args=[now_ms, now_ms + CLAIM_TTL_MS, *ids]):
+                return self._repeat(plan), False
+        written = False
         try:
             with _gc_paused():
-                jobs = self._write(plan, outside, dry_run)
+                tasks = self._write(plan, outside, dry_run)
+            written = True
         finally:
-            if not dry_run:
-                self._release(keys=claims, args=[token])
-        by_id = {job.id: job.to_task() for job in jobs}
-        return [by_id[p.task_id] for p in sorted(plan, key=lambda p: p.index)], True
+            if not dry_run and not written:
+                self.connection.zrem(keys.CLAIMS, *ids)  # a successful write drops them itself
+        return [tasks[p.task_id] for p in sorted(plan, key=lambda p: p.index)], True
 
-    def _write(self, plan: list[Planned], outside: list[str], dry_run: bool) -> list[TaskJob]:
-        with self.connection.pipeline() as pipe:
+    def _write(self, plan: list[Planned], outside: list[str], dry_run: bool) -> dict[str, Task]:
+        with FastTransaction.on(self.connection) as pipe:
             while True:
                 try:
                     if outside:
                         pipe.watch(*(TaskJob.key_for(parent) for parent in outside))
                     statuses = dict(zip(outside, parent_statuses(self.connection, outside), strict=True))
                     self._check_parents_exist(plan, statuses, batch=plan[0].batch)
-                    jobs = self._write_all(plan, statuses, pipe, dry_run)
+                    tasks = self._write_all(plan, statuses, pipe, dry_run)
                     if dry_run:
                         pipe.reset()
                     else:
                         pipe.execute()
-                    return jobs
+                    return tasks
                 except WatchError:
                     continue
 
@@ -187,73 +179,58 @@ class Submission:
 
     def _write_all(
         self, plan: list[Planned], outside: dict[str, JobStatus | None], pipe: Pipeline, dry_run: bool
-    ) -> list[TaskJob]:
-        """Queue every write on `pipe` (after MULTI), parents before children."""
+    ) -> dict[str, Task]:
+        """Queue every write on `pipe` (after MULTI), parents before children; returns the tasks
+        as stored."""
+        created_at = datetime.now(timezone.utc)
+        shapes = Shapes(self.factory, created_at)
         canceled: set[str] = set()
-        jobs = []
+        tasks: dict[str, Task] = {}
         indexes: dict[str, dict[str, float]] = {}
         pushes: dict[str, list[str]] = {}
         if not dry_run:
             pipe.multi()
         # A dry run makes every write into a no-op and so returns exactly what would be stored.
         target: Any = _Discard() if dry_run else pipe
-        bulk: Any = target
-        if len(plan) >= BULK_FROM and not dry_run:
-            # For a handful of tasks the script's own overhead (redis-py checks it is loaded before
-            # each transaction) costs more than it saves.
-            bulk = BulkWriter(pipe, self._run_commands)
         for p in plan:
-            job = self._build_job(p)
-            jobs.append(job)
-            blocked: tuple[str, JobStatus | None] | None = None
-            waiting = False
-            for edge in p.spec.dependencies:
-                if edge.parent in canceled:
-                    blocked = (edge.parent, JobStatus.CANCELED)
-                elif edge.parent not in outside:
-                    waiting = True  # a parent in this batch has not run yet
-                    continue
-                else:
-                    met = edge_met(outside[edge.parent], edge.allow_failure)
-                    if met is False:
-                        blocked = (edge.parent, outside[edge.parent])
-                    waiting = waiting or met is None
-                if blocked:
-                    break
+            blocked, waiting = _verdict(p, outside, canceled)
             due = _due(p.spec)
+            queued_at = None
+            error = None
             if blocked:
                 canceled.add(p.task_id)
-                self._store_canceled(job, *blocked, target)
+                status = JobStatus.CANCELED
+                error = self._store_canceled(self.factory.build(p, created_at, status), *blocked, target)
             elif due is not None:
-                self._hold_until(job, due, target, indexes)
+                status = JobStatus.SCHEDULED
+                self._hold_until(p, self.factory.build(p, created_at, status), due, target, indexes)
             elif waiting:
-                job._status = JobStatus.DEFERRED  # written by save
-                job.save(pipeline=bulk)
-                self._register_dependency(job, bulk, indexes)
-            elif job.has_rate_limit:
+                status = JobStatus.DEFERRED
+                target.hset(TaskJob.key_for(p.task_id), mapping=shapes.fields(p, status))
+                self._register_dependency(p, target, indexes, created_at.timestamp())
+            elif p.task_type.concurrency:
+                job = self.factory.build(p, created_at, JobStatus.QUEUED)
                 self.enqueue(job, target)
+                status, queued_at = job.get_status(refresh=False), job.enqueued_at
             else:
-                # RQ's Queue._enqueue_job, with the status written once (by save) and the ids pushed
-                # in one RPUSH per queue, in dependency order, after every job is written.
-                queue = self.queues[Priority(job.origin)]
-                queue._prepare_for_queue(job)
-                job.save(pipeline=bulk)
-                pushes.setdefault(queue.key, []).append(job.id)
-            history.record(bulk, job.id, "submitted", detail=STATUS_EVENTS.get(job.get_status(refresh=False)))
-            job.record_status_events = True
-            member = store.index_member(job.created_at, job.id)
+                # RQ's Queue._enqueue_job, with the ids pushed in one RPUSH per queue, in
+                # dependency order, after every job is written.
+                status, queued_at = JobStatus.QUEUED, created_at
+                target.hset(TaskJob.key_for(p.task_id), mapping=shapes.fields(p, status))
+                pushes.setdefault(self.queues[p.spec.priority].key, []).append(p.task_id)
+            tasks[p.task_id] = self.factory.task(p, status, created_at, queued_at, error)
+            member = store.index_member(created_at, p.task_id)
             for index in (keys.TASK_INDEX, keys.type_index(p.spec.type)) + (
                 (keys.schedule_runs_index(p.spec.schedule_id),) if p.spec.schedule_id else ()
             ):
                 indexes.setdefault(index, {})[member] = 0
-        if isinstance(bulk, BulkWriter):
-            bulk.flush()
         for index, members in indexes.items():
             target.zadd(index, members)
         for queue_key, ids in pushes.items():
             target.sadd(Queue.redis_queues_keys, queue_key)
             target.rpush(queue_key, *ids)
-        return jobs
+        target.zrem(keys.CLAIMS, *(p.task_id for p in plan))
+        return tasks
 
     def enqueue(self, job: TaskJob, pipe: Any) -> None:
         """Put a job on its queue (or in its limit's waiting line) within the caller's MULTI."""
@@ -266,64 +243,21 @@ class Submission:
         else:
             queue._enqueue_job(job, pipeline=pipe)
 
-    def _build_job(self, p: Planned) -> TaskJob:
-        spec, task_type = p.spec, p.task_type
-        max_attempts = spec.max_attempts or task_type.max_attempts
-        backoff = spec.backoff or task_type.backoff
-        timeout_ms = spec.timeout_ms or task_type.timeout_ms
-        kwargs: dict[str, Any] = {"task_type": spec.type, "payload": spec.payload}
-        if spec.duration_ms is not None:
-            kwargs["duration_ms"] = spec.duration_ms
-        retries = max_attempts - 1
-        # RQ's RateLimit holds a slot from queued to finished, across every worker on every machine.
-        limit = RateLimit(keys.rate_limit_key(spec.type), task_type.concurrency) if task_type.concurrency else None
-        job = self.queues[spec.priority].create_job(
-            keys.ENTRY_POINT,
-            kwargs=kwargs,
-            # RQ's death penalty counts whole seconds; round up so no attempt is cut short.
-            timeout=math.ceil(timeout_ms / 1000),
-            result_ttl=self.result_ttl_s,
-            failure_ttl=self.result_ttl_s,
-            description=f"{spec.type} {p.task_id}",
-            depends_on=Dependency(
-                [e.parent for e in spec.dependencies],
-                # RQ knows one failure rule per job; TaskJob.dependencies_are_met applies the
-                # per-edge rule. RQ's own paths may only be stricter than ours, never looser.
-                allow_failure=all(e.allow_failure for e in spec.dependencies),
-            )
-            if spec.dependencies
-            else None,
-            job_id=p.task_id,
-            # RQ counts the retries; TaskJob.retry() computes each wait from the backoff.
-            retry=Retry(max=retries) if retries else None,
-            rate_limit=limit,
-        )
-        assert isinstance(job, TaskJob)
-        job.record_status_events = False
-        job.fingerprint = p.fingerprint
-        job.spec = {
-            "name": spec.name,
-            "priority": spec.priority.value,
-            "dependencies": [{"id": e.parent, "allow_failure": e.allow_failure} for e in spec.dependencies],
-            "run_at": spec.run_at.isoformat() if spec.run_at else None,
-            "delay_ms": spec.delay_ms,
-            "max_attempts": max_attempts,
-            "backoff": backoff.as_dict(),
-            "timeout_ms": timeout_ms,
-            "schedule_id": spec.schedule_id,
-        }
-        return job
-
-    def _register_dependency(self, job: TaskJob, pipe: Any, indexes: dict[str, dict[str, float]]) -> None:
+    def _register_dependency(
+        self, p: Planned, pipe: Any, indexes: dict[str, dict[str, float]], registered_at: float
+    ) -> None:
         """RQ's `Job.register_dependency`, with the deferred-registry entries gathered into one ZADD
         per queue (`indexes`) instead of one registry object and command per task."""
-        registry_key = DeferredJobRegistry.key_template.format(job.origin)
-        indexes.setdefault(registry_key, {})[job.id] = current_timestamp()
-        for parent in job._dependency_ids:
-            pipe.sadd(job.dependents_key_for(parent), job.id)
-        pipe.sadd(job.dependencies_key, *job._dependency_ids)
+        registry_key = DeferredJobRegistry.key_template.format(p.spec.priority.value)
+        indexes.setdefault(registry_key, {})[p.task_id] = registered_at
+        parents = [e.parent for e in p.spec.dependencies]
+        for parent in parents:
+            pipe.sadd(TaskJob.dependents_key_for(parent), p.task_id)
+        pipe.sadd(TaskJob.dependencies_key_for(p.task_id), *parents)
 
-    def _hold_until(self, job: TaskJob, due: datetime, pipe: Any, indexes: dict[str, dict[str, float]]) -> None:
+    def _hold_until(
+        self, p: Planned, job: TaskJob, due: datetime, pipe: Any, indexes: dict[str, dict[str, float]]
+    ) -> None:
         """Store a timed task SCHEDULED, with a timer that releases it at `due` (TaskService.release).
 
         Its dependencies are registered now, so a parent that fails before `due` cancels it at once.
@@ -332,12 +266,12 @@ class Submission:
         job.spec["due_ms"] = due_ms
         job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
         job.save(pipeline=pipe)
-        if job.edges:
-            self._register_dependency(job, pipe, indexes)
+        if p.spec.dependencies:
+            self._register_dependency(p, pipe, indexes, current_timestamp())
         pipe.zadd(keys.HELD, {job.id: due_ms})
         arm(self.connection, Timer("release", job.id, due_ms), pipeline=pipe)
 
-    def _store_canceled(self, job: TaskJob, parent: str, parent_status: JobStatus | None, pipe: Any) -> None:
+    def _store_canceled(self, job: TaskJob, parent: str, parent_status: JobStatus | None, pipe: Any) -> dict[str, str]:
         error = dependency_failed_error(parent, parent_status)
         job.error = error
         job.set_status(JobStatus.CANCELED, pipeline=pipe)
@@ -346,6 +280,7 @@ class Submission:
         pipe.hset(job.key, keys.FIELD_ERROR, json.dumps(error))
         CanceledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer).add(job, pipeline=pipe)
         job.cleanup(ttl=self.result_ttl_s, pipeline=pipe)
+        return error
 
 
 @contextmanager
@@ -359,6 +294,24 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def _verdict(
+    p: Planned, outside: dict[str, JobStatus | None], canceled: set[str]
+) -> tuple[tuple[str, JobStatus | None] | None, bool]:
+    """(the parent that dooms the task and its status, or None; whether it waits on a parent)."""
+    waiting = False
+    for edge in p.spec.dependencies:
+        if edge.parent in canceled:
+            return (edge.parent, JobStatus.CANCELED), waiting
+        if edge.parent not in outside:
+            waiting = True  # a parent in this batch has not run yet
+            continue
+        met = edge_met(outside[edge.parent], edge.allow_failure)
+        if met is False:
+            return (edge.parent, outside[edge.parent]), waiting
+        waiting = waiting or met is None
+    return None, waiting
 
 
 def _due(spec: TaskSpec) -> datetime | None:

@@ -294,9 +294,16 @@ class TaskService:
             pipe.execute()
 
     def history(self, task_id: str) -> list[history.Event]:
+        job = store.fetch(self.connection, task_id)
         events = history.read(self.connection, task_id)
-        if not events and not self.connection.exists(TaskJob.key_for(task_id)):
-            raise TaskNotFound(task_id)
+        if job is None:
+            if not events:
+                raise TaskNotFound(task_id)
+            return events  # the task's record expired just before its history did
+        submitted_as = job.spec.get("submitted_as")
+        if submitted_as and job.created_at:
+            # Kept in the task's own hash rather than a stream per task (see Planned.stored_spec).
+            events.insert(0, history.Event("submitted", job.created_at, None, None, None, submitted_as))
         return events
 
     # -- read ----------------------------------------------------------------------------------

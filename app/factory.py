@@ -1,0 +1,219 @@
+"""Turning planned tasks into RQ jobs: the job objects RQ's own methods write, and, for the two
+placements a large batch is made of (pending and queued), the job hash fields without an object.
+
+RQ builds a job and its hash in some 50 µs (`Queue.create_job`, then `Job.to_dict`), most of it
+on fields that are the same for every task of one type, priority, timeout and retry count. A
+`Shapes` cache builds the first job of each such shape with RQ and keeps its hash as a template;
+every other task of that shape copies it and fills in only what is its own. A test holds the
+result equal to RQ's own `to_dict` for every placement and option.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from rq.job import Dependency, JobStatus, Retry
+from rq.queue import Queue
+from rq.rate_limit import RateLimit
+from rq.serializers import JSONSerializer
+from rq.utils import utcformat
+
+from app import keys
+from app.job import STATUS_EVENTS, TaskJob
+from app.model import Backoff, Priority, Task, TaskError, TaskSpec, TaskStatus
+from app.registry import TaskType
+
+OWN_FIELDS = frozenset(
+    {
+        "created_at",
+        "data",
+        "description",
+        "dependency_id",
+        "dependency_ids",
+        "enqueued_at",
+        keys.FIELD_SPEC,
+        keys.FIELD_FINGERPRINT,
+    }
+)
+"""The job hash fields that differ between tasks of one shape."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One task of a submission, validated, with its type's defaults applied."""
+
+    batch: bool
+    index: int
+    task_id: str
+    spec: TaskSpec
+    task_type: TaskType
+    fingerprint: str
+
+    @property
+    def max_attempts(self) -> int:
+        return self.spec.max_attempts or self.task_type.max_attempts
+
+    @property
+    def backoff(self) -> Backoff:
+        return self.spec.backoff or self.task_type.backoff
+
+    @property
+    def timeout_ms(self) -> int:
+        return self.spec.timeout_ms or self.task_type.timeout_ms
+
+    def kwargs(self) -> dict[str, Any]:
+        """What the worker's entry point is called with."""
+        kwargs: dict[str, Any] = {"task_type": self.spec.type, "payload": self.spec.payload}
+        if self.spec.duration_ms is not None:
+            kwargs["duration_ms"] = self.spec.duration_ms
+        return kwargs
+
+    def stored_spec(self, status: JobStatus) -> dict[str, Any]:
+        """What rqflow keeps of the submission in the job hash (TaskJob.spec). `submitted_as`
+        (where the task went when submitted) makes the first event of its history, which so
+        costs no stream of its own until something else happens to the task."""
+        spec = self.spec
+        return {
+            "submitted_as": STATUS_EVENTS[status],
+            "name": spec.name,
+            "priority": spec.priority.value,
+            "dependencies": [{"id": e.parent, "allow_failure": e.allow_failure} for e in spec.dependencies],
+            "run_at": spec.run_at.isoformat() if spec.run_at else None,
+            "delay_ms": spec.delay_ms,
+            "max_attempts": self.max_attempts,
+            "backoff": self.backoff.as_dict(),
+            "timeout_ms": self.timeout_ms,
+            "schedule_id": spec.schedule_id,
+        }
+
+    def shape(self) -> tuple[Any, ...]:
+        """Everything besides OWN_FIELDS that RQ's hash of this task depends on."""
+        deps = self.spec.dependencies
+        return (
+            self.spec.type,
+            self.spec.priority,
+            math.ceil(self.timeout_ms / 1000),
+            self.max_attempts,
+            self.task_type.concurrency,
+            bool(deps),
+            all(e.allow_failure for e in deps),
+        )
+
+
+class Factory:
+    def __init__(self, queues: dict[Any, Queue], result_ttl_s: int) -> None:
+        self.queues = queues
+        self.result_ttl_s = result_ttl_s
+
+    def build(self, p: Planned, created_at: datetime, status: JobStatus) -> TaskJob:
+        """The task as an RQ job object, not yet saved, for RQ's own methods to write."""
+        spec, task_type = p.spec, p.task_type
+        retries = p.max_attempts - 1
+        # RQ's RateLimit holds a slot from queued to finished, across every worker on every machine.
+        limit = RateLimit(keys.rate_limit_key(spec.type), task_type.concurrency) if task_type.concurrency else None
+        job = self.queues[spec.priority].create_job(
+            keys.ENTRY_POINT,
+            kwargs=p.kwargs(),
+            # RQ's death penalty counts whole seconds; round up so no attempt is cut short.
+            timeout=math.ceil(p.timeout_ms / 1000),
+            result_ttl=self.result_ttl_s,
+            failure_ttl=self.result_ttl_s,
+            description=f"{spec.type} {p.task_id}",
+            depends_on=Dependency(
+                [e.parent for e in spec.dependencies],
+                # RQ knows one failure rule per job; TaskJob.dependencies_are_met applies the
+                # per-edge rule. RQ's own paths may only be stricter than ours, never looser.
+                allow_failure=all(e.allow_failure for e in spec.dependencies),
+            )
+            if spec.dependencies
+            else None,
+            job_id=p.task_id,
+            # RQ counts the retries; TaskJob.retry() computes each wait from the backoff.
+            retry=Retry(max=retries) if retries else None,
+            rate_limit=limit,
+        )
+        assert isinstance(job, TaskJob)
+        job.created_at = created_at
+        job.record_status_events = False
+        job.fingerprint = p.fingerprint
+        job.spec = p.stored_spec(status)
+        return job
+
+    def task(
+        self,
+        p: Planned,
+        status: JobStatus,
+        created_at: datetime,
+        queued_at: datetime | None = None,
+        error: dict[str, str] | None = None,
+    ) -> Task:
+        """The task as just submitted (what TaskJob.to_task reads back from Redis)."""
+        spec = p.spec
+        task_status = TaskStatus.from_job_status(status)
+        return Task(
+            id=p.task_id,
+            type=spec.type,
+            name=spec.name or spec.type,
+            payload=spec.payload,
+            duration_ms=spec.duration_ms,
+            dependencies=spec.dependencies,
+            priority=Priority(spec.priority),
+            run_at=spec.run_at,
+            delay_ms=spec.delay_ms,
+            max_attempts=p.max_attempts,
+            backoff=p.backoff,
+            timeout_ms=p.timeout_ms,
+            status=task_status,
+            attempts=0,
+            created_at=created_at,
+            updated_at=queued_at or created_at,
+            queued_at=queued_at,
+            started_at=None,
+            finished_at=created_at if task_status.is_terminal else None,
+            result=None,
+            error=TaskError(type=error.get("type", "error"), message=error.get("message", "")) if error else None,
+            worker=None,
+            schedule_id=spec.schedule_id,
+        )
+
+
+class Shapes:
+    """Job hash fields for one submission (its tasks share one creation and enqueue time)."""
+
+    def __init__(self, factory: Factory, created_at: datetime) -> None:
+        self.factory = factory
+        self.created_at = created_at
+        self.created = utcformat(created_at)
+        self.templates: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def fields(self, p: Planned, status: JobStatus) -> dict[str, Any]:
+        """The hash RQ would write for `p` as a new DEFERRED or QUEUED job (queued: enqueued at
+        the creation time). Fields RQ writes empty are left out: absent reads the same to RQ."""
+        key = (*p.shape(), status)
+        template = self.templates.get(key)
+        if template is None:
+            job = self.factory.build(p, self.created_at, status)
+            job._status = status
+            if status == JobStatus.QUEUED:
+                job.enqueued_at = self.created_at
+            fields = {k: v for k, v in job.to_dict().items() if v != ""}
+            self.templates[key] = {k: v for k, v in fields.items() if k not in OWN_FIELDS}
+            return fields
+        fields = dict(template)
+        fields["created_at"] = self.created
+        fields["data"] = zlib.compress(JSONSerializer.dumps((keys.ENTRY_POINT, None, (), p.kwargs())))
+        fields["description"] = f"{p.spec.type} {p.task_id}"
+        if p.spec.dependencies:
+            parents = [e.parent for e in p.spec.dependencies]
+            fields["dependency_id"] = parents[0]
+            fields["dependency_ids"] = json.dumps(parents)
+        if status == JobStatus.QUEUED:
+            fields["enqueued_at"] = self.created
+        fields[keys.FIELD_SPEC] = json.dumps(p.stored_spec(status), separators=(",", ":"))
+        fields[keys.FIELD_FINGERPRINT] = p.fingerprint
+        return fields
