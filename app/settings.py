@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     type_limits: dict[str, TypeLimits] = {}
     task_modules: Annotated[list[str], NoDecode] = []
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    max_batch_body_bytes: int = Field(default=33_554_432, ge=1)
+    """For `POST /api/tasks/batch`: 10,000 tasks of up to ~3 KB each."""
     result_ttl_s: int = Field(default=604_800, ge=1)
     http_allowed_hosts: Annotated[list[str], NoDecode] = []
     """Hosts the built-in `http_request` type may call; empty means it may call none."""

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import HANDLERS, problem
-from app.api.routes import ROUTES
+from app.api.routes import BATCH_PATH, ROUTES
 from app.registry import load_registry
 from app.schedules import ScheduleService
 from app.settings import Settings
@@ -53,39 +53,37 @@ class BearerAuth(BaseHTTPMiddleware):
 
 
 class BodyLimit:
-    """Bodies over `max_bytes` get a 413 problem, whether announced by Content-Length or streamed.
+    """Bodies over the limit get a 413 problem, whether announced by Content-Length or streamed.
+    A batch (up to 10,000 tasks) has a limit of its own.
 
     Starlette's own `max_body_size` answers in plain text and replaces any response whose request
     announced too large a body, so it cannot give problem+json.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, max_batch_bytes: int) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.limits = {"": (max_bytes, "RQFLOW_MAX_BODY_BYTES")}
+        self.limits[BATCH_PATH] = (max_batch_bytes, "RQFLOW_MAX_BATCH_BODY_BYTES")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        max_bytes, setting = self.limits.get(scope["path"], self.limits[""])
+        detail = f"the request body is larger than {max_bytes} bytes ({setting})"
         announced = Headers(scope=scope).get("content-length", "")
-        if announced.isdigit() and int(announced) > self.max_bytes:
-            return await self._too_large()(scope, receive, send)
+        if announced.isdigit() and int(announced) > max_bytes:
+            return await problem(413, detail)(scope, receive, send)
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise HTTPException(413, self._detail())
+            if received > max_bytes:
+                raise HTTPException(413, detail)
             return message
 
         await self.app(scope, limited_receive, send)
-
-    def _detail(self) -> str:
-        return f"the request body is larger than {self.max_bytes} bytes (RQFLOW_MAX_BODY_BYTES)"
-
-    def _too_large(self) -> Response:
-        return problem(413, self._detail())
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -102,7 +100,9 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             redis.close()
 
-    middleware = [Middleware(BodyLimit, max_bytes=settings.max_body_bytes)]
+    middleware = [
+        Middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_body_bytes)
+    ]
     if settings.api_keys:
         middleware.append(Middleware(BearerAuth, keys=settings.api_keys))
     app = Starlette(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -109,11 +109,20 @@ class TaskIn(TaskTemplateIn):
         return _edges(self.dependencies)
 
     def to_spec(self) -> TaskSpec:
-        return replace(
-            self.to_template().to_spec(self.id, schedule_id=None),
+        # One constructor call (not to_template + replace): a batch converts 10,000 of these.
+        return TaskSpec(
+            type=self.type,
+            id=self.id,
+            payload=self.payload,
+            duration_ms=self.duration_ms,
             dependencies=self.edges(),
+            priority=Priority(self.priority),
             run_at=self.run_at.astimezone(timezone.utc) if self.run_at else None,
             delay_ms=self.delay_ms,
+            max_attempts=self.max_attempts,
+            backoff=Backoff(**self.backoff.model_dump()) if self.backoff else None,
+            timeout_ms=self.timeout_ms,
+            name=self.name,
         )
 
 

@@ -61,3 +61,15 @@ def test_the_server_refuses_a_public_bind_without_keys() -> None:
     )
     assert result.returncode == 2
     assert "RQFLOW_API_KEYS" in result.stderr
+
+
+def test_a_batch_has_a_body_limit_of_its_own(settings: Settings) -> None:
+    limits = settings.model_copy(update={"max_body_bytes": 200, "max_batch_body_bytes": 200_000})
+    batch = {"tasks": [{"id": f"t{n}", "type": "echo", "payload": {"n": n}} for n in range(1000)]}
+    with TestClient(create_app(limits)) as client:
+        assert client.post("/api/tasks/batch", json=batch).status_code == 201
+        assert_problem(client.post("/api/tasks", json={"type": "echo", "payload": {"blob": "x" * 500}}), 413)
+        too_big = {"tasks": [{"type": "echo", "payload": {"blob": "x" * 100_000}} for _ in range(3)]}
+        problem = assert_problem(client.post("/api/tasks/batch", json=too_big), 413)
+        assert "RQFLOW_MAX_BATCH_BODY_BYTES" in problem["detail"]
+        assert len(client.get("/api/tasks?limit=1000").json()) == 1000
