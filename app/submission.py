@@ -33,7 +33,7 @@ from app.dag import DependencyCycle, dependency_failed_error, edge_met, parent_s
 from app.errors import FieldError, InvalidTask, TaskConflict, UnknownTaskType
 from app.factory import Factory, Planned, Shapes
 from app.job import TaskJob
-from app.model import Priority, Task, TaskSpec
+from app.model import Priority, Task, TaskSpec, TaskStatus
 from app.registry import Registry
 from app.timers import Timer, arm
 
@@ -105,6 +105,12 @@ class Submission:
         finally:
             if not dry_run and not written:
                 self.connection.zrem(keys.CLAIMS, *ids)  # a successful write drops them itself
+        limited = [p.task_id for p in plan if p.task_type.concurrency and tasks[p.task_id].status is TaskStatus.QUEUED]
+        if limited and not dry_run:
+            # Whether a limited task got a slot (and so a queued_at) was decided inside Redis.
+            tasks.update(
+                (job.id, job.to_task(latest)) for job, latest in filter(None, store.load(self.connection, limited))
+            )
         return [tasks[p.task_id] for p in sorted(plan, key=lambda p: p.index)], True
 
     def _write(self, plan: list[Planned], outside: list[str], dry_run: bool) -> dict[str, Task]:

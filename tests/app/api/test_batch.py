@@ -9,6 +9,9 @@ from typing import Any
 from redis import Redis
 from starlette.testclient import TestClient
 
+from app.api.main import create_app
+from app.settings import Settings, TypeLimits
+
 from tests.app.api.test_tasks import assert_problem
 
 
@@ -143,3 +146,33 @@ def test_a_member_behind_a_failed_parent_is_canceled_with_its_descendants(client
     tasks = {t["id"]: t for t in client.post("/api/tasks/batch", json=body).json()["tasks"]}
     assert tasks["kid"]["status"] == tasks["grandkid"]["status"] == "CANCELED"
     assert tasks["grandkid"]["error"]["message"] == "dependency 'kid' ended CANCELED"
+
+
+def test_what_a_batch_answers_is_what_the_tasks_read_back_as(settings: Settings, redis: Redis) -> None:
+    limited = settings.model_copy(update={"type_limits": {"sleepy": TypeLimits(concurrency=1)}})
+    with TestClient(create_app(limited)) as client:
+        client.post("/api/tasks", json={"id": "broken", "type": "echo"})
+        redis.hset("rq:job:broken", "status", "failed")
+        many = [{"id": f"q{n}", "type": "echo", "payload": {"n": n, "text": "ü"}} for n in range(150)]
+        body = {
+            "tasks": [
+                *many,
+                {"id": "pending", "type": "echo", "dependencies": ["q1", {"id": "q2", "allow_failure": True}]},
+                {"id": "later", "type": "echo", "delay_ms": 60_000, "priority": "low", "max_attempts": 5},
+                {"id": "doomed", "type": "echo", "dependencies": ["broken"]},
+                {"id": "limited-1", "type": "sleepy", "payload": {"seconds": 0}},
+                {"id": "limited-2", "type": "sleepy", "name": "second", "timeout_ms": 2500},
+            ]
+        }
+        answered = client.post("/api/tasks/batch", json=body).json()["tasks"]
+        expected = {"pending": "PENDING", "later": "SCHEDULED", "doomed": "CANCELED", "limited-2": "QUEUED"}
+        for task in answered:
+            assert task["status"] == expected.get(task["id"], "QUEUED")
+            stored = client.get(f"/api/tasks/{task['id']}").json()
+            stored.pop("waiting_for")
+            assert task == stored
+            first = client.get(f"/api/tasks/{task['id']}/history").json()[0]
+            assert (first["event"], first["detail"], first["at"]) == ("submitted", _EVENT[task["status"]], task["created_at"])
+
+
+_EVENT = {"QUEUED": "queued", "PENDING": "pending", "SCHEDULED": "scheduled", "CANCELED": "canceled"}

@@ -1,0 +1,73 @@
+"""The job hashes a batch writes from per-shape templates are the ones RQ itself would write."""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+import fakeredis
+import pytest
+from rq.job import JobStatus
+
+from app import keys, store
+from app.factory import Factory, Planned, Shapes
+from app.model import Backoff, Edge, Priority, TaskSpec
+from app.registry import load_registry
+
+JSON_FIELDS = ("dependency_ids", keys.FIELD_SPEC)
+
+SHAPES = {
+    "plain": TaskSpec(type="echo", payload={"text": "grüße ✓", "n": [1, 2.5, None]}, duration_ms=5),
+    "dependent": TaskSpec(type="echo", dependencies=(Edge("p1"), Edge("p2", allow_failure=True))),
+    "failure-tolerant": TaskSpec(type="echo", dependencies=(Edge("p1", allow_failure=True),)),
+    "options": TaskSpec(
+        type="echo",
+        priority=Priority.HIGH,
+        max_attempts=1,
+        timeout_ms=1500,
+        backoff=Backoff(initial_ms=10, factor=3, max_ms=100, jitter=False),
+        name="nightly",
+        schedule_id="every-minute",
+        payload={"big": 2**70},
+    ),
+}
+
+
+def _normalized(fields: dict[str, Any]) -> dict[str, Any]:
+    out = {k: str(v) if not isinstance(v, bytes) else v for k, v in fields.items()}
+    out["data"] = json.loads(zlib.decompress(fields["data"]))
+    for name in JSON_FIELDS:
+        if name in fields:
+            out[name] = json.loads(fields[name])
+    return out
+
+
+@pytest.mark.parametrize("status", [JobStatus.DEFERRED, JobStatus.QUEUED])
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_template_fields_equal_rqs_own(name: str, status: JobStatus) -> None:
+    registry = load_registry(["tests.handlers"])
+    factory = Factory(store.queues(fakeredis.FakeRedis()), result_ttl_s=600)
+    created_at = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    shapes = Shapes(factory, created_at)
+    spec = SHAPES[name]
+
+    def planned(index: int, task_id: str, **changes: Any) -> Planned:
+        s = replace(spec, id=task_id, **changes)
+        return Planned(True, index, task_id, s, registry.get_type(s.type), s.fingerprint())
+
+    first = planned(0, "first")
+    other_parents = tuple(replace(e, parent=f"{e.parent}-b") for e in spec.dependencies)
+    second = planned(1, "second", payload={"other": True}, dependencies=other_parents)
+    assert first.shape() == second.shape()
+    shapes.fields(first, status)  # builds the template with RQ
+    from_template = shapes.fields(second, status)
+
+    job = factory.build(second, created_at, status)
+    job._status = status
+    if status == JobStatus.QUEUED:
+        job.enqueued_at = created_at
+    from_rq = {k: v for k, v in job.to_dict().items() if v != ""}
+    assert _normalized(from_template) == _normalized(from_rq)
