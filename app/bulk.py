@@ -1,11 +1,13 @@
-"""A MULTI/EXEC transaction of many writes, sent and read at C speed.
+"""A MULTI/EXEC transaction of many writes, sent as it is built and read at C speed.
 
 redis-py spends some 10 µs of Python on each command of a transaction: it checks and packs every
 argument, then parses the QUEUED reply and runs a response callback for each. A 10,000-task batch
 is ~30,000 commands, so that alone took longer than Redis takes to run them. `FastTransaction`
-is redis-py's own transaction pipeline (WATCH, MULTI, scripts loaded before EXEC, the same
-command methods that RQ calls on a pipeline) with only `execute` replaced: each command is packed
-by hiredis in one C call, all are sent in one write, and the replies are read without callbacks.
+is redis-py's own transaction pipeline (WATCH, MULTI, the same command methods RQ calls on a
+pipeline) with only the sending replaced: each command is packed by hiredis in one C call, and
+every `stream_every` commands go out at once, so Redis parses and queues them on its own core
+while the caller builds the rest. Nothing runs before EXEC: an error on the way, or a connection
+closed half-way, leaves Redis as it was.
 """
 
 from __future__ import annotations
@@ -25,39 +27,67 @@ class FastTransaction(Pipeline):
     never retries on a connection error, since the writes may or may not have been applied.
     """
 
+    stream_every = 2000
+
     @classmethod
     def on(cls, connection: Redis) -> FastTransaction:
         return cls(connection.connection_pool, connection.response_callbacks, True, None)
 
-    def execute(self, raise_on_error: bool = True) -> list[Any]:
-        commands = self.command_stack
-        if not commands and not self.watching:
-            return []
-        if self.scripts:
-            self.load_scripts()  # a NOSCRIPT inside EXEC would leave the other writes applied
-        own = self.connection is None
-        connection = self.connection or self.connection_pool.get_connection()
-        try:
-            packed = [pack_command(("MULTI",))]
-            packed += [pack_command(_split_name(args)) for args, _ in commands]
+    def __init__(self, *args: Any) -> None:
+        self.sent: list[str] = []
+        """Names of the commands sent after MULTI and not yet answered by EXEC, in order."""
+        super().__init__(*args)
+
+    def pipeline_execute_command(self, *args: Any, **options: Any) -> FastTransaction:
+        if args[0] == "EVALSHA":
+            # Sent ahead of EXEC, so a script cannot be loaded just before it; EVAL carries the
+            # body and cannot meet a NOSCRIPT (a Redis restart empties the script cache).
+            body = next(s.script for s in self.scripts if s.sha == args[1])
+            args = ("EVAL", body, *args[2:])
+        self.command_stack.append((args, options))
+        if len(self.command_stack) >= self.stream_every:
+            self._send()
+        return self
+
+    def _send(self, end: bool = False) -> None:
+        first = not self.sent
+        if self.connection is None:
+            self.connection = self.connection_pool.get_connection()
+        packed = [pack_command(("MULTI",))] if first else []
+        packed += [pack_command(_split_name(args)) for args, _ in self.command_stack]
+        if end:
             packed.append(pack_command(("EXEC",)))
-            # A health check that reconnects would silently drop a WATCH.
-            connection.send_packed_command([b"".join(packed)], check_health=not self.watching)
-            replies = self._read(connection, len(commands))
-        except BaseException:
-            # Replies may be left unread on the socket; a pooled connection must never carry them.
-            connection.disconnect()
-            raise
+        self.sent += [str(args[0]) for args, _ in self.command_stack]
+        self.command_stack = []
+        # Only before MULTI may a health check (a PING) be sent, and never while WATCHing: a
+        # reconnect would drop the WATCH silently.
+        self.connection.send_packed_command([b"".join(packed)], check_health=first and not self.watching)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        if not self.command_stack and not self.sent:
+            self.reset()
+            return []
+        try:
+            self._send(end=True)
+            replies = self._read(self.connection, len(self.sent))
+            names, self.sent = self.sent, []  # every reply read: the connection is clean again
+            self.watching = False  # EXEC ended the WATCH
         finally:
-            self.watching = False  # EXEC (or the disconnect) ended any WATCH
-            if own:
-                self.connection_pool.release(connection)
             self.reset()
         if raise_on_error:
             for n, reply in enumerate(replies):
                 if isinstance(reply, ResponseError):
-                    raise type(reply)(f"command #{n + 1} ({commands[n][0][0]}) failed: {reply}")
+                    raise type(reply)(f"command #{n + 1} ({names[n]}) failed: {reply}")
         return replies
+
+    def reset(self) -> None:  # type: ignore[override]  # Pipeline.reset, not the RESET command
+        if self.sent and self.connection is not None:
+            # A MULTI (or its replies) is left on the connection; it must not go back to the pool
+            # that way. Closing it discards the queued commands, so nothing was applied.
+            self.connection.disconnect()
+            self.watching = False  # closing the connection ended the WATCH too
+        self.sent = []
+        super().reset()
 
     @staticmethod
     def _read(connection: Any, count: int) -> list[Any]:

@@ -10,7 +10,6 @@ result equal to RQ's own `to_dict` for every placement and option.
 
 from __future__ import annotations
 
-import json
 import math
 import zlib
 from dataclasses import dataclass
@@ -20,10 +19,9 @@ from typing import Any
 from rq.job import Dependency, JobStatus, Retry
 from rq.queue import Queue
 from rq.rate_limit import RateLimit
-from rq.serializers import JSONSerializer
 from rq.utils import utcformat
 
-from app import keys
+from app import codec, keys
 from app.job import STATUS_EVENTS, TaskJob
 from app.model import Backoff, Priority, Task, TaskError, TaskSpec, TaskStatus
 from app.registry import TaskType
@@ -189,11 +187,12 @@ class Shapes:
         self.factory = factory
         self.created_at = created_at
         self.created = utcformat(created_at)
-        self.templates: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.templates: dict[tuple[Any, ...], list[Any]] = {}
 
-    def fields(self, p: Planned, status: JobStatus) -> dict[str, Any]:
+    def fields(self, p: Planned, status: JobStatus) -> list[Any]:
         """The hash RQ would write for `p` as a new DEFERRED or QUEUED job (queued: enqueued at
-        the creation time). Fields RQ writes empty are left out: absent reads the same to RQ."""
+        the creation time), as HSET's field-value arguments. Fields RQ writes empty are left
+        out: absent reads the same to RQ."""
         key = (*p.shape(), status)
         template = self.templates.get(key)
         if template is None:
@@ -201,19 +200,30 @@ class Shapes:
             job._status = status
             if status == JobStatus.QUEUED:
                 job.enqueued_at = self.created_at
-            fields = {k: v for k, v in job.to_dict().items() if v != ""}
-            self.templates[key] = {k: v for k, v in fields.items() if k not in OWN_FIELDS}
-            return fields
-        fields = dict(template)
-        fields["created_at"] = self.created
-        fields["data"] = zlib.compress(JSONSerializer.dumps((keys.ENTRY_POINT, None, (), p.kwargs())))
-        fields["description"] = f"{p.spec.type} {p.task_id}"
-        if p.spec.dependencies:
-            parents = [e.parent for e in p.spec.dependencies]
-            fields["dependency_id"] = parents[0]
-            fields["dependency_ids"] = json.dumps(parents)
+            rq_fields = {k: v for k, v in job.to_dict().items() if v != ""}
+            self.templates[key] = [x for k, v in rq_fields.items() if k not in OWN_FIELDS for x in (k, v)]
+            return [x for pair in rq_fields.items() for x in pair]
+        spec = p.spec
+        # RQ's JSONSerializer.dumps, through the faster encoder (RQ reads it back with json.loads).
+        data = codec.dumps((keys.ENTRY_POINT, None, (), p.kwargs()))
+        fields = [
+            *template,
+            "created_at",
+            self.created,
+            "data",
+            # zlib's default 32 KiB window costs more to set up than a small payload takes to
+            # compress; a window as large as the data compresses it as well (RQ inflates either).
+            zlib.compress(data, 6, 15 if len(data) > 512 else 9),
+            "description",
+            f"{spec.type} {p.task_id}",
+            keys.FIELD_SPEC,
+            codec.dumps(p.stored_spec(status)),
+            keys.FIELD_FINGERPRINT,
+            p.fingerprint,
+        ]
+        if spec.dependencies:
+            parents = [e.parent for e in spec.dependencies]
+            fields += ("dependency_id", parents[0], "dependency_ids", codec.dumps(parents))
         if status == JobStatus.QUEUED:
-            fields["enqueued_at"] = self.created
-        fields[keys.FIELD_SPEC] = json.dumps(p.stored_spec(status), separators=(",", ":"))
-        fields[keys.FIELD_FINGERPRINT] = p.fingerprint
+            fields += ("enqueued_at", self.created)
         return fields

@@ -17,7 +17,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
 
-from app import history, keys
+from app import codec, history, keys
 from app.dag import edges_from_spec, judge, parent_statuses
 from app.model import Backoff, Edge, Priority, Task, TaskError, TaskStatus
 
@@ -106,7 +106,7 @@ class TaskJob(Job):
         # Attempts and error are written by HINCRBY/HSET where they happen, never from a copy here.
         obj: dict[str, Any] = super().to_dict(include_meta=include_meta, include_result=include_result)
         if self.spec:
-            obj[keys.FIELD_SPEC] = json.dumps(self.spec, separators=(",", ":"))
+            obj[keys.FIELD_SPEC] = codec.dumps(self.spec)
         if self.fingerprint:
             obj[keys.FIELD_FINGERPRINT] = self.fingerprint
         return obj

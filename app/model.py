@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,6 +10,12 @@ from enum import Enum
 from typing import Any
 
 from rq.job import JobStatus
+
+from app import codec
+
+MAX_MS = 10 * 365 * 86_400_000
+"""Ten years, the most any duration or delay may be: past it a due time overflows what dates can
+hold, and a timeout overflows the worker's alarm; such a value is a mistake anyway."""
 
 
 class TaskStatus(str, Enum):
@@ -133,8 +138,7 @@ class TaskSpec:
             self.name,
             self.schedule_id,
         ]
-        canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        return hashlib.sha256(codec.dumps(body, sort_keys=True)).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.model import MAX_MS
+
 EMBEDDED_REDIS_PORT = 6399
 """Port of the Redis that `make run` starts; not 6379, so a system Redis is never used by mistake."""
 
@@ -21,7 +23,7 @@ class TypeLimits(BaseModel):
 
     concurrency: int | None = Field(default=None, ge=1)
     max_attempts: int | None = Field(default=None, ge=1, le=100)
-    timeout_ms: int | None = Field(default=None, ge=1)
+    timeout_ms: int | None = Field(default=None, ge=1, le=MAX_MS)
 
 
 def _split_csv(value: object) -> object:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -99,7 +100,7 @@ class Submission:
                 return self._repeat(plan), False
         written = False
         try:
-            with _gc_paused():
+            with gc_paused():
                 tasks = self._write(plan, outside, dry_run)
             written = True
         finally:
@@ -212,7 +213,7 @@ class Submission:
                 self._hold_until(p, self.factory.build(p, created_at, status), due, target, indexes)
             elif waiting:
                 status = JobStatus.DEFERRED
-                target.hset(TaskJob.key_for(p.task_id), mapping=shapes.fields(p, status))
+                target.execute_command("HSET", TaskJob.key_for(p.task_id), *shapes.fields(p, status))
                 self._register_dependency(p, target, indexes, created_at.timestamp())
             elif p.task_type.concurrency:
                 job = self.factory.build(p, created_at, JobStatus.QUEUED)
@@ -222,7 +223,7 @@ class Submission:
                 # RQ's Queue._enqueue_job, with the ids pushed in one RPUSH per queue, in
                 # dependency order, after every job is written.
                 status, queued_at = JobStatus.QUEUED, created_at
-                target.hset(TaskJob.key_for(p.task_id), mapping=shapes.fields(p, status))
+                target.execute_command("HSET", TaskJob.key_for(p.task_id), *shapes.fields(p, status))
                 pushes.setdefault(self.queues[p.spec.priority].key, []).append(p.task_id)
             tasks[p.task_id] = self.factory.task(p, status, created_at, queued_at, error)
             member = store.index_member(created_at, p.task_id)
@@ -289,17 +290,29 @@ class Submission:
         return error
 
 
+_gc_pauses = 0
+_gc_was_enabled = False
+_gc_lock = threading.Lock()
+
+
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """A 10,000-task batch allocates a few hundred thousand short-lived objects; the cyclic
-    collector would spend more time walking them than building the batch takes."""
-    enabled = gc.isenabled()
-    gc.disable()
+    collector would spend more time walking them than building the batch takes. Reference
+    counting still frees them. Nests, and is shared by the threads of one process."""
+    global _gc_pauses, _gc_was_enabled
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def _verdict(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -86,6 +87,27 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
+class ServerTiming:
+    """`Server-Timing: app;dur=<ms>` on every response: the time from the request's arrival to
+    its response's start, so clients (and the benchmark) see server time apart from the network."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+
+        async def timed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                elapsed_ms = (time.perf_counter() - started) * 1000
+                message["headers"] = [*message.get("headers", []), (b"server-timing", b"app;dur=%.1f" % elapsed_ms)]
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
 def create_app(settings: Settings) -> Starlette:
     registry = load_registry(settings.task_modules, settings.type_limits)
 
@@ -101,7 +123,8 @@ def create_app(settings: Settings) -> Starlette:
             redis.close()
 
     middleware = [
-        Middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_body_bytes)
+        Middleware(ServerTiming),
+        Middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_body_bytes),
     ]
     if settings.api_keys:
         middleware.append(Middleware(BearerAuth, keys=settings.api_keys))

@@ -8,14 +8,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskSpec
+from app.model import MAX_MS, Backoff, Edge, Priority, Task, TaskChanges, TaskSpec
 from app.schedules import Schedule, ScheduleSpec, TaskTemplate
+from app.store import iso
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 """RQ 3 allows only letters, digits, `_` and `-` in job ids, and job id = task id."""
 
 TaskId = Annotated[str, Field(pattern=TASK_ID_PATTERN)]
-StrictNonNegative = Annotated[int, Field(ge=0, strict=True)]
+Milliseconds = Annotated[int, Field(ge=0, le=MAX_MS, strict=True)]
+PositiveMilliseconds = Annotated[int, Field(ge=1, le=MAX_MS, strict=True)]
 
 
 def _alias(*names: str) -> Any:
@@ -25,9 +27,9 @@ def _alias(*names: str) -> Any:
 class BackoffIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    initial_ms: StrictNonNegative = 1000
+    initial_ms: Milliseconds = 1000
     factor: Annotated[float, Field(ge=1, le=100)] = 2.0
-    max_ms: StrictNonNegative = 300_000
+    max_ms: Milliseconds = 300_000
     jitter: Annotated[bool, Field(strict=True)] = True
 
 
@@ -56,13 +58,13 @@ class TaskTemplateIn(BaseModel):
 
     type: Annotated[str, Field(min_length=1, max_length=200)]
     payload: dict[str, Any] = Field(default_factory=dict, validation_alias=_alias("payload", "task_data"))
-    duration_ms: StrictNonNegative | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
+    duration_ms: Milliseconds | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
     priority: Literal["high", "default", "low"] = "default"
     max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] | None = Field(
         default=None, validation_alias=_alias("max_attempts", "maxAttempts")
     )
     backoff: BackoffIn | None = None
-    timeout_ms: Annotated[int, Field(ge=1, strict=True)] | None = None
+    timeout_ms: PositiveMilliseconds | None = None
     name: Annotated[str, Field(max_length=200)] | None = Field(
         default=None, validation_alias=_alias("name", "description")
     )
@@ -88,12 +90,12 @@ class TaskIn(TaskTemplateIn):
         default_factory=list, max_length=1000, validation_alias=_alias("dependencies", "depends_on")
     )
     run_at: AwareDatetime | None = Field(default=None, validation_alias=_alias("run_at", "execution_time"))
-    delay_ms: StrictNonNegative | None = None
+    delay_ms: Milliseconds | None = None
 
     @field_validator("dependencies")
     @classmethod
     def _distinct_parents(cls, value: list[str | DependencyIn], info: ValidationInfo) -> list[str | DependencyIn]:
-        parents = [edge.parent for edge in _edges(value)]
+        parents = [d if isinstance(d, str) else d.id for d in value]
         if len(set(parents)) != len(parents):
             raise ValueError("lists an id more than once")
         if info.data.get("id") is not None and info.data["id"] in parents:
@@ -132,15 +134,15 @@ class TaskUpdateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     payload: dict[str, Any] | None = Field(default=None, validation_alias=_alias("payload", "task_data"))
-    duration_ms: StrictNonNegative | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
+    duration_ms: Milliseconds | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
     priority: Literal["high", "default", "low"] | None = None
     run_at: AwareDatetime | None = Field(default=None, validation_alias=_alias("run_at", "execution_time"))
-    delay_ms: StrictNonNegative | None = None
+    delay_ms: Milliseconds | None = None
     max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] | None = Field(
         default=None, validation_alias=_alias("max_attempts", "maxAttempts")
     )
     backoff: BackoffIn | None = None
-    timeout_ms: Annotated[int, Field(ge=1, strict=True)] | None = None
+    timeout_ms: PositiveMilliseconds | None = None
     name: Annotated[str, Field(max_length=200)] | None = Field(
         default=None, validation_alias=_alias("name", "description")
     )
@@ -255,9 +257,7 @@ def schedule_json(schedule: Schedule) -> dict[str, Any]:
 
 
 def _time(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return None if value is None else iso(value)
 
 
 def task_json(task: Task, detailed: bool = False) -> dict[str, Any]:

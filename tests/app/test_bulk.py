@@ -54,7 +54,7 @@ def test_a_command_that_fails_when_run_is_named(redis: Redis) -> None:
     assert redis.ping()
 
 
-def test_scripts_are_loaded_before_exec(redis: Redis) -> None:
+def test_a_script_runs_even_after_redis_forgot_it(redis: Redis) -> None:
     script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
     redis.script_flush()
     with FastTransaction.on(redis) as pipe:
@@ -63,3 +63,48 @@ def test_scripts_are_loaded_before_exec(redis: Redis) -> None:
         pipe.execute()
     assert redis.get("k") == b"v"
     assert redis.get("after") == b"1"
+
+
+def test_a_long_transaction_is_streamed_but_applies_only_at_exec(redis: Redis) -> None:
+    with FastTransaction.on(redis) as pipe:
+        for n in range(5 * FastTransaction.stream_every):
+            pipe.set(f"k{n}", n)
+        assert pipe.sent, "the first commands are on their way before execute()"
+        assert redis.get("k0") is None
+        pipe.execute()
+    assert redis.get(f"k{5 * FastTransaction.stream_every - 1}") == str(5 * FastTransaction.stream_every - 1).encode()
+
+
+def test_giving_up_half_way_applies_nothing_and_leaves_the_pool_clean(redis: Redis) -> None:
+    with pytest.raises(RuntimeError), FastTransaction.on(redis) as pipe:
+        for n in range(3 * FastTransaction.stream_every):
+            pipe.set(f"k{n}", n)
+        raise RuntimeError("the caller failed while building")
+    assert redis.dbsize() == 0
+    for _ in range(5):  # whichever pooled connection comes next answers its own command
+        assert redis.set("x", 1) is True
+        assert redis.get("x") == b"1"
+
+
+def test_a_watch_survives_streaming_and_still_guards_the_write(redis: Redis) -> None:
+    redis.set("parent", "queued")
+    with FastTransaction.on(redis) as pipe:
+        pipe.watch("parent")
+        pipe.multi()
+        for n in range(3 * FastTransaction.stream_every):
+            pipe.set(f"k{n}", n)
+        redis.set("parent", "failed")
+        with pytest.raises(WatchError):
+            pipe.execute()
+    assert redis.dbsize() == 1
+
+
+def test_a_script_anywhere_in_a_streamed_transaction_runs(redis: Redis) -> None:
+    script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+    redis.script_flush()
+    with FastTransaction.on(redis) as pipe:
+        for n in range(FastTransaction.stream_every + 10):
+            pipe.set(f"k{n}", n)
+        script(keys=["k"], args=["v"], client=pipe)
+        pipe.execute()
+    assert redis.get("k") == b"v"

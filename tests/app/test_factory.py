@@ -63,7 +63,8 @@ def test_template_fields_equal_rqs_own(name: str, status: JobStatus) -> None:
     second = planned(1, "second", payload={"other": True}, dependencies=other_parents)
     assert first.shape() == second.shape()
     shapes.fields(first, status)  # builds the template with RQ
-    from_template = shapes.fields(second, status)
+    flat = shapes.fields(second, status)
+    from_template = dict(zip(flat[::2], flat[1::2], strict=True))
 
     job = factory.build(second, created_at, status)
     job._status = status

@@ -110,6 +110,11 @@ def test_a_finished_task_is_never_overwritten_by_reusing_its_id(client: TestClie
         ({"type": "echo", "duration_ms": -1}, "duration_ms"),
         ({"type": "echo", "duration": "10"}, "duration"),
         ({"type": "echo", "delay_ms": -5}, "delay_ms"),
+        # Past ten years a due time overflows what dates hold, a timeout the worker's alarm.
+        ({"type": "echo", "delay_ms": 10**20}, "delay_ms"),
+        ({"type": "echo", "timeout_ms": 10**20}, "timeout_ms"),
+        ({"type": "echo", "duration_ms": 10**20}, "duration_ms"),
+        ({"type": "echo", "backoff": {"max_ms": 10**20}}, "backoff.max_ms"),
         ({"type": "echo", "max_attempts": 0}, "max_attempts"),
         ({"type": "echo", "maxAttempts": 101}, "maxAttempts"),
         ({"type": "echo", "timeout_ms": 0}, "timeout_ms"),
@@ -133,6 +138,13 @@ def test_bad_input_is_a_422_naming_the_field_and_stores_nothing(
     assert_problem(post(client, body), 422, field)
     assert redis.keys("rq:job:*") == []
     assert redis.zcard("rqflow:tasks") == 0
+
+
+def test_any_json_number_in_a_payload_comes_back_exactly(client: TestClient) -> None:
+    payload = {"big": 10**30, "negative": -(2**70), "float": 0.1, "text": "grüße ✓"}
+    created = post(client, {"id": "exact", "type": "echo", "payload": payload})
+    assert created.json()["payload"] == payload
+    assert client.get("/api/tasks/exact").json()["payload"] == payload
 
 
 def test_cross_field_rules_are_422(client: TestClient, redis: Redis) -> None:
