@@ -12,6 +12,7 @@ closed half-way, leaves Redis as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from hiredis import pack_command
@@ -38,6 +39,9 @@ class FastTransaction(Pipeline):
         """Names of the commands sent after MULTI and not yet answered by EXEC, in order."""
         super().__init__(*args)
 
+    def __enter__(self) -> FastTransaction:
+        return self
+
     def pipeline_execute_command(self, *args: Any, **options: Any) -> FastTransaction:
         if args[0] == "EVALSHA":
             # Sent ahead of EXEC, so a script cannot be loaded just before it; EVAL carries the
@@ -63,13 +67,18 @@ class FastTransaction(Pipeline):
         # reconnect would drop the WATCH silently.
         self.connection.send_packed_command([b"".join(packed)], check_health=first and not self.watching)
 
-    def execute(self, raise_on_error: bool = True) -> list[Any]:
+    def execute(self, raise_on_error: bool = True, while_waiting: Callable[[], None] | None = None) -> list[Any]:
+        """Send what is left and EXEC; `while_waiting` runs while Redis runs the transaction."""
         if not self.command_stack and not self.sent:
             self.reset()
             return []
         try:
             self._send(end=True)
-            replies = self._read(self.connection, len(self.sent))
+            try:
+                if while_waiting is not None:
+                    while_waiting()
+            finally:
+                replies = self._read(self.connection, len(self.sent))
             names, self.sent = self.sent, []  # every reply read: the connection is clean again
             self.watching = False  # EXEC ended the WATCH
         finally:

@@ -16,11 +16,11 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import Any
 from uuid import uuid4
 
 from redis import Redis
-from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq.job import JobStatus
 from rq.queue import Queue
@@ -39,6 +39,9 @@ from app.registry import Registry
 from app.timers import Timer, arm
 
 MAX_BATCH = 10_000
+
+Placement = tuple[JobStatus, datetime, datetime | None, dict[str, str] | None]
+"""Where a submitted task went: its status, creation time, enqueue time and error (Factory.task)."""
 CLAIM_TTL_MS = 120_000
 """A claim outlives any write it precedes; one left by a crashed API process lapses by itself."""
 
@@ -122,14 +125,20 @@ class Submission:
                         pipe.watch(*(TaskJob.key_for(parent) for parent in outside))
                     statuses = dict(zip(outside, parent_statuses(self.connection, outside), strict=True))
                     self._check_parents_exist(plan, statuses, batch=plan[0].batch)
-                    tasks = self._write_all(plan, statuses, pipe, dry_run)
+                    placed = self._write_all(plan, statuses, pipe, dry_run)
+                    tasks: dict[str, Task] = {}
+                    answer = partial(self._answer, placed, tasks)
                     if dry_run:
                         pipe.reset()
+                        answer()
                     else:
-                        pipe.execute()
+                        pipe.execute(while_waiting=answer)  # Redis runs the writes meanwhile
                     return tasks
                 except WatchError:
                     continue
+
+    def _answer(self, placed: list[tuple[Planned, Placement]], into: dict[str, Task]) -> None:
+        into.update((p.task_id, self.factory.task(p, *placement)) for p, placement in placed)
 
     def _plan(self, specs: Sequence[TaskSpec], batch: bool) -> list[Planned]:
         """Validate names and ids, and order the tasks parents first (or name the cycle)."""
@@ -185,15 +194,17 @@ class Submission:
         return [by_id[p.task_id] for p in sorted(plan, key=lambda p: p.index)]
 
     def _write_all(
-        self, plan: list[Planned], outside: dict[str, JobStatus | None], pipe: Pipeline, dry_run: bool
-    ) -> dict[str, Task]:
-        """Queue every write on `pipe` (after MULTI), parents before children; returns the tasks
-        as stored."""
+        self, plan: list[Planned], outside: dict[str, JobStatus | None], pipe: FastTransaction, dry_run: bool
+    ) -> list[tuple[Planned, Placement]]:
+        """Queue every write on `pipe` (after MULTI), parents before children; returns where
+        each task went."""
         created_at = datetime.now(timezone.utc)
         shapes = Shapes(self.factory, created_at)
         canceled: set[str] = set()
-        tasks: dict[str, Task] = {}
-        indexes: dict[str, dict[str, float]] = {}
+        placed: list[tuple[Planned, Placement]] = []
+        index_prefix = store.index_member(created_at, "")  # the tasks of a batch share their creation time
+        everything: dict[str, float] = {}
+        indexes: dict[str, dict[str, float]] = {keys.TASK_INDEX: everything}
         pushes: dict[str, list[str]] = {}
         if not dry_run:
             pipe.multi()
@@ -201,7 +212,7 @@ class Submission:
         target: Any = _Discard() if dry_run else pipe
         for p in plan:
             blocked, waiting = _verdict(p, outside, canceled)
-            due = _due(p.spec)
+            due = _due(p.spec, created_at)
             queued_at = None
             error = None
             if blocked:
@@ -225,19 +236,19 @@ class Submission:
                 status, queued_at = JobStatus.QUEUED, created_at
                 target.execute_command("HSET", TaskJob.key_for(p.task_id), *shapes.fields(p, status))
                 pushes.setdefault(self.queues[p.spec.priority].key, []).append(p.task_id)
-            tasks[p.task_id] = self.factory.task(p, status, created_at, queued_at, error)
-            member = store.index_member(created_at, p.task_id)
-            for index in (keys.TASK_INDEX, keys.type_index(p.spec.type)) + (
-                (keys.schedule_runs_index(p.spec.schedule_id),) if p.spec.schedule_id else ()
-            ):
-                indexes.setdefault(index, {})[member] = 0
+            placed.append((p, (status, created_at, queued_at, error)))
+            member = index_prefix + p.task_id
+            everything[member] = 0
+            indexes.setdefault(keys.type_index(p.spec.type), {})[member] = 0
+            if p.spec.schedule_id:
+                indexes.setdefault(keys.schedule_runs_index(p.spec.schedule_id), {})[member] = 0
         for index, members in indexes.items():
             target.zadd(index, members)
         for queue_key, ids in pushes.items():
             target.sadd(Queue.redis_queues_keys, queue_key)
             target.rpush(queue_key, *ids)
         target.zrem(keys.CLAIMS, *(p.task_id for p in plan))
-        return tasks
+        return placed
 
     def enqueue(self, job: TaskJob, pipe: Any) -> None:
         """Put a job on its queue (or in its limit's waiting line) within the caller's MULTI."""
@@ -259,8 +270,8 @@ class Submission:
         indexes.setdefault(registry_key, {})[p.task_id] = registered_at
         parents = [e.parent for e in p.spec.dependencies]
         for parent in parents:
-            pipe.sadd(TaskJob.dependents_key_for(parent), p.task_id)
-        pipe.sadd(TaskJob.dependencies_key_for(p.task_id), *parents)
+            pipe.execute_command("SADD", TaskJob.dependents_key_for(parent), p.task_id)
+        pipe.execute_command("SADD", TaskJob.dependencies_key_for(p.task_id), *parents)
 
     def _hold_until(
         self, p: Planned, job: TaskJob, due: datetime, pipe: Any, indexes: dict[str, dict[str, float]]
@@ -333,8 +344,7 @@ def _verdict(
     return None, waiting
 
 
-def _due(spec: TaskSpec) -> datetime | None:
-    now = datetime.now(timezone.utc)
+def _due(spec: TaskSpec, now: datetime) -> datetime | None:
     due = spec.run_at or (now + timedelta(milliseconds=spec.delay_ms) if spec.delay_ms else None)
     return due if due is not None and due > now else None
 

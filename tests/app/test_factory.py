@@ -14,6 +14,7 @@ from rq.job import JobStatus
 
 from app import keys, store
 from app.factory import Factory, Planned, Shapes
+from app.job import TaskJob
 from app.model import Backoff, Edge, Priority, TaskSpec
 from app.registry import load_registry
 
@@ -31,18 +32,41 @@ SHAPES = {
         backoff=Backoff(initial_ms=10, factor=3, max_ms=100, jitter=False),
         name="nightly",
         schedule_id="every-minute",
-        payload={"big": 2**70},
+        payload={"big": 2**70, "long": "x" * 1000},  # compressed, as RQ does
     ),
 }
 
 
 def _normalized(fields: dict[str, Any]) -> dict[str, Any]:
     out = {k: str(v) if not isinstance(v, bytes) else v for k, v in fields.items()}
-    out["data"] = json.loads(zlib.decompress(fields["data"]))
+    data = fields["data"]
+    out["data"] = json.loads(data if data.startswith(b"[") else zlib.decompress(data))
     for name in JSON_FIELDS:
         if name in fields:
             out[name] = json.loads(fields[name])
     return out
+
+
+def test_rq_reads_small_job_data_stored_uncompressed() -> None:
+    registry = load_registry(["tests.handlers"])
+    connection = fakeredis.FakeRedis()
+    factory = Factory(store.queues(connection), result_ttl_s=600)
+    shapes = Shapes(factory, datetime.now(timezone.utc))
+    for task_id in ("a", "b"):  # the first is RQ's own job; the second comes from the template
+        spec = TaskSpec(type="echo", id=task_id, payload={"text": "grüße"})
+        planned = Planned(True, 0, task_id, spec, registry.get_type("echo"), spec.fingerprint())
+        connection.hset(f"rq:job:{task_id}", mapping=dict(_pairs(shapes.fields(planned, JobStatus.QUEUED))))
+    job = TaskJob.fetch("b", connection=connection)
+    assert connection.hget("rq:job:b", "data").startswith(b"[")
+    assert (job.func_name, job.args, job.kwargs) == (
+        keys.ENTRY_POINT,
+        [],
+        {"task_type": "echo", "payload": {"text": "grüße"}},
+    )
+
+
+def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
+    return list(zip(flat[::2], flat[1::2], strict=True))
 
 
 @pytest.mark.parametrize("status", [JobStatus.DEFERRED, JobStatus.QUEUED])
@@ -64,7 +88,7 @@ def test_template_fields_equal_rqs_own(name: str, status: JobStatus) -> None:
     assert first.shape() == second.shape()
     shapes.fields(first, status)  # builds the template with RQ
     flat = shapes.fields(second, status)
-    from_template = dict(zip(flat[::2], flat[1::2], strict=True))
+    from_template = dict(_pairs(flat))
 
     job = factory.build(second, created_at, status)
     job._status = status

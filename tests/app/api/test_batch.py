@@ -11,7 +11,6 @@ from starlette.testclient import TestClient
 
 from app.api.main import create_app
 from app.settings import Settings, TypeLimits
-
 from tests.app.api.test_tasks import assert_problem
 
 
@@ -153,7 +152,7 @@ def test_what_a_batch_answers_is_what_the_tasks_read_back_as(settings: Settings,
     with TestClient(create_app(limited)) as client:
         client.post("/api/tasks", json={"id": "broken", "type": "echo"})
         redis.hset("rq:job:broken", "status", "failed")
-        many = [{"id": f"q{n}", "type": "echo", "payload": {"n": n, "text": "ü"}} for n in range(150)]
+        many = [{"id": f"q{n}", "type": "echo", "payload": {"n": n, "text": "ü", "big": 10**30}} for n in range(150)]
         body = {
             "tasks": [
                 *many,
@@ -172,7 +171,26 @@ def test_what_a_batch_answers_is_what_the_tasks_read_back_as(settings: Settings,
             stored.pop("waiting_for")
             assert task == stored
             first = client.get(f"/api/tasks/{task['id']}/history").json()[0]
-            assert (first["event"], first["detail"], first["at"]) == ("submitted", _EVENT[task["status"]], task["created_at"])
+            assert (first["event"], first["detail"], first["at"]) == (
+                "submitted",
+                _EVENT[task["status"]],
+                task["created_at"],
+            )
 
 
 _EVENT = {"QUEUED": "queued", "PENDING": "pending", "SCHEDULED": "scheduled", "CANCELED": "canceled"}
+
+
+def test_prefer_return_minimal_answers_ids_and_statuses_only(client: TestClient) -> None:
+    body = {"tasks": [{"id": "b", "type": "echo", "dependencies": ["a"]}, {"id": "a", "type": "echo"}]}
+    response = client.post("/api/tasks/batch", json=body, headers={"Prefer": "respond-async, return=minimal"})
+    assert response.status_code == 201
+    assert response.headers["preference-applied"] == "return=minimal"
+    assert response.json() == {
+        "dry_run": False,
+        "tasks": [{"id": "b", "status": "PENDING"}, {"id": "a", "status": "QUEUED"}],
+    }
+    full = client.post("/api/tasks/batch", json=body)
+    assert full.status_code == 200  # the same batch again: nothing new
+    assert "preference-applied" not in full.headers
+    assert full.json()["tasks"][0]["dependencies"] == ["a"]  # the whole task, as by default
