@@ -42,6 +42,7 @@ MAX_BATCH = 10_000
 
 Placement = tuple[JobStatus, datetime, datetime | None, dict[str, str] | None]
 """Where a submitted task went: its status, creation time, enqueue time and error (Factory.task)."""
+
 CLAIM_TTL_MS = 120_000
 """A claim outlives any write it precedes; one left by a crashed API process lapses by itself."""
 
