@@ -23,7 +23,7 @@ from rq.utils import utcformat
 
 from app import codec, keys
 from app.job import STATUS_EVENTS, TaskJob
-from app.model import Backoff, Priority, Task, TaskError, TaskSpec, TaskStatus
+from app.model import Backoff, Task, TaskError, TaskSpec, TaskStatus
 from app.registry import TaskType
 
 OWN_FIELDS = frozenset(
@@ -160,7 +160,7 @@ class Factory:
             payload=spec.payload,
             duration_ms=spec.duration_ms,
             dependencies=spec.dependencies,
-            priority=Priority(spec.priority),
+            priority=spec.priority,
             run_at=spec.run_at,
             delay_ms=spec.delay_ms,
             max_attempts=p.max_attempts,
