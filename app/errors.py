@@ -19,6 +19,8 @@ class DomainError(Exception):
     """Base of every error rqflow raises on purpose."""
 
     title = "Request failed"
+    retry_after_s: int | None = None
+    """Set when the same request may well succeed if sent again this many seconds later."""
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
@@ -86,6 +88,13 @@ class TaskConflict(DomainError):
     """Raised when an id is reused with a different body, or an operation does not fit the task's state."""
 
     title = "Conflict"
+
+
+class SubmissionInProgress(TaskConflict):
+    """Raised when another submission of some of the same ids is being written (or was cut off by
+    a crash moments ago, until its claim lapses): the same request may succeed shortly."""
+
+    retry_after_s = 1
 
 
 class StoreUnavailable(DomainError):

@@ -31,7 +31,7 @@ from rq.utils import current_timestamp
 from app import keys, store
 from app.bulk import FastTransaction
 from app.dag import DependencyCycle, dependency_failed_error, edge_met, parent_statuses, topological_order
-from app.errors import FieldError, InvalidTask, TaskConflict, UnknownTaskType
+from app.errors import FieldError, InvalidTask, SubmissionInProgress, TaskConflict, UnknownTaskType
 from app.factory import Factory, Planned, Shapes
 from app.job import TaskJob
 from app.model import Priority, Task, TaskSpec, TaskStatus
@@ -43,23 +43,26 @@ MAX_BATCH = 10_000
 Placement = tuple[JobStatus, datetime, datetime | None, dict[str, str] | None]
 """Where a submitted task went: its status, creation time, enqueue time and error (Factory.task)."""
 
-CLAIM_TTL_MS = 120_000
-"""A claim outlives any write it precedes; one left by a crashed API process lapses by itself."""
+CLAIM_TTL_MS = 30_000
+"""A claim outlives any write it precedes (a 10,000-task batch writes in well under a second); one
+left by a crashed API process lapses by itself, and the same submission then goes through."""
+
+STORED, CLAIMED = 1, 2
 
 # KEYS: the claims set, then the job key of each new id. ARGV: now (ms), claim expiry (ms), then
-# the new ids. Claims nothing and returns 1 if any id is stored or claimed by a submission in
-# flight; else claims them all and returns 0. Each step is one command per 4,000 ids (Lua's
-# `unpack` stops at 8,000 values), so 10,000 ids cost Redis a few milliseconds.
+# the new ids. Claims nothing and returns STORED if any id is stored, CLAIMED if any is claimed
+# by a submission in flight; else claims them all and returns 0. Each step is one command per
+# 4,000 ids (Lua's `unpack` stops at 8,000 values), so 10,000 ids cost Redis a few milliseconds.
 RESERVE = """
 local step = 4000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for i = 2, #KEYS, step do
-    if redis.call('EXISTS', unpack(KEYS, i, math.min(i + step - 1, #KEYS))) > 0 then return 1 end
+    if redis.call('EXISTS', unpack(KEYS, i, math.min(i + step - 1, #KEYS))) > 0 then return 1 end  -- STORED
 end
 for i = 3, #ARGV, step do
     local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, i, math.min(i + step - 1, #ARGV)))
     for _, score in ipairs(scores) do
-        if score then return 1 end
+        if score then return 2 end  -- CLAIMED
     end
 end
 for i = 3, #ARGV, step / 2 do
@@ -100,8 +103,14 @@ class Submission:
                 return self._repeat(plan), False
         else:
             now_ms = int(time.time() * 1000)
-            if self._reserve(keys=[keys.CLAIMS, *new_keys], args=[now_ms, now_ms + CLAIM_TTL_MS, *ids]):
+            taken = self._reserve(keys=[keys.CLAIMS, *new_keys], args=[now_ms, now_ms + CLAIM_TTL_MS, *ids])
+            if taken == STORED:
                 return self._repeat(plan), False
+            if taken == CLAIMED:
+                raise SubmissionInProgress(
+                    "another submission of some of these ids is being written (or was cut off by a crash "
+                    f"less than {CLAIM_TTL_MS // 1000} s ago); send this one again shortly"
+                )
         written = False
         try:
             with gc_paused():

@@ -73,7 +73,10 @@ async def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
     errors = _field_errors(exc.errors) if isinstance(exc, InvalidInput) else None
-    return problem(status, exc.detail, title=exc.title, errors=errors)
+    response = problem(status, exc.detail, title=exc.title, errors=errors)
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 async def validation_error(request: Request, exc: Exception) -> Response:

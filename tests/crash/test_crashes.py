@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
+import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from redis import Redis
 from starlette.testclient import TestClient
 
+from app import keys
 from app.api.main import create_app
 from app.settings import Settings
 from bench.procs import kill_tree
-from tests.support import RedisServer, rq_worker, wait_until
+from tests.support import ROOT, RedisServer, free_port, rq_worker, wait_until
 
 FAST = {"RQFLOW_WORKER_LOST_AFTER_S": "5", "RQFLOW_MAINTENANCE_S": "2", "RQFLOW_HEARTBEAT_S": "1"}
 
@@ -150,3 +157,55 @@ def test_workers_ride_out_a_redis_restart(aof_redis: RedisServer, worker_env: di
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_an_api_killed_in_the_middle_of_a_batch_leaves_all_of_it_or_none(settings: Settings, redis: Redis) -> None:
+    url = str(settings.redis_url)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RQFLOW_REDIS_URL": url, "RQFLOW_PORT": str(port)}
+    api = subprocess.Popen(
+        [sys.executable, "-m", "app.api"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), timeout=30, what="the API")
+        ids = [f"b{n}" for n in range(10_000)]
+        chain = [
+            {"id": i, "type": "data_processing"} | ({"dependencies": [ids[n - 1]]} if n else {})
+            for n, i in enumerate(ids)
+        ]
+        batch = {"tasks": chain}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/tasks/batch", json.dumps(batch).encode(), {"Content-Type": "application/json"}
+        )
+        sender = threading.Thread(target=_answers, args=(request,))
+        sender.start()
+        # Redis flags a client inside MULTI with "x": the batch is claimed and half sent.
+        wait_until(lambda: any("x" in c["flags"] for c in redis.client_list()), timeout=30, what="the transaction")
+        api.kill()
+        api.wait(10)
+        sender.join(30)
+    finally:
+        if api.poll() is None:
+            api.kill()
+    stored = redis.exists(*(f"rq:job:{i}" for i in ids))
+    assert (stored, redis.zcard(keys.TASK_INDEX)) in ((0, 0), (10_000, 10_000))
+
+    with TestClient(create_app(settings)) as client:
+        again = client.post("/api/tasks/batch", json=batch, headers={"Prefer": "return=minimal"})
+        if stored == 0:
+            assert again.status_code == 409 and again.headers["retry-after"] == "1", again.text
+            redis.zadd(keys.CLAIMS, dict.fromkeys(ids, 1))  # the dead process's claims lapse
+            again = client.post("/api/tasks/batch", json=batch, headers={"Prefer": "return=minimal"})
+            assert again.status_code == 201, again.text
+        else:
+            assert again.status_code == 200, again.text
+    assert redis.exists(*(f"rq:job:{i}" for i in ids)) == redis.zcard(keys.TASK_INDEX) == 10_000
+    assert [t["status"] for t in again.json()["tasks"][:2]] == ["QUEUED", "PENDING"]
+
+
+def _answers(request: str | urllib.request.Request) -> bool:
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status == 200
+    except OSError:
+        return False
