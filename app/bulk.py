@@ -43,10 +43,10 @@ class FastTransaction(Pipeline):
         return self
 
     def pipeline_execute_command(self, *args: Any, **options: Any) -> FastTransaction:
-        if args[0] == "EVALSHA":
+        body = next((s.script for s in self.scripts if s.sha == args[1]), None) if args[0] == "EVALSHA" else None
+        if body is not None:
             # Sent ahead of EXEC, so a script cannot be loaded just before it; EVAL carries the
             # body and cannot meet a NOSCRIPT (a Redis restart empties the script cache).
-            body = next(s.script for s in self.scripts if s.sha == args[1])
             args = ("EVAL", body, *args[2:])
         self.command_stack.append((args, options))
         if len(self.command_stack) >= self.stream_every:

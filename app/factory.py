@@ -45,7 +45,6 @@ OWN_FIELDS = frozenset(
 class Planned:
     """One task of a submission, validated, with its type's defaults applied."""
 
-    batch: bool
     index: int
     task_id: str
     spec: TaskSpec

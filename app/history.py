@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from redis import Redis
 from rq.utils import as_text
 
 from app import keys
+from app.timers import from_ms
 
 MAX_EVENTS = 100
 """Per task; a task retried or re-armed forever keeps its newest events."""
@@ -60,14 +60,15 @@ def record(
         target.expire(key, ttl_s)
 
 
-def read(connection: Redis, task_id: str) -> list[Event]:
+def events(entries: list[Any] | None) -> list[Event]:
+    """The events of a task's stream, from what XRANGE returned for it."""
     events = []
-    for _, raw in connection.xrange(keys.history_key(task_id)) or []:
+    for _, raw in entries or []:
         fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
         events.append(
             Event(
                 event=fields["event"],
-                at=datetime.fromtimestamp(int(fields["at_ms"]) / 1000, tz=timezone.utc),
+                at=from_ms(int(fields["at_ms"])),
                 attempt=int(fields["attempt"]) if "attempt" in fields else None,
                 worker=fields.get("worker"),
                 error=json.loads(fields["error"]) if "error" in fields else None,

@@ -22,14 +22,13 @@ from uuid import uuid4
 
 from redis import Redis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
 from rq.utils import as_text
 
 from app import cron, keys
 from app.errors import FieldError, InvalidInput, ScheduleNotFound, TaskConflict
 from app.model import Backoff, Priority, TaskSpec
 from app.tasks import TaskService
-from app.timers import Timer, arm
+from app.timers import Timer, arm, from_ms, to_ms
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +85,13 @@ class Schedule:
     created_at: datetime
     updated_at: datetime
     last_run_at: datetime | None
-    next_run_at: datetime | None
+    next_run_ms: int | None
+    """The next fire exactly as stored, which timers are compared with."""
     last_error: str | None
-    next_run_ms: int | None = None
-    """`next_run_at` exactly as stored, which timers are compared with."""
+
+    @property
+    def next_run_at(self) -> datetime | None:
+        return from_ms(self.next_run_ms) if self.next_run_ms is not None else None
 
 
 def next_fire(spec: ScheduleSpec, after: datetime, anchor: datetime, runs: int) -> datetime | None:
@@ -151,41 +153,37 @@ class ScheduleService:
         schedule_id = spec.id or uuid4().hex
         spec = replace(spec, id=schedule_id)
         key = keys.schedule_key(schedule_id)
-        with self.connection.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    if pipe.exists(key):
-                        pipe.unwatch()
-                        existing = self.get(schedule_id)
-                        if existing.spec.fingerprint() != spec.fingerprint():
-                            raise TaskConflict(f"a different schedule with id {schedule_id!r} already exists")
-                        return existing, False
-                    now = _now()
-                    pipe.multi()
-                    self._store(pipe, spec, runs=0, created=now)
-                    pipe.zadd(keys.SCHEDULE_INDEX, {schedule_id: _ms(now)})
-                    pipe.execute()
-                    return self.get(schedule_id), True
-                except WatchError:
-                    continue
+        created = False
+
+        def write(pipe: Pipeline) -> None:
+            nonlocal created
+            created = not pipe.exists(key)
+            if not created:
+                pipe.unwatch()
+                return
+            now = _now()
+            pipe.multi()
+            self._store(pipe, spec, runs=0, created=now)
+            pipe.zadd(keys.SCHEDULE_INDEX, {schedule_id: to_ms(now)})
+
+        self.connection.transaction(write, key)
+        schedule = self.get(schedule_id)
+        if not created and schedule.spec.fingerprint() != spec.fingerprint():
+            raise TaskConflict(f"a different schedule with id {schedule_id!r} already exists")
+        return schedule, created
 
     def replace(self, schedule_id: str, spec: ScheduleSpec) -> Schedule:
         """A new definition (pause and resume included); runs so far are kept."""
         self.validate(spec)
         spec = replace(spec, id=schedule_id)
-        key = keys.schedule_key(schedule_id)
-        with self.connection.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    current = self.get(schedule_id)
-                    pipe.multi()
-                    self._store(pipe, spec, runs=current.runs, created=current.created_at)
-                    pipe.execute()
-                    return self.get(schedule_id)
-                except WatchError:
-                    continue
+
+        def write(pipe: Pipeline) -> None:
+            current = self.get(schedule_id)
+            pipe.multi()
+            self._store(pipe, spec, runs=current.runs, created=current.created_at)
+
+        self.connection.transaction(write, keys.schedule_key(schedule_id))
+        return self.get(schedule_id)
 
     def _store(self, pipe: Pipeline, spec: ScheduleSpec, *, runs: int, created: datetime) -> None:
         """Queue the write of a definition, and the timer of its next fire, on `pipe` (in MULTI)."""
@@ -195,7 +193,7 @@ class ScheduleService:
         fields = _fields(spec, runs=runs, created=created, updated=now, upcoming=upcoming)
         pipe.hset(keys.schedule_key(spec.id), mapping=fields)
         if upcoming:
-            arm(self.connection, Timer("schedule", spec.id, _ms(upcoming)), pipeline=pipe)
+            arm(self.connection, Timer("schedule", spec.id, to_ms(upcoming)), pipeline=pipe)
 
     def delete(self, schedule_id: str) -> None:
         """Stop future runs; runs already made stay, with their `schedule_id`."""
@@ -241,49 +239,35 @@ class ScheduleService:
 
     def _advance(self, schedule_id: str, at_ms: int, error: str | None) -> None:
         key = keys.schedule_key(schedule_id)
-        with self.connection.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.hgetall(key)
-                    if not raw:
-                        return
-                    schedule = _schedule(schedule_id, raw)
-                    if schedule.next_run_at is None or schedule.next_run_ms != at_ms:
-                        return  # another scheduler advanced it: this fire is counted once
-                    runs = schedule.runs + (0 if error else 1)
-                    # A late fire (no scheduler was running) runs once; the next is after now.
-                    after = max(schedule.next_run_at, _now())
-                    upcoming = next_fire(schedule.spec, after, anchor=schedule.created_at, runs=runs)
-                    pipe.multi()
-                    pipe.hset(
-                        key,
-                        mapping={
-                            "runs": runs,
-                            "last_run_ms": at_ms,
-                            "next_run_ms": _ms(upcoming) if upcoming else "",
-                            "last_error": error or "",
-                        },
-                    )
-                    if upcoming:
-                        arm(self.connection, Timer("schedule", schedule_id, _ms(upcoming)), pipeline=pipe)
-                    pipe.execute()
-                    return
-                except WatchError:
-                    continue
+
+        def write(pipe: Pipeline) -> None:
+            raw = pipe.hgetall(key)
+            schedule = _schedule(schedule_id, raw) if raw else None
+            if schedule is None or schedule.next_run_at is None or schedule.next_run_ms != at_ms:
+                pipe.unwatch()
+                return  # deleted, or another scheduler advanced it: this fire is counted once
+            runs = schedule.runs + (0 if error else 1)
+            # A late fire (no scheduler was running) runs once; the next is after now.
+            after = max(schedule.next_run_at, _now())
+            upcoming = next_fire(schedule.spec, after, anchor=schedule.created_at, runs=runs)
+            pipe.multi()
+            next_run_ms = to_ms(upcoming) if upcoming else ""
+            pipe.hset(
+                key, mapping={"runs": runs, "last_run_ms": at_ms, "next_run_ms": next_run_ms, "last_error": error or ""}
+            )
+            if upcoming:
+                arm(self.connection, Timer("schedule", schedule_id, to_ms(upcoming)), pipeline=pipe)
+
+        self.connection.transaction(write, key)
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _ms(at: datetime) -> int:
-    return math.ceil(at.timestamp() * 1000)
-
-
 def _from_ms(raw: bytes | str | None) -> datetime | None:
     text = as_text(raw) if raw else ""
-    return datetime.fromtimestamp(int(text) / 1000, tz=timezone.utc) if text else None
+    return from_ms(int(text)) if text else None
 
 
 def _dump_spec(spec: ScheduleSpec) -> str:
@@ -311,9 +295,9 @@ def _fields(
     return {
         "spec": _dump_spec(spec),
         "runs": runs,
-        "created_ms": _ms(created),
-        "updated_ms": _ms(updated),
-        "next_run_ms": _ms(upcoming) if upcoming else "",
+        "created_ms": to_ms(created),
+        "updated_ms": to_ms(updated),
+        "next_run_ms": to_ms(upcoming) if upcoming else "",
     }
 
 
@@ -327,7 +311,6 @@ def _schedule(schedule_id: str, raw: dict[Any, Any]) -> Schedule:
         created_at=created,
         updated_at=_from_ms(fields.get("updated_ms")) or created,
         last_run_at=_from_ms(fields.get("last_run_ms")),
-        next_run_at=_from_ms(fields.get("next_run_ms")),
-        last_error=as_text(fields["last_error"]) if fields.get("last_error") else None,
         next_run_ms=int(as_text(fields["next_run_ms"])) if fields.get("next_run_ms") else None,
+        last_error=as_text(fields["last_error"]) if fields.get("last_error") else None,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
+from typing import Any
 
 from redis import Redis
 from rq.queue import Queue
@@ -24,8 +25,11 @@ def queues(connection: Redis) -> dict[Priority, Queue]:
 def fetch(connection: Redis, task_id: str) -> TaskJob | None:
     """One job without its result (one HGETALL), for operations that only change it."""
     fields = connection.hgetall(TaskJob.key_for(task_id))
-    if not fields:
-        return None
+    return restored(connection, task_id, fields) if fields else None
+
+
+def restored(connection: Redis, task_id: str, fields: dict[Any, Any]) -> TaskJob:
+    """The job whose hash (HGETALL) is `fields`."""
     job = TaskJob(task_id, connection=connection)
     job.restore(fields)
     return job
@@ -44,8 +48,7 @@ def load(connection: Redis, ids: Sequence[str]) -> list[Loaded | None]:
         if not fields:
             loaded.append(None)
             continue
-        job = TaskJob(task_id, connection=connection)
-        job.restore(fields)
+        job = restored(connection, task_id, fields)
         latest = None
         if results:
             result_id, payload = results[0]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,7 +25,6 @@ from rq.job import JobStatus
 from rq.queue import Queue
 from rq.registry import CanceledJobRegistry, DeferredJobRegistry
 from rq.serializers import JSONSerializer
-from rq.utils import current_timestamp
 
 from app import keys, store
 from app.bulk import FastTransaction
@@ -36,7 +34,7 @@ from app.factory import Factory, Planned, Shapes
 from app.job import TaskJob
 from app.model import Priority, Task, TaskSpec, TaskStatus
 from app.registry import Registry
-from app.timers import Timer, arm
+from app.timers import hold, to_ms
 
 MAX_BATCH = 10_000
 
@@ -114,7 +112,7 @@ class Submission:
         written = False
         try:
             with gc_paused():
-                tasks = self._write(plan, outside, dry_run)
+                tasks = self._write(plan, outside, batch, dry_run)
             written = True
         finally:
             if not dry_run and not written:
@@ -127,14 +125,14 @@ class Submission:
             )
         return [tasks[p.task_id] for p in sorted(plan, key=lambda p: p.index)], True
 
-    def _write(self, plan: list[Planned], outside: list[str], dry_run: bool) -> dict[str, Task]:
+    def _write(self, plan: list[Planned], outside: list[str], batch: bool, dry_run: bool) -> dict[str, Task]:
         with FastTransaction.on(self.connection) as pipe:
             while True:
                 try:
                     if outside:
                         pipe.watch(*(TaskJob.key_for(parent) for parent in outside))
                     statuses = dict(zip(outside, parent_statuses(self.connection, outside), strict=True))
-                    self._check_parents_exist(plan, statuses, batch=plan[0].batch)
+                    self._check_parents_exist(plan, statuses, batch)
                     placed = self._write_all(plan, statuses, pipe, dry_run)
                     tasks: dict[str, Task] = {}
                     answer = partial(self._answer, placed, tasks)
@@ -155,17 +153,18 @@ class Submission:
         errors: list[FieldError] = []
         planned: dict[str, Planned] = {}
         for index, spec in enumerate(specs):
-            where = f"tasks.{index}." if batch else ""
             task_id = spec.id or uuid4().hex
             try:
                 task_type = self.registry.get_type(spec.type)
             except UnknownTaskType as unknown:
-                errors.append(FieldError(f"{where}type", f"task {task_id!r}: {unknown.detail}"))
+                errors.append(FieldError(_where(batch, index, "type"), f"task {task_id!r}: {unknown.detail}"))
                 continue
             if task_id in planned:
-                errors.append(FieldError(f"{where}id", f"task id {task_id!r} appears more than once in the batch"))
+                errors.append(
+                    FieldError(_where(batch, index, "id"), f"task id {task_id!r} appears more than once in the batch")
+                )
                 continue
-            planned[task_id] = Planned(batch, index, task_id, spec, task_type, spec.fingerprint())
+            planned[task_id] = Planned(index, task_id, spec, task_type, spec.fingerprint())
         if errors:
             raise InvalidTask("; ".join(e.message for e in errors), errors)
         try:
@@ -290,14 +289,12 @@ class Submission:
 
         Its dependencies are registered now, so a parent that fails before `due` cancels it at once.
         """
-        due_ms = math.ceil(due.timestamp() * 1000)
-        job.spec["due_ms"] = due_ms
+        job.spec["due_ms"] = due_ms = to_ms(due)
         job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
         job.save(pipeline=pipe)
         if p.spec.dependencies:
-            self._register_dependency(p, pipe, indexes, current_timestamp())
-        pipe.zadd(keys.HELD, {job.id: due_ms})
-        arm(self.connection, Timer("release", job.id, due_ms), pipeline=pipe)
+            self._register_dependency(p, pipe, indexes, job.created_at.timestamp())
+        hold(self.connection, job.id, due_ms, pipe)
 
     def _store_canceled(self, job: TaskJob, parent: str, parent_status: JobStatus | None, pipe: Any) -> dict[str, str]:
         error = dependency_failed_error(parent, parent_status)

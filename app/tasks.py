@@ -29,7 +29,7 @@ from app.job import TaskJob
 from app.model import Priority, Task, TaskChanges, TaskSpec, TaskStatus
 from app.registry import Registry
 from app.submission import Submission
-from app.timers import Timer, arm
+from app.timers import from_ms, hold, to_ms
 
 MAX_LIST_LIMIT = 1000
 SCAN_BUDGET = 5000
@@ -187,7 +187,7 @@ class TaskService:
             due = changes.run_at or datetime.now(timezone.utc) + timedelta(milliseconds=changes.delay_ms or 0)
             spec["run_at"] = changes.run_at.isoformat() if changes.run_at else None
             spec["delay_ms"] = changes.delay_ms
-            due_ms = math.ceil(due.timestamp() * 1000)
+            due_ms = to_ms(due)
         job.kwargs = kwargs
         job.spec = spec
         future = due_ms is not None and due_ms > time.time() * 1000
@@ -202,8 +202,7 @@ class TaskService:
             if status is not JobStatus.DEFERRED:
                 job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
             job.save(pipeline=pipe)
-            pipe.zadd(keys.HELD, {job.id: int(due_ms or 0)})
-            arm(self.connection, Timer("release", job.id, int(due_ms or 0)), pipeline=pipe)
+            hold(self.connection, job.id, int(due_ms or 0), pipe)
             return None
         if changes.times_given:
             spec["due_ms"] = due_ms = int(time.time() * 1000)
@@ -294,12 +293,16 @@ class TaskService:
             pipe.execute()
 
     def history(self, task_id: str) -> list[history.Event]:
-        job = store.fetch(self.connection, task_id)
-        events = history.read(self.connection, task_id)
-        if job is None:
+        with self.connection.pipeline(transaction=False) as reads:
+            reads.hgetall(TaskJob.key_for(task_id))
+            reads.xrange(keys.history_key(task_id))
+            fields, entries = reads.execute()
+        events = history.events(entries)
+        if not fields:
             if not events:
                 raise TaskNotFound(task_id)
             return events  # the task's record expired just before its history did
+        job = store.restored(self.connection, task_id, fields)
         submitted_as = job.spec.get("submitted_as")
         if submitted_as and job.created_at:
             # Kept in the task's own hash rather than a stream per task (see Planned.stored_spec).
@@ -335,7 +338,7 @@ class TaskService:
                 }
             }
         if status is JobStatus.SCHEDULED and job.is_held_by_time():
-            return {"time": store.iso(datetime.fromtimestamp(int(job.spec["due_ms"]) / 1000, tz=timezone.utc))}
+            return {"time": store.iso(from_ms(int(job.spec["due_ms"])))}
         if status is JobStatus.SCHEDULED:
             # Waiting for a retry's backoff, in RQ's scheduled registry.
             registry = ScheduledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer)

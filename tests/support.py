@@ -120,3 +120,15 @@ def post_task(client: Any, body: dict[str, Any], status: int = 201) -> dict[str,
 
 def get_task(client: Any, task_id: str) -> dict[str, Any]:
     return dict(client.get(f"/api/tasks/{task_id}").json())
+
+
+def wait_for_status(
+    client: Any, task_id: str, status: str, timeout: float, interval: float = 0.02, what: str = ""
+) -> None:
+    """Poll the API until the task is in `status`; fail the test at the deadline."""
+    wait_until(
+        lambda: client.get(f"/api/tasks/{task_id}").json()["status"] == status,
+        timeout=timeout,
+        interval=interval,
+        what=what or f"task {task_id} to be {status}",
+    )

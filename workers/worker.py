@@ -7,7 +7,6 @@ JSON serializer, the allow-listing job class, the task registry, and a record of
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -162,8 +161,7 @@ class TaskWorkerMixin:
         never will (RQ would leave them deferred forever, rq#1093)."""
         if job.get_status(refresh=False) is JobStatus.STOPPED and isinstance(job, TaskJob):
             # rqflow stops a running task only to cancel it (RQ's stop command makes it STOPPED).
-            job.error = {"type": "canceled", "message": "canceled on request while running"}
-            job.connection.hset(job.key, keys.FIELD_ERROR, json.dumps(job.error))
+            job.record_error("canceled", "canceled on request while running")
             try:
                 job.cancel()
             except InvalidJobOperation:

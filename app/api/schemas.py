@@ -18,10 +18,16 @@ TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 TaskId = Annotated[str, Field(pattern=TASK_ID_PATTERN)]
 Milliseconds = Annotated[int, Field(ge=0, le=MAX_MS, strict=True)]
 PositiveMilliseconds = Annotated[int, Field(ge=1, le=MAX_MS, strict=True)]
+MaxAttempts = Annotated[int, Field(ge=1, le=100, strict=True)]
+Name = Annotated[str, Field(max_length=200)]
+PriorityName = Literal["high", "default", "low"]
 
-
-def _alias(*names: str) -> Any:
-    return AliasChoices(*names)
+# Other names clients of older schedulers send, for POST and PUT alike.
+PAYLOAD = AliasChoices("payload", "task_data")
+DURATION = AliasChoices("duration_ms", "duration")
+MAX_ATTEMPTS = AliasChoices("max_attempts", "maxAttempts")
+NAME = AliasChoices("name", "description")
+RUN_AT = AliasChoices("run_at", "execution_time")
 
 
 class BackoffIn(BaseModel):
@@ -31,6 +37,9 @@ class BackoffIn(BaseModel):
     factor: Annotated[float, Field(ge=1, le=100)] = 2.0
     max_ms: Milliseconds = 300_000
     jitter: Annotated[bool, Field(strict=True)] = True
+
+    def to_backoff(self) -> Backoff:
+        return Backoff(**self.model_dump())
 
 
 class DependencyIn(BaseModel):
@@ -46,6 +55,10 @@ def _one_start_time(value: int | None, info: ValidationInfo) -> int | None:
     return value
 
 
+def _utc(at: datetime | None) -> datetime | None:
+    return at.astimezone(timezone.utc) if at else None
+
+
 def _edges(dependencies: list[str | DependencyIn]) -> tuple[Edge, ...]:
     return tuple(Edge(d) if isinstance(d, str) else Edge(d.id, allow_failure=d.allow_failure) for d in dependencies)
 
@@ -57,17 +70,13 @@ class TaskTemplateIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Annotated[str, Field(min_length=1, max_length=200)]
-    payload: dict[str, Any] = Field(default_factory=dict, validation_alias=_alias("payload", "task_data"))
-    duration_ms: Milliseconds | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
-    priority: Literal["high", "default", "low"] = "default"
-    max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] | None = Field(
-        default=None, validation_alias=_alias("max_attempts", "maxAttempts")
-    )
+    payload: dict[str, Any] = Field(default_factory=dict, validation_alias=PAYLOAD)
+    duration_ms: Milliseconds | None = Field(default=None, validation_alias=DURATION)
+    priority: PriorityName = "default"
+    max_attempts: MaxAttempts | None = Field(default=None, validation_alias=MAX_ATTEMPTS)
     backoff: BackoffIn | None = None
     timeout_ms: PositiveMilliseconds | None = None
-    name: Annotated[str, Field(max_length=200)] | None = Field(
-        default=None, validation_alias=_alias("name", "description")
-    )
+    name: Name | None = Field(default=None, validation_alias=NAME)
 
     def to_template(self) -> TaskTemplate:
         return TaskTemplate(
@@ -76,7 +85,7 @@ class TaskTemplateIn(BaseModel):
             duration_ms=self.duration_ms,
             priority=Priority(self.priority),
             max_attempts=self.max_attempts,
-            backoff=Backoff(**self.backoff.model_dump()) if self.backoff else None,
+            backoff=self.backoff.to_backoff() if self.backoff else None,
             timeout_ms=self.timeout_ms,
             name=self.name,
         )
@@ -87,9 +96,9 @@ class TaskIn(TaskTemplateIn):
 
     id: TaskId | None = None
     dependencies: list[TaskId | DependencyIn] = Field(
-        default_factory=list, max_length=1000, validation_alias=_alias("dependencies", "depends_on")
+        default_factory=list, max_length=1000, validation_alias=AliasChoices("dependencies", "depends_on")
     )
-    run_at: AwareDatetime | None = Field(default=None, validation_alias=_alias("run_at", "execution_time"))
+    run_at: AwareDatetime | None = Field(default=None, validation_alias=RUN_AT)
     delay_ms: Milliseconds | None = None
 
     @field_validator("dependencies")
@@ -119,10 +128,10 @@ class TaskIn(TaskTemplateIn):
             duration_ms=self.duration_ms,
             dependencies=self.edges(),
             priority=Priority(self.priority),
-            run_at=self.run_at.astimezone(timezone.utc) if self.run_at else None,
+            run_at=_utc(self.run_at),
             delay_ms=self.delay_ms,
             max_attempts=self.max_attempts,
-            backoff=Backoff(**self.backoff.model_dump()) if self.backoff else None,
+            backoff=self.backoff.to_backoff() if self.backoff else None,
             timeout_ms=self.timeout_ms,
             name=self.name,
         )
@@ -133,19 +142,15 @@ class TaskUpdateIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    payload: dict[str, Any] | None = Field(default=None, validation_alias=_alias("payload", "task_data"))
-    duration_ms: Milliseconds | None = Field(default=None, validation_alias=_alias("duration_ms", "duration"))
-    priority: Literal["high", "default", "low"] | None = None
-    run_at: AwareDatetime | None = Field(default=None, validation_alias=_alias("run_at", "execution_time"))
+    payload: dict[str, Any] | None = Field(default=None, validation_alias=PAYLOAD)
+    duration_ms: Milliseconds | None = Field(default=None, validation_alias=DURATION)
+    priority: PriorityName | None = None
+    run_at: AwareDatetime | None = Field(default=None, validation_alias=RUN_AT)
     delay_ms: Milliseconds | None = None
-    max_attempts: Annotated[int, Field(ge=1, le=100, strict=True)] | None = Field(
-        default=None, validation_alias=_alias("max_attempts", "maxAttempts")
-    )
+    max_attempts: MaxAttempts | None = Field(default=None, validation_alias=MAX_ATTEMPTS)
     backoff: BackoffIn | None = None
     timeout_ms: PositiveMilliseconds | None = None
-    name: Annotated[str, Field(max_length=200)] | None = Field(
-        default=None, validation_alias=_alias("name", "description")
-    )
+    name: Name | None = Field(default=None, validation_alias=NAME)
 
     @field_validator("delay_ms")
     @classmethod
@@ -157,10 +162,10 @@ class TaskUpdateIn(BaseModel):
             payload=self.payload,
             duration_ms=self.duration_ms,
             priority=Priority(self.priority) if self.priority else None,
-            run_at=self.run_at.astimezone(timezone.utc) if self.run_at else None,
+            run_at=_utc(self.run_at),
             delay_ms=self.delay_ms,
             max_attempts=self.max_attempts,
-            backoff=Backoff(**self.backoff.model_dump()) if self.backoff else None,
+            backoff=self.backoff.to_backoff() if self.backoff else None,
             timeout_ms=self.timeout_ms,
             name=self.name,
         )
@@ -218,8 +223,8 @@ class ScheduleIn(BaseModel):
             cron=" ".join(self.cron.split()) if self.cron else None,
             timezone=self.timezone,
             interval_s=self.interval_s,
-            start_at=self.start_at.astimezone(timezone.utc) if self.start_at else None,
-            end_at=self.end_at.astimezone(timezone.utc) if self.end_at else None,
+            start_at=_utc(self.start_at),
+            end_at=_utc(self.end_at),
             max_runs=self.max_runs,
             paused=self.paused,
         )

@@ -54,7 +54,7 @@ def test_rq_reads_small_job_data_stored_uncompressed() -> None:
     shapes = Shapes(factory, datetime.now(timezone.utc))
     for task_id in ("a", "b"):  # the first is RQ's own job; the second comes from the template
         spec = TaskSpec(type="echo", id=task_id, payload={"text": "grüße"})
-        planned = Planned(True, 0, task_id, spec, registry.get_type("echo"), spec.fingerprint())
+        planned = Planned(0, task_id, spec, registry.get_type("echo"), spec.fingerprint())
         connection.hset(f"rq:job:{task_id}", mapping=dict(_pairs(shapes.fields(planned, JobStatus.QUEUED))))
     job = TaskJob.fetch("b", connection=connection)
     assert connection.hget("rq:job:b", "data").startswith(b"[")
@@ -80,7 +80,7 @@ def test_template_fields_equal_rqs_own(name: str, status: JobStatus) -> None:
 
     def planned(index: int, task_id: str, **changes: Any) -> Planned:
         s = replace(spec, id=task_id, **changes)
-        return Planned(True, index, task_id, s, registry.get_type(s.type), s.fingerprint())
+        return Planned(index, task_id, s, registry.get_type(s.type), s.fingerprint())
 
     first = planned(0, "first")
     other_parents = tuple(replace(e, parent=f"{e.parent}-b") for e in spec.dependencies)

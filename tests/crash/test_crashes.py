@@ -22,7 +22,7 @@ from app import keys
 from app.api.main import create_app
 from app.settings import Settings
 from bench.procs import kill_tree
-from tests.support import ROOT, RedisServer, free_port, rq_worker, wait_until
+from tests.support import ROOT, RedisServer, free_port, rq_worker, wait_for_status, wait_until
 
 FAST = {"RQFLOW_WORKER_LOST_AFTER_S": "5", "RQFLOW_MAINTENANCE_S": "2", "RQFLOW_HEARTBEAT_S": "1"}
 
@@ -46,14 +46,16 @@ def test_a_task_whose_worker_is_killed_completes_on_another(
     )
     first = start_worker(url, env=worker_env)
     try:
-        wait_until(lambda: client.get("/api/tasks/victim").json()["status"] == "RUNNING", timeout=30)
+        wait_for_status(client, "victim", "RUNNING", timeout=30)
         second = start_worker(url, env=worker_env)
         try:
             killed_at = time.monotonic()
             kill_tree(first.pid)
             first.wait(10)
-            wait_until(
-                lambda: client.get("/api/tasks/victim").json()["status"] == "COMPLETED",
+            wait_for_status(
+                client,
+                "victim",
+                "COMPLETED",
                 timeout=40,
                 interval=0.2,
                 what="the task to complete on the other worker",
@@ -80,12 +82,12 @@ def test_a_lost_task_with_no_attempts_left_fails_as_worker_lost_and_cascades(
     client.post("/api/tasks", json={"id": "once", "type": "data_processing", "duration_ms": 5000, "max_attempts": 1})
     client.post("/api/tasks", json={"id": "then", "type": "echo", "dependencies": ["once"]})
     first = start_worker(url, env=worker_env)
-    wait_until(lambda: client.get("/api/tasks/once").json()["status"] == "RUNNING", timeout=30)
+    wait_for_status(client, "once", "RUNNING", timeout=30)
     kill_tree(first.pid)
     first.wait(10)
     second = start_worker(url, env=worker_env)
     try:
-        wait_until(lambda: client.get("/api/tasks/then").json()["status"] == "CANCELED", timeout=40, interval=0.2)
+        wait_for_status(client, "then", "CANCELED", timeout=40, interval=0.2)
         once = client.get("/api/tasks/once").json()
         assert once["status"] == "FAILED"
         assert once["error"]["type"] == "worker_lost"
@@ -139,7 +141,7 @@ def test_workers_ride_out_a_redis_restart(aof_redis: RedisServer, worker_env: di
     try:
         with TestClient(create_app(settings)) as client:
             client.post("/api/tasks", json={"id": "before", "type": "echo"})
-            wait_until(lambda: client.get("/api/tasks/before").json()["status"] == "COMPLETED", timeout=30)
+            wait_for_status(client, "before", "COMPLETED", timeout=30)
             aof_redis.kill(signal.SIGKILL)
             time.sleep(1.5)  # Redis is down for a while: the worker must wait, not die
             aof_redis.start()
@@ -148,8 +150,10 @@ def test_workers_ride_out_a_redis_restart(aof_redis: RedisServer, worker_env: di
                 lambda: client.post("/api/tasks", json={"id": "after", "type": "echo"}).status_code in (200, 201),
                 timeout=20,
             )
-            wait_until(
-                lambda: client.get("/api/tasks/after").json()["status"] == "COMPLETED",
+            wait_for_status(
+                client,
+                "after",
+                "COMPLETED",
                 timeout=60,
                 interval=0.2,
                 what="a task submitted after the restart to run on the same worker",

@@ -7,7 +7,7 @@ import time
 from starlette.testclient import TestClient
 
 from app.settings import Settings
-from tests.support import rq_worker, wait_until
+from tests.support import rq_worker, wait_for_status
 
 
 def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(client: TestClient, settings: Settings) -> None:
@@ -15,12 +15,14 @@ def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(client: TestCl
     client.post("/api/tasks", json={"id": "after", "type": "echo", "dependencies": ["long"]})
     worker = rq_worker(str(settings.redis_url))
     try:
-        wait_until(lambda: client.get("/api/tasks/long").json()["status"] == "RUNNING", timeout=20, what="start")
+        wait_for_status(client, "long", "RUNNING", timeout=20, what="start")
         asked = time.monotonic()
         response = client.post("/api/tasks/long/cancel")
         assert response.status_code == 202
-        wait_until(
-            lambda: client.get("/api/tasks/long").json()["status"] == "CANCELED",
+        wait_for_status(
+            client,
+            "long",
+            "CANCELED",
             timeout=2,
             interval=0.02,
             what="the running task to be canceled",
@@ -35,7 +37,7 @@ def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(client: TestCl
         assert took < 2
         # The worker is free again: it runs the next task.
         client.post("/api/tasks", json={"id": "next", "type": "echo"})
-        wait_until(lambda: client.get("/api/tasks/next").json()["status"] == "COMPLETED", timeout=20)
+        wait_for_status(client, "next", "COMPLETED", timeout=20)
     finally:
         worker.terminate()
         worker.wait(30)

@@ -10,7 +10,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from app.settings import Settings
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, wait_for_status, wait_until
 
 RQ = str(Path(sys.executable).parent / "rq")
 
@@ -79,7 +79,7 @@ def test_rq_info_lists_our_queues_and_workers(client: TestClient, settings: Sett
         wait_until(lambda: "cli-w" in rq_info("--only-workers"), timeout=20, interval=0.2, what="rq info to show it")
         queues = rq_info("--only-queues")
         assert "low          |███ 3" in queues
-        wait_until(lambda: client.get("/api/tasks/served").json()["status"] == "COMPLETED", timeout=20)
+        wait_for_status(client, "served", "COMPLETED", timeout=20)
     finally:
         worker.terminate()
         worker.wait(20)
