@@ -1,17 +1,41 @@
-"""JSON encoding on the hot paths: orjson, with the standard library where orjson refuses.
+"""JSON in and out: one strict parser for everything that comes in, one encoder for what goes out.
 
-A 10,000-task batch encodes some 40,000 JSON documents (each job's call data and spec, its
-fingerprint, the response); orjson does each in a tenth of the time `json` takes. It refuses
-integers beyond 64 bits, which JSON payloads may hold, and anything but plain JSON types: those
-go through `json`, so the result is always valid JSON and never loses a digit.
+Strict because Python's `json` accepts what is not JSON (RFC 8259) and the rest of the stack does
+not: `NaN` and `Infinity` (which orjson, browsers and Starlette's responses refuse), `1e400`
+(read as infinity), lone surrogates such as `"\\ud800"` (which no UTF-8 encoder writes), duplicate
+keys (which parsers resolve differently) and nesting deep enough to exhaust the stack. Accepting any
+of them once would store a record that later reads cannot answer. Request bodies are held to all
+of that (`loads_request`); what rqflow itself stored is read back by `loads`, which refuses the
+same values so that an old or hand-written record is reported as unreadable instead of breaking a
+response for everyone.
+
+Encoding: orjson, with the standard library where orjson refuses (integers beyond 64 bits), so the
+result is always valid JSON and never loses a digit.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import orjson
+
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects a request body may have (the body itself is level 1)."""
+
+MAX_INT_DIGITS = 100
+"""Longest integer a request may hold, in digits. Integers of any size up to it are stored and read
+back exactly (Python's own integers; the encoder falls back where orjson stops at 64 bits); a longer
+one is refused rather than costing the parser quadratic time."""
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+"""An escaped UTF-16 surrogate: a cheap test for whether a text needs the full surrogate check."""
+
+
+class BadJSON(ValueError):
+    """Raised when a text is not strict JSON; the message says what and, where known, where."""
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
@@ -19,3 +43,99 @@ def dumps(value: Any, *, sort_keys: bool = False) -> bytes:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def loads(raw: bytes | str) -> Any:
+    """A stored JSON document; BadJSON if it holds what strict JSON cannot (NaN, infinities, lone
+    surrogates), so that it never reaches a response."""
+    return _parse(raw, _STORED)
+
+
+def loads_request(raw: bytes | str) -> Any:
+    """A request body, held to strict JSON: BadJSON for NaN, Infinity, numbers out of range (floats
+    that overflow, integers longer than MAX_INT_DIGITS), lone surrogates, duplicate keys, or nesting
+    deeper than MAX_DEPTH."""
+    value = _parse(raw, _REQUEST)
+    if _too_deep(value, MAX_DEPTH):
+        raise BadJSON(f"nested deeper than {MAX_DEPTH} levels of arrays and objects")
+    return value
+
+
+def _parse(raw: bytes | str, hooks: dict[str, Any]) -> Any:
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+    except UnicodeDecodeError as error:
+        raise BadJSON(f"not UTF-8 at byte {error.start}: {error.reason}") from None
+    try:
+        value = json.loads(text, **hooks)
+    except RecursionError:
+        raise BadJSON(f"nested deeper than {MAX_DEPTH} levels of arrays and objects") from None
+    except json.JSONDecodeError as error:
+        raise BadJSON(f"{error.msg} at line {error.lineno} column {error.colno}") from None
+    except ValueError as error:  # raised by the hooks, or int() past Python's digit limit
+        raise BadJSON(str(error)) from None
+    if _SURROGATE_ESCAPE.search(text):
+        # Most such escapes are pairs (what `ensure_ascii` writes for an emoji); UTF-8 refuses
+        # exactly the strings that hold an unpaired one.
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadJSON("a string holds a lone UTF-16 surrogate (such as \\ud800), which is not text") from None
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise BadJSON(f"{name} is not a JSON number (RFC 8259)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise BadJSON(f"the number {text[:40]} is too large for a 64-bit float")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise BadJSON(f"an integer has more than {MAX_INT_DIGITS} digits ({text[:20]}...)")
+    return int(text)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise BadJSON(f"the key {key[:80]!r} appears more than once in one object")
+            seen.add(key)
+    return value
+
+
+_STORED: dict[str, Any] = {"parse_constant": _refuse_constant, "parse_float": _finite}
+_REQUEST: dict[str, Any] = {**_STORED, "parse_int": _bounded_int, "object_pairs_hook": _unique_keys}
+
+
+def _too_deep(value: Any, levels_left: int) -> bool:
+    if isinstance(value, dict):
+        children: Any = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    if levels_left == 0:
+        return True
+    return any(_too_deep(child, levels_left - 1) for child in children if isinstance(child, dict | list))
+
+
+class JSONSerializer:
+    """RQ's serializer interface (job data, results) on this module: what a job or result holds
+    is read back as strictly as it was accepted."""
+
+    @staticmethod
+    def dumps(value: Any) -> bytes:
+        return dumps(value)
+
+    @staticmethod
+    def loads(raw: bytes | str) -> Any:
+        return loads(raw)

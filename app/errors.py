@@ -19,6 +19,8 @@ class DomainError(Exception):
     """Base of every error rqflow raises on purpose."""
 
     title = "Request failed"
+    problem_type: str | None = None
+    """The problem+json `type` slug, where the HTTP status alone would not say what went wrong."""
     retry_after_s: int | None = None
     """Set when the same request may well succeed if sent again this many seconds later."""
 
@@ -95,6 +97,22 @@ class SubmissionInProgress(TaskConflict):
     a crash moments ago, until its claim lapses): the same request may succeed shortly."""
 
     retry_after_s = 1
+
+
+class UnreadableRecord(DomainError):
+    """Raised when a stored task or schedule cannot be decoded (written by an older version, by hand,
+    or damaged): it is left out of lists, counted in `/api/stats`, and can still be deleted."""
+
+    title = "Unreadable record"
+    problem_type = "unreadable-record"
+
+    def __init__(self, kind: str, record_id: str, reason: str) -> None:
+        super().__init__(
+            f"the stored {kind} {record_id!r} cannot be decoded ({reason}); "
+            f"DELETE it to remove it, or repair it in Redis"
+        )
+        self.kind = kind
+        self.record_id = record_id
 
 
 class StoreUnavailable(DomainError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,8 +11,10 @@ from typing import Any
 
 from rq.utils import as_text
 
-from app import keys
+from app import codec, keys
 from app.timers import from_ms
+
+log = logging.getLogger(__name__)
 
 MAX_EVENTS = 100
 """Per task; a task retried or re-armed forever keeps its newest events."""
@@ -61,18 +64,22 @@ def record(
 
 
 def events(entries: list[Any] | None) -> list[Event]:
-    """The events of a task's stream, from what XRANGE returned for it."""
+    """The events of a task's stream, from what XRANGE returned for it. An entry that does not
+    decode (written by hand or by another version) is left out with a warning."""
     events = []
-    for _, raw in entries or []:
-        fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
-        events.append(
-            Event(
-                event=fields["event"],
-                at=from_ms(int(fields["at_ms"])),
-                attempt=int(fields["attempt"]) if "attempt" in fields else None,
-                worker=fields.get("worker"),
-                error=json.loads(fields["error"]) if "error" in fields else None,
-                detail=fields.get("detail"),
+    for entry_id, raw in entries or []:
+        try:
+            fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
+            events.append(
+                Event(
+                    event=fields["event"],
+                    at=from_ms(int(fields["at_ms"])),
+                    attempt=int(fields["attempt"]) if "attempt" in fields else None,
+                    worker=fields.get("worker"),
+                    error=codec.loads(fields["error"]) if "error" in fields else None,
+                    detail=fields.get("detail"),
+                )
             )
-        )
+        except (KeyError, ValueError, OverflowError) as error:
+            log.warning("history entry %s left out: %s: %s", as_text(entry_id), type(error).__name__, error)
     return events

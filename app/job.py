@@ -3,7 +3,6 @@ fields rqflow adds to RQ's job hash (attempts, last error, the task's own spec).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from datetime import datetime, timedelta, timezone
@@ -14,11 +13,11 @@ from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.results import Result
-from rq.serializers import JSONSerializer
 from rq.utils import import_attribute
 
 from app import codec, history, keys
 from app.dag import edges_from_spec, judge, parent_statuses
+from app.errors import UnreadableRecord
 from app.model import Backoff, Edge, Priority, Task, TaskError, TaskStatus
 
 STATUS_EVENTS = {
@@ -50,13 +49,16 @@ class TaskJob(Job):
         # RQ would check the serializer against a runtime Protocol on every job (a quarter of
         # the cost of building one); JSON is fixed here, so set it after.
         super().__init__(id=id, connection=connection)
-        self.serializer = JSONSerializer
+        self.serializer = codec.JSONSerializer
         self.attempts = 0
         self.error: dict[str, str] | None = None
         self.spec: dict[str, Any] = {}
         self.fingerprint: str | None = None
         self.record_status_events = True
         """Off while a task is being submitted: its "submitted" event says where it went."""
+        self.unreadable: str | None = None
+        """Why a field of the stored record could not be decoded; `to_task` then refuses to show it.
+        Restoring stays lenient, so that maintenance and deletion still work on such a job."""
 
     # -- the allow-list ------------------------------------------------------------------------
 
@@ -96,11 +98,25 @@ class TaskJob(Job):
     def restore(self, raw_data: Any) -> Any:
         super().restore(raw_data)
         fields = {k.decode() if isinstance(k, bytes) else k: v for k, v in raw_data.items()}
-        self.attempts = int(fields.get(keys.FIELD_ATTEMPTS) or 0)
-        self.error = _json_or_none(fields.get(keys.FIELD_ERROR))
-        self.spec = _json_or_none(fields.get(keys.FIELD_SPEC)) or {}
+        self.unreadable = None
+        try:
+            self.attempts = int(fields.get(keys.FIELD_ATTEMPTS) or 0)
+        except ValueError:
+            self.attempts, self.unreadable = 0, "its attempt count is not a number"
+        self.error = self._json_field(fields, keys.FIELD_ERROR)
+        self.spec = self._json_field(fields, keys.FIELD_SPEC) or {}
         fingerprint = fields.get(keys.FIELD_FINGERPRINT)
         self.fingerprint = fingerprint.decode() if isinstance(fingerprint, bytes) else fingerprint
+
+    def _json_field(self, fields: dict[str, Any], name: str) -> Any:
+        raw = fields.get(name)
+        if not raw:
+            return None
+        try:
+            return codec.loads(raw)
+        except codec.BadJSON as error:
+            self.unreadable = f"its field {name}: {error}"
+            return None
 
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
         # Attempts and error are written by HINCRBY/HSET where they happen, never from a copy here.
@@ -214,17 +230,26 @@ class TaskJob(Job):
 
     def record_error(self, error_type: str, message: str) -> None:
         self.error = {"type": error_type, "message": message}
-        self.connection.hset(self.key, keys.FIELD_ERROR, json.dumps(self.error))
+        self.connection.hset(self.key, keys.FIELD_ERROR, codec.dumps(self.error))
 
     def to_task(self, latest: Result | None = None) -> Task:
-        """The task this job carries, as users see it; `latest` is the job's newest RQ result."""
+        """The task this job carries, as users see it; `latest` is the job's newest RQ result.
+
+        Raises UnreadableRecord when any part of the stored record does not decode (written by an
+        older version or by hand): a task is shown whole or not at all."""
+        if self.unreadable:
+            raise UnreadableRecord("task", self.id, self.unreadable)
+        try:
+            return self._to_task(latest)
+        except DeserializationError as error:
+            raise UnreadableRecord("task", self.id, f"its job data: {error.__cause__ or error}") from None
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise UnreadableRecord("task", self.id, f"{type(error).__name__}: {error}") from None
+
+    def _to_task(self, latest: Result | None) -> Task:
         spec = self.spec
         status = TaskStatus.from_job_status(self.get_status(refresh=False))
-        try:
-            kwargs = self.kwargs
-        except DeserializationError:
-            # Data that is not rqflow's JSON (written by something else): show what can be shown.
-            kwargs = {}
+        kwargs = self.kwargs
         times = [t for t in (self.created_at, self.enqueued_at, self.started_at, self.ended_at) if t]
         finished = status.is_terminal
         return Task(
@@ -266,12 +291,3 @@ class TaskJob(Job):
 
 def _datetime_or_none(raw: str | None) -> datetime | None:
     return datetime.fromisoformat(raw) if raw else None
-
-
-def _json_or_none(raw: bytes | str | None) -> Any:
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return None

@@ -99,3 +99,7 @@ REPAIRS = f"{PREFIX}:repairs"
 
 REPAIR_CURSOR = f"{PREFIX}:repair:cursor"
 """Where the reconciler's walk over the task index stopped; it goes on from there next pass."""
+
+UNREADABLE = f"{PREFIX}:unreadable"
+"""Set of `task:<id>` and `schedule:<id>` records a read found undecodable (and left out of a list):
+counted in /api/stats so that a damaged record is seen, not silently missing."""

@@ -24,8 +24,8 @@ from redis import Redis
 from redis.client import Pipeline
 from rq.utils import as_text
 
-from app import cron, keys
-from app.errors import FieldError, InvalidInput, ScheduleNotFound, TaskConflict
+from app import codec, cron, keys, store
+from app.errors import FieldError, InvalidInput, ScheduleNotFound, TaskConflict, UnreadableRecord
 from app.model import Backoff, Priority, TaskSpec
 from app.tasks import TaskService
 from app.timers import Timer, arm, from_ms, to_ms
@@ -178,9 +178,15 @@ class ScheduleService:
         spec = replace(spec, id=schedule_id)
 
         def write(pipe: Pipeline) -> None:
-            current = self.get(schedule_id)
+            try:
+                current = self.get(schedule_id)
+                runs, created = current.runs, current.created_at
+            except UnreadableRecord:
+                # A new definition is how a damaged one is mended; what can be kept of it is.
+                runs, created = _salvage(pipe.hgetall(keys.schedule_key(schedule_id)))
             pipe.multi()
-            self._store(pipe, spec, runs=current.runs, created=current.created_at)
+            self._store(pipe, spec, runs=runs, created=created)
+            pipe.srem(keys.UNREADABLE, f"schedule:{schedule_id}")
 
         self.connection.transaction(write, keys.schedule_key(schedule_id))
         return self.get(schedule_id)
@@ -200,7 +206,8 @@ class ScheduleService:
         with self.connection.pipeline() as pipe:
             pipe.delete(keys.schedule_key(schedule_id))
             pipe.zrem(keys.SCHEDULE_INDEX, schedule_id)
-            deleted, _ = pipe.execute()
+            pipe.srem(keys.UNREADABLE, f"schedule:{schedule_id}")
+            deleted, *_ = pipe.execute()
         if not deleted:
             raise ScheduleNotFound(schedule_id)
 
@@ -216,13 +223,25 @@ class ScheduleService:
             for schedule_id in ids:
                 reads.hgetall(keys.schedule_key(schedule_id))
             raws = reads.execute()
-        return [_schedule(i, raw) for i, raw in zip(ids, raws, strict=True) if raw]
+        schedules = []
+        for schedule_id, raw in zip(ids, raws, strict=True):
+            if not raw:
+                continue
+            try:
+                schedules.append(_schedule(schedule_id, raw))
+            except UnreadableRecord as unreadable:
+                store.note_unreadable(self.connection, unreadable)
+        return schedules
 
     def fire(self, schedule_id: str, at_ms: int) -> None:
         """Make the run due at `at_ms` (if the schedule still wants it), then arm the next fire."""
         try:
             schedule = self.get(schedule_id)
         except ScheduleNotFound:
+            return
+        except UnreadableRecord as unreadable:
+            # Raising would make the scheduler exit and fire this timer again forever.
+            log.error("schedule %s cannot fire: %s", schedule_id, unreadable.detail)
             return
         if schedule.spec.paused or schedule.next_run_at is None or schedule.next_run_ms != at_ms:
             return
@@ -270,6 +289,14 @@ def _from_ms(raw: bytes | str | None) -> datetime | None:
     return from_ms(int(text)) if text else None
 
 
+def _salvage(raw: dict[Any, Any]) -> tuple[int, datetime]:
+    """Run count and creation time of a damaged schedule hash, where they still read."""
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
+    runs = int(fields["runs"]) if fields.get("runs", "").isdigit() else 0
+    created = fields.get("created_ms", "")
+    return runs, from_ms(int(created)) if created.isdigit() and len(created) <= 15 else _now()
+
+
 def _dump_spec(spec: ScheduleSpec) -> str:
     body = asdict(spec)
     body["task"]["priority"] = spec.task.priority.value
@@ -280,7 +307,7 @@ def _dump_spec(spec: ScheduleSpec) -> str:
 
 
 def _load_spec(raw: str) -> ScheduleSpec:
-    body = json.loads(raw)
+    body = codec.loads(raw)
     task = body.pop("task")
     task["priority"] = Priority(task["priority"])
     task["backoff"] = Backoff(**task["backoff"]) if task.get("backoff") else None
@@ -302,6 +329,14 @@ def _fields(
 
 
 def _schedule(schedule_id: str, raw: dict[Any, Any]) -> Schedule:
+    """The schedule stored as `raw` (HGETALL); UnreadableRecord if any part of it does not decode."""
+    try:
+        return _decode(schedule_id, raw)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
+        raise UnreadableRecord("schedule", schedule_id, f"{type(error).__name__}: {error}") from None
+
+
+def _decode(schedule_id: str, raw: dict[Any, Any]) -> Schedule:
     fields = {as_text(k): v for k, v in raw.items()}
     created = _from_ms(fields.get("created_ms")) or _now()
     return Schedule(

@@ -20,6 +20,7 @@ from rq.utils import as_text
 from rq.worker import Worker
 
 from app import keys
+from app.job import TaskJob
 
 WINDOW_S = 60
 
@@ -73,7 +74,29 @@ def stats(connection: Redis) -> dict[str, Any]:
         "finished_last_minute": finished,
         "throughput_per_s": round(finished / WINDOW_S, 3),
         "repairs": repairs,
+        "unreadable": unreadable(connection),
     }
+
+
+UNREADABLE_SHOWN = 20
+
+
+def unreadable(connection: Redis) -> dict[str, Any]:
+    """Records reads found undecodable and left out of lists (`store.note_unreadable`), with a few
+    of their ids. Ones deleted since (or expired) are dropped here, where they are counted."""
+    members = sorted(as_text(m) for m in connection.smembers(keys.UNREADABLE))
+    if not members:
+        return {"count": 0, "records": []}
+    with connection.pipeline(transaction=False) as reads:
+        for member in members:
+            kind, _, record_id = member.partition(":")
+            reads.exists(keys.schedule_key(record_id) if kind == "schedule" else TaskJob.key_for(record_id))
+        present = reads.execute()
+    gone = [m for m, here in zip(members, present, strict=True) if not here]
+    if gone:
+        connection.srem(keys.UNREADABLE, *gone)
+    still = [m for m, here in zip(members, present, strict=True) if here]
+    return {"count": len(still), "records": still[:UNREADABLE_SHOWN]}
 
 
 def workers(connection: Redis) -> list[dict[str, Any]]:

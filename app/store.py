@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import zlib
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -12,8 +14,15 @@ from rq.queue import Queue
 from rq.results import Result
 from rq.serializers import JSONSerializer
 
+from app import codec, keys
+from app.errors import UnreadableRecord
 from app.job import TaskJob
 from app.model import Priority
+
+log = logging.getLogger(__name__)
+
+DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, zlib.error)
+"""What decoding a damaged record raises: bad dates, numbers, JSON, base64, compressed data."""
 
 Loaded = tuple[TaskJob, Result | None]
 
@@ -29,9 +38,12 @@ def fetch(connection: Redis, task_id: str) -> TaskJob | None:
 
 
 def restored(connection: Redis, task_id: str, fields: dict[Any, Any]) -> TaskJob:
-    """The job whose hash (HGETALL) is `fields`."""
+    """The job whose hash (HGETALL) is `fields`; UnreadableRecord if RQ cannot restore it."""
     job = TaskJob(task_id, connection=connection)
-    job.restore(fields)
+    try:
+        job.restore(fields)
+    except DECODE_ERRORS as error:
+        raise UnreadableRecord("task", task_id, f"{type(error).__name__}: {error}") from None
     return job
 
 
@@ -48,15 +60,29 @@ def load(connection: Redis, ids: Sequence[str]) -> list[Loaded | None]:
         if not fields:
             loaded.append(None)
             continue
-        job = restored(connection, task_id, fields)
+        try:
+            job = restored(connection, task_id, fields)
+        except UnreadableRecord as unreadable:
+            # Restoring failed before TaskJob could note why: a bare job that carries the reason.
+            job = TaskJob(task_id, connection=connection)
+            job.unreadable = unreadable.detail
         latest = None
         if results:
             result_id, payload = results[0]
-            latest = Result.restore(
-                task_id, result_id.decode(), payload, connection=connection, serializer=JSONSerializer
-            )
+            try:
+                latest = Result.restore(
+                    task_id, result_id.decode(), payload, connection=connection, serializer=codec.JSONSerializer
+                )
+            except DECODE_ERRORS as error:
+                job.unreadable = job.unreadable or f"its result: {type(error).__name__}: {error}"
         loaded.append((job, latest))
     return loaded
+
+
+def note_unreadable(connection: Redis, unreadable: UnreadableRecord) -> None:
+    """Log a record a list leaves out, and keep it for `/api/stats`, so it is seen, not just missing."""
+    log.warning("left out of a list: %s", unreadable.detail)
+    connection.sadd(keys.UNREADABLE, f"{unreadable.kind}:{unreadable.record_id}")
 
 
 def index_member(created_at: datetime, task_id: str) -> str:

@@ -19,12 +19,13 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 from rq.rate_limit import RateLimitRegistry
 from rq.registry import CanceledJobRegistry, DeferredJobRegistry, ScheduledJobRegistry
+from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
 from app import history, keys, store
 from app.dag import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
-from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound
+from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound, UnreadableRecord
 from app.job import TaskJob
 from app.model import Priority, Task, TaskChanges, TaskSpec, TaskStatus
 from app.registry import Registry
@@ -274,7 +275,11 @@ class TaskService:
 
     def delete(self, task_id: str) -> None:
         """Cancel the task if it has not ended, then remove it, its RQ job, results and history."""
-        job = self._job(task_id)
+        try:
+            job = self._job(task_id)
+            job.to_task()  # decodes every part of the record the steps below read
+        except UnreadableRecord:
+            return self._remove_unreadable(task_id)
         if not TaskStatus.from_job_status(job.get_status(refresh=False)).is_terminal:
             self.cancel(task_id)
             deadline = time.monotonic() + 10
@@ -290,6 +295,23 @@ class TaskService:
                 pipe.zrem(index, member)
             if job.spec.get("schedule_id"):
                 pipe.zrem(keys.schedule_runs_index(job.spec["schedule_id"]), member)
+            pipe.execute()
+
+    def _remove_unreadable(self, task_id: str) -> None:
+        """Remove a record that cannot be decoded, so an operator can always clear it. Its entries in
+        the list indexes and RQ's registries name a job that no longer exists, and each of those
+        drops such entries as it meets them."""
+        job_key = TaskJob.key_for(task_id)
+        with self.connection.pipeline() as pipe:
+            pipe.delete(
+                job_key,
+                TaskJob.dependencies_key_for(task_id),
+                TaskJob.dependents_key_for(task_id),
+                Result.get_key(task_id),
+                keys.history_key(task_id),
+            )
+            pipe.zrem(keys.HELD, task_id)
+            pipe.srem(keys.UNREADABLE, f"task:{task_id}")
             pipe.execute()
 
     def history(self, task_id: str) -> list[history.Event]:
@@ -390,7 +412,11 @@ class TaskService:
                     stale.append(member)
                 elif ok and task_id in loaded_by_id:
                     job, latest = loaded_by_id[task_id]
-                    task = job.to_task(latest)
+                    try:
+                        task = job.to_task(latest)
+                    except UnreadableRecord as unreadable:
+                        store.note_unreadable(self.connection, unreadable)
+                        continue
                     if wanted_type and task.type != wanted_type:
                         continue
                     found.append(task)

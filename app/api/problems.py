@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from http import HTTPStatus
 from typing import Any
@@ -14,6 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app import codec
 from app.errors import (
     DomainError,
     FieldError,
@@ -22,6 +22,7 @@ from app.errors import (
     StoreUnavailable,
     TaskConflict,
     TaskNotFound,
+    UnreadableRecord,
 )
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ STATUS: dict[type[DomainError], int] = {
     ScheduleNotFound: 404,
     TaskConflict: 409,
     StoreUnavailable: 503,
+    # The server holds data it cannot present: its fault, not the client's, and said as such.
+    UnreadableRecord: 500,
 }
 """Domain error -> HTTP status; the first class in an error's MRO that is listed wins."""
 
@@ -49,12 +52,13 @@ def problem(
     detail: str,
     *,
     title: str | None = None,
+    problem_type: str | None = None,
     errors: list[dict[str, str]] | None = None,
     **extra: Any,
 ) -> ProblemResponse:
     phrase = HTTPStatus(status).phrase
     body: dict[str, Any] = {
-        "type": f"urn:rqflow:problem:{phrase.lower().replace(' ', '-')}",
+        "type": f"urn:rqflow:problem:{problem_type or phrase.lower().replace(' ', '-')}",
         "title": title or phrase,
         "status": status,
         "detail": detail,
@@ -73,7 +77,7 @@ async def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
     errors = _field_errors(exc.errors) if isinstance(exc, InvalidInput) else None
-    response = problem(status, exc.detail, title=exc.title, errors=errors)
+    response = problem(status, exc.detail, title=exc.title, problem_type=exc.problem_type, errors=errors)
     if exc.retry_after_s is not None:
         response.headers["Retry-After"] = str(exc.retry_after_s)
     return response
@@ -123,10 +127,10 @@ HANDLERS = {
 
 
 def parse_json(raw: bytes) -> Any:
-    """The body as JSON, or MalformedBody saying why not."""
+    """The body as strict JSON (`codec.loads_request`), or MalformedBody saying why not."""
     if not raw.strip():
         raise MalformedBody("the request body is empty; send a JSON object")
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise MalformedBody(f"the request body is not valid JSON: {error}") from error
+        return codec.loads_request(raw)
+    except codec.BadJSON as error:
+        raise MalformedBody(f"the request body is not valid JSON: {error}") from None

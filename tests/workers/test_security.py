@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zlib
@@ -51,9 +52,13 @@ def test_a_pickled_payload_is_never_unpickled(client: TestClient, redis: Redis, 
     redis.hset(job.key, "data", zlib.compress(pickle.dumps(Evil(proof))))
     work()
     assert not proof.exists()
-    status, error = status_and_error(client, "pickled")
-    assert status == "FAILED"
-    assert error is not None and error["type"] == "DeserializationError"
+    assert client.get("/api/tasks/pickled/status").json()["status"] == "FAILED"
+    assert json.loads(redis.hget(job.key, "rqflow_error"))["type"] == "DeserializationError"
+    # Its data is not JSON, so the task cannot be shown; it is reported as such, never unpickled.
+    unreadable = client.get("/api/tasks/pickled")
+    assert unreadable.status_code == 500
+    assert unreadable.json()["type"] == "urn:rqflow:problem:unreadable-record"
+    assert not proof.exists()
 
 
 def test_a_tampered_callback_is_never_called(client: TestClient, redis: Redis, work: Any, tmp_path: Path) -> None:
