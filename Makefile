@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.dag
 	$(BIN)/python -m bench.chaos --duration 600
 
 clean:

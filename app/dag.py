@@ -19,11 +19,11 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
-from rq.registry import CanceledJobRegistry, DeferredJobRegistry, ReadyJobRegistry
+from rq.registry import CanceledJobRegistry, DeferredJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
-from app import keys
+from app import keys, release
 from app.model import Edge, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -215,29 +215,11 @@ def sweep(connection: Redis, queue_names: Iterable[str]) -> tuple[list[str], lis
             if verdict.met is False and verdict.blocking is not None:
                 if cancel_dependent(job, verdict.blocking.parent, verdict.blocking_status):
                     canceled += [job.id, *cascade(connection, job.id)]
-            elif verdict.met is True and not job.is_held_by_time() and _make_ready(connection, job, name):
-                enqueued.append(job.id)
+            elif verdict.met is True and not job.is_held_by_time():
+                enqueued += release.run(connection, [job.id])
     if canceled or enqueued:
         log.warning("dependency sweep repaired tasks: canceled %s, enqueued %s", canceled, enqueued)
     return canceled, enqueued
-
-
-def _make_ready(connection: Redis, job: Job, queue_name: str) -> bool:
-    from app.job import TaskJob
-
-    ready = ReadyJobRegistry(queue_name, connection=connection, job_class=TaskJob, serializer=JSONSerializer)
-    with connection.pipeline() as pipe:
-        try:
-            pipe.watch(job.key)
-            if pipe.hget(job.key, "status") != JobStatus.DEFERRED.value.encode():
-                pipe.unwatch()
-                return False
-            pipe.multi()
-            ready.register_jobs([job], pipeline=pipe)
-            pipe.execute()
-        except WatchError:
-            return False
-    return bool(ready.enqueue_jobs([job.id]))
 
 
 def topological_order(parents: dict[str, list[str]]) -> list[str]:

@@ -123,8 +123,8 @@ class Factory:
             description=f"{spec.type} {p.task_id}",
             depends_on=Dependency(
                 [e.parent for e in spec.dependencies],
-                # RQ knows one failure rule per job; TaskJob.dependencies_are_met applies the
-                # per-edge rule. RQ's own paths may only be stricter than ours, never looser.
+                # RQ knows one failure rule per job; rqflow releases dependents itself with the
+                # per-edge rule (app.release). RQ's own check may only be stricter, never looser.
                 allow_failure=all(e.allow_failure for e in spec.dependencies),
             )
             if spec.dependencies

@@ -15,8 +15,8 @@ from rq.queue import Queue
 from rq.results import Result
 from rq.utils import import_attribute
 
-from app import codec, history, keys
-from app.dag import edges_from_spec, judge, parent_statuses
+from app import codec, history, keys, release
+from app.dag import edges_from_spec
 from app.errors import UnreadableRecord
 from app.model import Backoff, Edge, Priority, Task, TaskError, TaskStatus
 
@@ -30,6 +30,10 @@ STATUS_EVENTS = {
     JobStatus.CANCELED: "canceled",
 }
 """RQ status changes that are events in a task's history (STARTED is recorded where it happens)."""
+
+RELEASING = frozenset({JobStatus.FINISHED, JobStatus.FAILED})
+"""Ends that may let dependents run (FAILED: through edges that allow failure). A STOPPED task was
+canceled on request and becomes CANCELED, which lets none run."""
 
 
 class ForbiddenJob(Exception):
@@ -136,33 +140,6 @@ class TaskJob(Job):
     def edges(self) -> tuple[Edge, ...]:
         return edges_from_spec(self.spec.get("dependencies", ()))
 
-    def dependencies_are_met(
-        self,
-        parent_job: Job | None = None,
-        pipeline: Pipeline | None = None,
-        exclude_job_id: str | None = None,
-        refresh_job_status: bool = True,
-    ) -> bool:
-        """Per edge, not per job as in RQ: a failed parent meets only an edge that allows failure.
-
-        RQ calls this when a parent ends, to decide whether to enqueue the child; with a pipeline
-        it WATCHes the parents so a concurrent change retries the decision.
-        """
-        if self.is_held_by_time():
-            return False
-        edges = [e for e in self.edges if e.parent != exclude_job_id]
-        if pipeline is not None and edges:
-            pipeline.watch(*(self.key_for(e.parent) for e in edges))
-        statuses = parent_statuses(self.connection, [e.parent for e in edges])
-        if parent_job is not None:
-            # RQ asks while the parent's own transaction is still open, so a parent that has not
-            # failed is the one finishing now (RQ's own check makes the same assumption).
-            known = parent_job.get_status(refresh=refresh_job_status)
-            if known not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-                known = JobStatus.FINISHED
-            statuses = [known if e.parent == parent_job.id else s for e, s in zip(edges, statuses, strict=True)]
-        return judge(edges, statuses).met is True
-
     def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
         super().prepare_for_execution(worker_name, pipeline)
         # Counted in the same transaction that marks the job started, so every start counts once.
@@ -173,6 +150,9 @@ class TaskJob(Job):
     def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
         """RQ's status change, plus the matching event in the task's history, in the same pipeline."""
         super().set_status(status, pipeline=pipeline)
+        if status in RELEASING:
+            # In the transaction that writes the end, so no child can miss it (app.release).
+            release.after_end(pipeline if pipeline is not None else self.connection, self.id)
         event = STATUS_EVENTS.get(status)
         if event is None or not self.record_status_events:
             return

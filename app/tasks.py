@@ -23,7 +23,7 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
-from app import history, keys, store
+from app import history, keys, release, store
 from app.dag import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
 from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound, UnreadableRecord
 from app.job import TaskJob
@@ -91,17 +91,16 @@ class TaskService:
                     if verdict.met is None:
                         job.set_status(JobStatus.DEFERRED, pipeline=pipe)
                     else:
-                        self._release_to_queue(job, pipe)
+                        pipe.hset(job.key, "status", JobStatus.DEFERRED.value)  # for a moment: no event
+                    # Where the sweep looks, should the script below not queue it after all.
+                    DeferredJobRegistry(job.origin, connection=self.connection).add(job, pipeline=pipe)
+                    # In the same transaction: queued now if its parents have all ended well, so one
+                    # that ended since they were read above is not missed.
+                    release.check(pipe, [task_id])
                     pipe.execute()
                     return
                 except WatchError:
                     continue
-
-    def _release_to_queue(self, job: TaskJob, pipe: Pipeline) -> None:
-        DeferredJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer).remove(
-            job, pipeline=pipe
-        )
-        self.submission.enqueue(job, pipe)
 
     # -- change -------------------------------------------------------------------------------
 
@@ -265,6 +264,8 @@ class TaskService:
                 job.set_status(JobStatus.DEFERRED, pipeline=pipe)
                 job.save(pipeline=pipe)
                 DeferredJobRegistry(job.origin, connection=self.connection).add(job, pipeline=pipe)
+                # A parent that ended since the verdict above releases it here, in this transaction.
+                release.check(pipe, [task_id])
             else:
                 job.ended_at = None
                 self.submission.enqueue(job, pipe)

@@ -59,10 +59,23 @@ def stopping(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
 
 
 @contextmanager
-def workers(url: str, worker_class: str, count: int, env: dict[str, str]) -> Iterator[None]:
+def workers(url: str, worker_class: str, count: int, env: dict[str, str], *flags: str) -> Iterator[None]:
     procs = [
         subprocess.Popen(
-            [str(BIN / "rq"), "worker", "-w", worker_class, "-S", "json", "--url", url, "high", "default", "low"],
+            [
+                str(BIN / "rq"),
+                "worker",
+                "-w",
+                worker_class,
+                "-S",
+                "json",
+                "--url",
+                url,
+                *flags,
+                "high",
+                "default",
+                "low",
+            ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,

@@ -3,3 +3,10 @@
 
 def noop() -> None:
     return None
+
+
+def sleep(ms: int) -> None:
+    """The plain-RQ baseline's job for a task of `duration_ms` = ms."""
+    import time
+
+    time.sleep(ms / 1000)

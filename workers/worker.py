@@ -43,14 +43,20 @@ ERROR_TYPES: dict[type[BaseException], str] = {
 
 
 class TaskQueue(Queue):
-    """RQ's queue, but the lock that lets one worker clean the registries expires in step with
-    rqflow's maintenance interval: RQ holds it 899 s, so a worker killed while cleaning would stop
-    every cleanup (and so the rescue of dead workers' tasks) for 15 minutes."""
+    """RQ's queue, but dependents are released by rqflow, and the lock that lets one worker clean the
+    registries expires in step with rqflow's maintenance interval: RQ holds it 899 s, so a worker
+    killed while cleaning would stop every cleanup (and so the rescue of dead workers' tasks) for
+    15 minutes."""
 
     maintenance_lock_s = 60
 
     def acquire_maintenance_lock(self) -> bool:
         return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=self.maintenance_lock_s))
+
+    def move_dependents_to_ready(self, job: Job, *args: Any, **kwargs: Any) -> dict[str, list[str]]:
+        """Nothing for RQ to move: a task's end releases its dependents in the same transaction
+        (app.release). RQ's two-step release could leave a child waiting for a maintenance pass."""
+        return {}
 
 
 class TaskWorkerMixin:
@@ -157,8 +163,8 @@ class TaskWorkerMixin:
         super().execute_job(job, queue)  # type: ignore[misc]
 
     def _enqueue_dependents_safely(self, queue: Queue, job: Job) -> None:
-        """RQ enqueues the dependents a parent's end lets run; before that, cancel the ones it
-        never will (RQ would leave them deferred forever, rq#1093)."""
+        """After a task's failure: the dependents it lets run were released with its end
+        (app.release); cancel the ones it never will (RQ would leave them deferred forever, rq#1093)."""
         if job.get_status(refresh=False) is JobStatus.STOPPED and isinstance(job, TaskJob):
             # rqflow stops a running task only to cancel it (RQ's stop command makes it STOPPED).
             job.record_error("canceled", "canceled on request while running")
@@ -172,7 +178,6 @@ class TaskWorkerMixin:
             except Exception:
                 # The maintenance sweep settles whatever this left pending.
                 log.exception("could not cancel the dependents of task %s", job.id)
-        super()._enqueue_dependents_safely(queue, job)  # type: ignore[misc]
 
     def clean_registries(self) -> None:
         """RQ's maintenance (which fails the jobs of dead workers), then settle every pending task

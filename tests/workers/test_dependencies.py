@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis import Redis
 from starlette.testclient import TestClient
 
 from app.settings import Settings
 from tests.support import get_task as get
 from tests.support import post_task as post
+from tests.support import rq_worker, wait_until
 from workers.worker import TaskSimpleWorker
 
 
@@ -117,7 +120,7 @@ def test_waiting_for_names_the_unfinished_dependencies(client: TestClient, redis
 
 
 def test_the_sweep_settles_what_a_crash_left_pending(
-    client: TestClient, redis: Redis, settings: Settings, work: Any
+    client: TestClient, redis: Redis, settings: Settings, work: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     post(client, {"id": "parent", "type": "echo"})
     post(client, {"id": "child", "type": "echo", "dependencies": ["parent"]})
@@ -133,6 +136,8 @@ def test_the_sweep_settles_what_a_crash_left_pending(
     assert get(client, "child")["status"] == "CANCELED"
     assert get(client, "orphan")["status"] == "QUEUED"
     assert client.get("/api/stats").json()["repairs"] == {"pending_canceled": 1, "pending_enqueued": 1}
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("repairs: {'pending_canceled': 1, 'pending_enqueued': 1" in m for m in logged), logged
     work()
     assert get(client, "orphan")["status"] == "COMPLETED"
 
@@ -151,3 +156,51 @@ def test_a_parent_failed_by_the_cleanup_of_a_dead_worker_cancels_its_children(
     waiting = get(client, "waiting")
     assert waiting["status"] == "CANCELED"
     assert waiting["error"]["type"] == "dependency_failed"
+
+
+def at(iso: str) -> datetime:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00"))  # Python 3.10 reads no "Z"
+
+
+def test_with_many_workers_no_child_waits_for_a_maintenance_pass(
+    client: TestClient, redis: Redis, settings: Settings
+) -> None:
+    """Wide layers of short tasks on eight forking workers: parents end together all the time.
+    Each child must be queued the moment its last parent ends (its own timestamps say when); one
+    that waited for a maintenance pass (every 30 s here) would show a gap of seconds."""
+    env = {"RQFLOW_MAINTENANCE_S": "30"}
+    workers = [rq_worker(str(settings.redis_url), env=env) for _ in range(8)]
+    try:
+        wait_until(lambda: redis.scard("rq:workers") == 8, timeout=30, what="eight workers")
+        width, layers = 16, 4
+        parents = {
+            f"L{n}-{i}": [f"L{n - 1}-{i}", f"L{n - 1}-{(i + 1) % width}"] if n else []
+            for n in range(layers)
+            for i in range(width)
+        }
+        batch = [
+            {"id": task_id, "type": "data_processing", "duration_ms": 10, "dependencies": ups}
+            for task_id, ups in parents.items()
+        ]
+        assert client.post("/api/tasks/batch", json={"tasks": batch}).status_code == 201
+        wait_until(
+            lambda: client.get("/api/stats").json()["tasks"]["COMPLETED"] == len(batch),
+            timeout=90,
+            interval=0.1,
+            what="the whole DAG",
+        )
+    finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(30)
+    tasks = {t["id"]: t for t in client.get("/api/tasks", params={"limit": 1000}).json()}
+    release_gaps, start_gaps = [], []
+    for task_id, ups in parents.items():
+        if ups:
+            last_end = max(at(tasks[p]["finished_at"]) for p in ups)
+            release_gaps.append((at(tasks[task_id]["queued_at"]) - last_end).total_seconds())
+            start_gaps.append((at(tasks[task_id]["started_at"]) - last_end).total_seconds())
+    assert max(release_gaps) < 1, sorted(release_gaps)[-5:]
+    assert max(start_gaps) < 5, sorted(start_gaps)[-5:]
+    assert client.get("/api/stats").json()["repairs"] == {}

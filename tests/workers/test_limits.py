@@ -39,14 +39,18 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return peak
 
 
+@pytest.mark.parametrize("released_by", ["submission", "a parent's end"])
 def test_a_limit_of_two_with_three_workers_runs_two_at_once_never_three(
-    limited_client: TestClient, limited: Settings, tmp_path: Path
+    limited_client: TestClient, limited: Settings, tmp_path: Path, released_by: str
 ) -> None:
     log = tmp_path / "runs.log"
+    # Dependents released together by their parent's end go through the same limit.
+    gate = {"dependencies": ["gate"]} if released_by == "a parent's end" else {}
+    if gate:
+        limited_client.post("/api/tasks", json={"id": "gate", "type": "echo"})
     for n in range(8):
-        limited_client.post(
-            "/api/tasks", json={"id": f"m{n}", "type": "mark", "payload": {"path": str(log), "seconds": 0.3}}
-        )
+        body = {"id": f"m{n}", "type": "mark", "payload": {"path": str(log), "seconds": 0.3}, **gate}
+        limited_client.post("/api/tasks", json=body)
     for n in range(4):
         limited_client.post("/api/tasks", json={"id": f"e{n}", "type": "echo"})
     workers = [rq_worker(str(limited.redis_url), env={"RQFLOW_TYPE_LIMITS": json.dumps(LIMITS)}) for _ in range(3)]
@@ -54,7 +58,7 @@ def test_a_limit_of_two_with_three_workers_runs_two_at_once_never_three(
 
         def all_done() -> bool:
             tasks = limited_client.get("/api/tasks").json()
-            return len(tasks) == 12 and all(t["status"] == "COMPLETED" for t in tasks)
+            return len(tasks) == 12 + len(gate) and all(t["status"] == "COMPLETED" for t in tasks)
 
         wait_until(all_done, timeout=60, interval=0.1, what="all tasks to complete")
     finally:
@@ -65,6 +69,9 @@ def test_a_limit_of_two_with_three_workers_runs_two_at_once_never_three(
     runs = [(float(line.split()[1]), float(line.split()[2])) for line in log.read_text().splitlines()]
     assert len(runs) == 8
     assert max_overlap(runs) == 2
+    if gate:
+        gate_end = limited_client.get("/api/tasks/gate").json()["finished_at"]
+        assert all(limited_client.get(f"/api/tasks/m{n}").json()["started_at"] >= gate_end for n in range(8))
     # The echo tasks did not wait behind the saturated type.
     last_mark = max(limited_client.get(f"/api/tasks/m{n}").json()["finished_at"] for n in range(8))
     assert all(limited_client.get(f"/api/tasks/e{n}").json()["finished_at"] < last_mark for n in range(4))

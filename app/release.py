@@ -1,0 +1,145 @@
+"""Releasing a pending task the moment its last parent ends: one Lua script decides and queues.
+
+RQ moves the dependents of a finished job to a "ready" registry inside the job's transaction and
+queues them in a second step that WATCHes that registry, a key shared by every job of the queue;
+when another worker touches it meanwhile, RQ skips the job "for now" and it waits for the next
+maintenance pass (RQ 3.0 `ReadyJobRegistry.enqueue_jobs`). With 8 workers that happened to one
+dependency hop in ten, for up to 17 s.
+
+Here a parent's end queues this script in the same MULTI/EXEC that writes the end
+(`TaskJob.set_status`), so the end and the check of every child's parents are one atomic step:
+of two parents ending at once, whichever transaction runs second sees both ended and queues the
+child, and a child is queued once, since only a PENDING one is touched. The same script serves a
+timed task whose time has come, a task retried while its parents run, and the repair sweep.
+
+A child whose type has a concurrency limit goes where RQ's `_enqueue_rate_limited_job` puts it:
+into its limit's waiting line, from which free slots are filled oldest first, as RQ's own
+acquire script does (the layout of `rq.rate_limit`, pinned by the limits tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from redis import Redis
+from rq.defaults import RQ_KEY_PREFIX
+from rq.job import Job
+from rq.queue import Queue
+from rq.rate_limit import RateLimitRegistry
+from rq.registry import DeferredJobRegistry
+from rq.utils import as_text, utcformat
+
+from app import history, keys
+
+# ARGV: now as RQ writes times, now (ms), parent id (or ""), then child ids when there is no parent,
+# after the key prefixes (see `_args`). Returns {queued ids, ids marked ready for a limited slot}.
+SCRIPT = """
+local now, now_ms, parent = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local job_prefix, deferred_prefix, queue_prefix, queues_key, rl_prefix, rl_keys, history_prefix, max_events =
+    ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local children
+if parent ~= '' then
+    children = redis.call('SMEMBERS', job_prefix .. parent .. ':dependents')
+else
+    children = {unpack(ARGV, 12)}
+end
+
+-- True when every edge lets the child run: a parent that finished (or expired after finishing)
+-- meets every edge, a failed or stopped one only an edge that allows failure, any other none yet.
+local function met(spec)
+    if type(spec.due_ms) == 'number' and spec.due_ms > now_ms then return false end
+    for _, edge in ipairs(type(spec.dependencies) == 'table' and spec.dependencies or {}) do
+        local id, allow_failure = edge, false
+        if type(edge) == 'table' then id, allow_failure = edge.id, edge.allow_failure == true end
+        local status = redis.call('HGET', job_prefix .. tostring(id), 'status')
+        if status and status ~= 'finished' then
+            if not ((status == 'failed' or status == 'stopped') and allow_failure) then return false end
+        end
+    end
+    return true
+end
+
+local function push(id, origin)
+    redis.call('SADD', queues_key, queue_prefix .. origin)
+    redis.call('RPUSH', queue_prefix .. origin, id)
+    redis.call('HSET', job_prefix .. id, 'status', 'queued', 'enqueued_at', now)
+end
+
+-- RQ's rate limit: the child joins its limit's waiting line, then free slots are filled oldest first.
+local function through_limit(id, limit, concurrency)
+    local allowed, waiting = rl_prefix .. limit .. ':allowed', rl_prefix .. limit .. ':rate_limited'
+    redis.call('SADD', rl_keys, limit)
+    redis.call('HSET', rl_prefix .. limit, 'concurrency', concurrency)
+    redis.call('HSET', job_prefix .. id, 'status', 'rate_limited')
+    redis.call('ZADD', waiting, math.floor(now_ms / 1000), id)
+    while redis.call('ZCARD', allowed) < tonumber(concurrency) do
+        local popped = redis.call('ZPOPMIN', waiting)
+        if #popped == 0 then break end
+        local f = redis.call('HMGET', job_prefix .. popped[1], 'origin', 'status')
+        if f[1] and f[2] == 'rate_limited' then
+            redis.call('ZADD', allowed, math.floor(now_ms / 1000), popped[1])
+            push(popped[1], f[1])
+        end
+    end
+end
+
+local released = {}
+for _, id in ipairs(children) do
+    local key = job_prefix .. id
+    local f = redis.call('HMGET', key, 'status', 'origin', 'rqflow_spec', 'rate_limit_key', 'rate_limit_concurrency',
+        'rqflow_attempts')
+    local ok, spec = pcall(cjson.decode, f[3] or '')
+    if f[1] == 'deferred' and f[2] and ok and type(spec) == 'table' and met(spec) then
+        redis.call('ZREM', deferred_prefix .. f[2], id)
+        redis.call('PERSIST', key)
+        if f[4] and f[4] ~= '' and tonumber(f[5]) then
+            through_limit(id, f[4], f[5])
+        else
+            push(id, f[2])
+        end
+        local event = {'event', 'queued', 'at_ms', tostring(now_ms)}
+        if tonumber(f[6]) and tonumber(f[6]) > 0 then
+            event[#event + 1] = 'attempt'
+            event[#event + 1] = f[6]
+        end
+        redis.call('XADD', history_prefix .. id, 'MAXLEN', max_events, '*', unpack(event))
+        released[#released + 1] = id
+    end
+end
+return released
+"""
+
+_PREFIXES = (
+    Job.redis_job_namespace_prefix,
+    DeferredJobRegistry.key_template.format(""),
+    Queue.redis_queue_namespace_prefix,
+    Queue.redis_queues_keys,
+    f"{RQ_KEY_PREFIX}:rl:",
+    RateLimitRegistry.rl_keys_key,
+    keys.history_key(""),
+    str(history.MAX_EVENTS),
+)
+
+
+def _args(parent: str, children: Sequence[str]) -> list[Any]:
+    now = datetime.now(timezone.utc)
+    return [utcformat(now), int(now.timestamp() * 1000), parent, *_PREFIXES, *children]
+
+
+def after_end(target: Any, parent: str) -> None:
+    """Queue the release of `parent`'s dependents on `target`: the pipeline (in MULTI) that writes
+    the parent's end, so that both are one atomic step; or a connection, right after that write."""
+    target.eval(SCRIPT, 0, *_args(parent, ()))
+
+
+def check(target: Any, children: Sequence[str]) -> None:
+    """Queue the release of those of `children` whose parents have all ended well on `target` (a
+    pipeline in MULTI, after the write that made them PENDING)."""
+    target.eval(SCRIPT, 0, *_args("", children))
+
+
+def run(connection: Redis, children: Sequence[str]) -> list[str]:
+    """Release those of `children` that may go now; returns their ids."""
+    return [as_text(i) for i in connection.eval(SCRIPT, 0, *_args("", children))]
