@@ -139,3 +139,8 @@ class JSONSerializer:
     @staticmethod
     def loads(raw: bytes | str) -> Any:
         return loads(raw)
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients may or may not decode replies)."""
+    return value.decode() if isinstance(value, bytes) else value

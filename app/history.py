@@ -9,10 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from rq.utils import as_text
-
 from app import codec, keys
-from app.timers import from_ms
+from app.clock import from_ms
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +67,7 @@ def events(entries: list[Any] | None) -> list[Event]:
     events = []
     for entry_id, raw in entries or []:
         try:
-            fields = {as_text(k): as_text(v) for k, v in (raw or {}).items()}
+            fields = {codec.text(k): codec.text(v) for k, v in (raw or {}).items()}
             events.append(
                 Event(
                     event=fields["event"],
@@ -81,5 +79,5 @@ def events(entries: list[Any] | None) -> list[Event]:
                 )
             )
         except (KeyError, ValueError, OverflowError) as error:
-            log.warning("history entry %s left out: %s: %s", as_text(entry_id), type(error).__name__, error)
+            log.warning("history entry %s left out: %s: %s", codec.text(entry_id), type(error).__name__, error)
     return events

@@ -9,8 +9,6 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from rq.job import JobStatus
-
 from app import codec
 
 MAX_MS = 10 * 365 * 86_400_000
@@ -33,27 +31,9 @@ class TaskStatus(str, Enum):
     def is_terminal(self) -> bool:
         return self in TERMINAL
 
-    @classmethod
-    def from_job_status(cls, status: JobStatus) -> TaskStatus:
-        return _FROM_JOB_STATUS[status]
-
 
 TERMINAL = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELED})
-
-_FROM_JOB_STATUS: dict[JobStatus, TaskStatus] = {
-    JobStatus.CREATED: TaskStatus.QUEUED,
-    JobStatus.QUEUED: TaskStatus.QUEUED,
-    JobStatus.READY_TO_ENQUEUE: TaskStatus.QUEUED,
-    # Waiting for a concurrency slot: queued behind its type's limit.
-    JobStatus.RATE_LIMITED: TaskStatus.QUEUED,
-    JobStatus.DEFERRED: TaskStatus.PENDING,
-    JobStatus.SCHEDULED: TaskStatus.SCHEDULED,
-    JobStatus.STARTED: TaskStatus.RUNNING,
-    JobStatus.FINISHED: TaskStatus.COMPLETED,
-    JobStatus.FAILED: TaskStatus.FAILED,
-    JobStatus.STOPPED: TaskStatus.FAILED,
-    JobStatus.CANCELED: TaskStatus.CANCELED,
-}
+"""The ended statuses: nothing happens to such a task unless someone retries it."""
 
 
 class Priority(str, Enum):

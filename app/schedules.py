@@ -22,13 +22,14 @@ from uuid import uuid4
 
 from redis import Redis
 from redis.client import Pipeline
-from rq.utils import as_text
 
-from app import codec, cron, keys, store
+from app import codec, cron, keys
+from app.clock import from_ms, to_ms
 from app.errors import FieldError, InvalidInput, ScheduleNotFound, TaskConflict, UnreadableRecord
+from app.jobs import store
+from app.jobs.tasks import TaskService
+from app.jobs.timers import Timer, arm
 from app.model import Backoff, Priority, TaskSpec
-from app.tasks import TaskService
-from app.timers import Timer, arm, from_ms, to_ms
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,9 @@ class ScheduleService:
         return _schedule(schedule_id, raw)
 
     def list_schedules(self) -> list[Schedule]:
-        ids = [as_text(i) for i in self.connection.zrevrange(keys.SCHEDULE_INDEX, 0, -1) if isinstance(i, bytes | str)]
+        ids = [
+            codec.text(i) for i in self.connection.zrevrange(keys.SCHEDULE_INDEX, 0, -1) if isinstance(i, bytes | str)
+        ]
         with self.connection.pipeline(transaction=False) as reads:
             for schedule_id in ids:
                 reads.hgetall(keys.schedule_key(schedule_id))
@@ -285,13 +288,13 @@ def _now() -> datetime:
 
 
 def _from_ms(raw: bytes | str | None) -> datetime | None:
-    text = as_text(raw) if raw else ""
+    text = codec.text(raw) if raw else ""
     return from_ms(int(text)) if text else None
 
 
 def _salvage(raw: dict[Any, Any]) -> tuple[int, datetime]:
     """Run count and creation time of a damaged schedule hash, where they still read."""
-    fields = {as_text(k): as_text(v) for k, v in raw.items()}
+    fields = {codec.text(k): codec.text(v) for k, v in raw.items()}
     runs = int(fields["runs"]) if fields.get("runs", "").isdigit() else 0
     created = fields.get("created_ms", "")
     return runs, from_ms(int(created)) if created.isdigit() and len(created) <= 15 else _now()
@@ -337,15 +340,15 @@ def _schedule(schedule_id: str, raw: dict[Any, Any]) -> Schedule:
 
 
 def _decode(schedule_id: str, raw: dict[Any, Any]) -> Schedule:
-    fields = {as_text(k): v for k, v in raw.items()}
+    fields = {codec.text(k): v for k, v in raw.items()}
     created = _from_ms(fields.get("created_ms")) or _now()
     return Schedule(
         id=schedule_id,
-        spec=_load_spec(as_text(fields["spec"])),
+        spec=_load_spec(codec.text(fields["spec"])),
         runs=int(fields.get("runs") or 0),
         created_at=created,
         updated_at=_from_ms(fields.get("updated_ms")) or created,
         last_run_at=_from_ms(fields.get("last_run_ms")),
-        next_run_ms=int(as_text(fields["next_run_ms"])) if fields.get("next_run_ms") else None,
-        last_error=as_text(fields["last_error"]) if fields.get("last_error") else None,
+        next_run_ms=int(codec.text(fields["next_run_ms"])) if fields.get("next_run_ms") else None,
+        last_error=codec.text(fields["last_error"]) if fields.get("last_error") else None,
     )

@@ -23,10 +23,10 @@ from rq.job import Dependency
 from rq.serializers import JSONSerializer
 from rq.utils import str_to_date
 
+from app.jobs.tasks import TaskService
 from app.model import Edge, TaskSpec
 from app.registry import load_registry
 from app.settings import Settings
-from app.tasks import TaskService
 from bench.__main__ import WORKER_CLASSES, workers
 from tests.support import ROOT, RedisServer
 

@@ -19,11 +19,11 @@ from typing import Any
 from rq.job import Job
 from rq.queue import Queue
 
+from app.jobs.tasks import TaskService
+from app.jobs.timers import Timer, TimerJob
 from app.registry import load_registry
 from app.schedules import ScheduleService
 from app.settings import get_settings
-from app.tasks import TaskService
-from app.timers import Timer, TimerJob
 
 __all__ = ["FireQueue", "TimerJob", "fire"]
 

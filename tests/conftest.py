@@ -10,9 +10,9 @@ from redis import Redis
 from starlette.testclient import TestClient
 
 from app.api.main import create_app
+from app.jobs.tasks import TaskService
 from app.registry import Registry, load_registry
 from app.settings import Settings
-from app.tasks import TaskService
 from tests.support import RedisServer
 from workers.worker import TaskSimpleWorker
 

@@ -39,3 +39,8 @@ def mark(payload: dict[str, Any], ctx: TaskContext) -> float:
     with Path(payload["path"]).open("a") as log:
         log.write(f"{ctx.task_id} {start} {time.time()}\n")
     return start
+
+
+def plain(**kwargs: Any) -> dict[str, Any]:
+    """A plain RQ job function (no task type), for jobs RQ's own Queue and Worker handle end to end."""
+    return kwargs

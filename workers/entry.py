@@ -6,7 +6,7 @@ from typing import Any
 
 from rq import get_current_job
 
-from app.job import TaskJob
+from app.jobs.job import TaskJob
 from app.registry import Registry, TaskContext
 from app.settings import Settings
 

@@ -23,13 +23,13 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import SimpleWorker, Worker
 
 from app import history, keys
-from app.dag import cascade
 from app.errors import UnknownTaskType
-from app.job import ForbiddenJob, TaskJob
+from app.jobs.dependencies import cascade
+from app.jobs.job import ForbiddenJob, TaskJob
+from app.jobs.repair import repair
+from app.jobs.tasks import TaskService
 from app.registry import load_registry
-from app.repair import repair
 from app.settings import Settings, get_settings
-from app.tasks import TaskService
 from workers import entry
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class TaskQueue(Queue):
 
     def move_dependents_to_ready(self, job: Job, *args: Any, **kwargs: Any) -> dict[str, list[str]]:
         """Nothing for RQ to move: a task's end releases its dependents in the same transaction
-        (app.release). RQ's two-step release could leave a child waiting for a maintenance pass."""
+        (app.jobs.release). RQ's two-step release could leave a child waiting for a maintenance pass."""
         return {}
 
 
@@ -164,7 +164,7 @@ class TaskWorkerMixin:
 
     def _enqueue_dependents_safely(self, queue: Queue, job: Job) -> None:
         """After a task's failure: the dependents it lets run were released with its end
-        (app.release); cancel the ones it never will (RQ would leave them deferred forever, rq#1093)."""
+        (app.jobs.release); cancel the ones it never will (RQ would leave them deferred forever, rq#1093)."""
         if job.get_status(refresh=False) is JobStatus.STOPPED and isinstance(job, TaskJob):
             # rqflow stops a running task only to cancel it (RQ's stop command makes it STOPPED).
             job.record_error("canceled", "canceled on request while running")

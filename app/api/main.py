@@ -19,10 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import HANDLERS, problem
 from app.api.routes import BATCH_PATH, ROUTES
+from app.jobs.tasks import TaskService
 from app.registry import load_registry
 from app.schedules import ScheduleService
 from app.settings import Settings
-from app.tasks import TaskService
 
 
 def connect(settings: Settings) -> Redis:

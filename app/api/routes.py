@@ -11,16 +11,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app import codec, stats
+from app import codec
 from app.api.problems import parse_json
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
+from app.clock import iso
 from app.errors import FieldError, InvalidInput
+from app.jobs import stats
+from app.jobs.submission import MAX_BATCH, gc_paused
+from app.jobs.tasks import MAX_LIST_LIMIT, TaskService
 from app.model import TaskSpec, TaskStatus
 from app.registry import Registry
 from app.schedules import ScheduleService
-from app.store import iso
-from app.submission import MAX_BATCH, gc_paused
-from app.tasks import MAX_LIST_LIMIT, TaskService
 
 BATCH_PATH = "/api/tasks/batch"
 BATCH_MEMBERS = TypeAdapter(list[TaskIn])

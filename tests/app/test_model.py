@@ -2,15 +2,7 @@ from __future__ import annotations
 
 import random
 
-import pytest
-from rq.job import JobStatus
-
 from app.model import Backoff, Priority, TaskSpec, TaskStatus
-
-
-@pytest.mark.parametrize("job_status", list(JobStatus))
-def test_every_rq_status_maps_to_a_task_status(job_status: JobStatus) -> None:
-    assert isinstance(TaskStatus.from_job_status(job_status), TaskStatus)
 
 
 def test_terminal_statuses() -> None:

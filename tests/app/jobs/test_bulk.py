@@ -6,7 +6,7 @@ import pytest
 from redis import Redis
 from redis.exceptions import ResponseError, WatchError
 
-from app.bulk import FastTransaction
+from app.jobs.bulk import FastTransaction
 
 
 def test_writes_apply_together_and_replies_come_back_raw(redis: Redis) -> None:

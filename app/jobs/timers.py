@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from redis import Redis
@@ -56,15 +55,6 @@ class Timer:
     def from_job(cls, job: Job) -> Timer:
         kwargs = job.kwargs
         return cls(kind=str(kwargs["kind"]), ref=str(kwargs["ref"]), at_ms=int(kwargs["at_ms"]))
-
-
-def to_ms(at: datetime) -> int:
-    """A time in epoch milliseconds, rounded up: whatever waits for a due time never starts early."""
-    return math.ceil(at.timestamp() * 1000)
-
-
-def from_ms(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
 def hold(connection: Redis, task_id: str, due_ms: int, pipeline: Pipeline) -> None:

@@ -26,15 +26,18 @@ from rq.queue import Queue
 from rq.registry import CanceledJobRegistry, DeferredJobRegistry
 from rq.serializers import JSONSerializer
 
-from app import keys, store
-from app.bulk import FastTransaction
-from app.dag import DependencyCycle, dependency_failed_error, edge_met, parent_statuses, topological_order
+from app import keys
+from app.clock import to_ms
 from app.errors import FieldError, InvalidTask, SubmissionInProgress, TaskConflict, UnknownTaskType
-from app.factory import Factory, Planned, Shapes
-from app.job import TaskJob
+from app.graph import DependencyCycle, dependency_failed_error, edge_met, topological_order
+from app.jobs import store
+from app.jobs.bulk import FastTransaction
+from app.jobs.dependencies import parent_statuses
+from app.jobs.factory import Factory, Planned, Shapes
+from app.jobs.job import TaskJob
+from app.jobs.timers import hold
 from app.model import Priority, Task, TaskSpec, TaskStatus
 from app.registry import Registry
-from app.timers import hold, to_ms
 
 MAX_BATCH = 10_000
 
@@ -179,7 +182,7 @@ class Submission:
             ) from None
         return [planned[i] for i in order]
 
-    def _check_parents_exist(self, plan: list[Planned], statuses: dict[str, JobStatus | None], batch: bool) -> None:
+    def _check_parents_exist(self, plan: list[Planned], statuses: dict[str, TaskStatus | None], batch: bool) -> None:
         missing = [
             FieldError(_where(batch, p.index, f"dependencies.{n}"), f"task {p.task_id!r}: no task with id {e.parent!r}")
             for p in plan
@@ -203,7 +206,7 @@ class Submission:
         return [by_id[p.task_id] for p in sorted(plan, key=lambda p: p.index)]
 
     def _write_all(
-        self, plan: list[Planned], outside: dict[str, JobStatus | None], pipe: FastTransaction, dry_run: bool
+        self, plan: list[Planned], outside: dict[str, TaskStatus | None], pipe: FastTransaction, dry_run: bool
     ) -> list[tuple[Planned, Placement]]:
         """Queue every write on `pipe` (after MULTI), parents before children; returns where
         each task went."""
@@ -296,7 +299,7 @@ class Submission:
             self._register_dependency(p, pipe, indexes, job.created_at.timestamp())
         hold(self.connection, job.id, due_ms, pipe)
 
-    def _store_canceled(self, job: TaskJob, parent: str, parent_status: JobStatus | None, pipe: Any) -> dict[str, str]:
+    def _store_canceled(self, job: TaskJob, parent: str, parent_status: TaskStatus | None, pipe: Any) -> dict[str, str]:
         error = dependency_failed_error(parent, parent_status)
         job.error = error
         job.set_status(JobStatus.CANCELED, pipeline=pipe)
@@ -334,13 +337,13 @@ def gc_paused() -> Iterator[None]:
 
 
 def _verdict(
-    p: Planned, outside: dict[str, JobStatus | None], canceled: set[str]
-) -> tuple[tuple[str, JobStatus | None] | None, bool]:
+    p: Planned, outside: dict[str, TaskStatus | None], canceled: set[str]
+) -> tuple[tuple[str, TaskStatus | None] | None, bool]:
     """(the parent that dooms the task and its status, or None; whether it waits on a parent)."""
     waiting = False
     for edge in p.spec.dependencies:
         if edge.parent in canceled:
-            return (edge.parent, JobStatus.CANCELED), waiting
+            return (edge.parent, TaskStatus.CANCELED), waiting
         if edge.parent not in outside:
             waiting = True  # a parent in this batch has not run yet
             continue

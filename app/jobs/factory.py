@@ -22,8 +22,9 @@ from rq.rate_limit import RateLimit
 from rq.utils import utcformat
 
 from app import codec, keys
-from app.job import STATUS_EVENTS, TaskJob
-from app.model import Backoff, Task, TaskError, TaskSpec, TaskStatus
+from app.jobs.job import STATUS_EVENTS, TaskJob
+from app.jobs.status import task_status
+from app.model import Backoff, Task, TaskError, TaskSpec
 from app.registry import TaskType
 
 OWN_FIELDS = frozenset(
@@ -124,7 +125,7 @@ class Factory:
             depends_on=Dependency(
                 [e.parent for e in spec.dependencies],
                 # RQ knows one failure rule per job; rqflow releases dependents itself with the
-                # per-edge rule (app.release). RQ's own check may only be stricter, never looser.
+                # per-edge rule (app.jobs.release). RQ's own check may only be stricter, never looser.
                 allow_failure=all(e.allow_failure for e in spec.dependencies),
             )
             if spec.dependencies
@@ -151,7 +152,7 @@ class Factory:
     ) -> Task:
         """The task as just submitted (what TaskJob.to_task reads back from Redis)."""
         spec = p.spec
-        task_status = TaskStatus.from_job_status(status)
+        shown = task_status(status)
         return Task(
             id=p.task_id,
             type=spec.type,
@@ -165,13 +166,13 @@ class Factory:
             max_attempts=p.max_attempts,
             backoff=p.backoff,
             timeout_ms=p.timeout_ms,
-            status=task_status,
+            status=shown,
             attempts=0,
             created_at=created_at,
             updated_at=queued_at or created_at,
             queued_at=queued_at,
             started_at=None,
-            finished_at=created_at if task_status.is_terminal else None,
+            finished_at=created_at if shown.is_terminal else None,
             result=None,
             error=TaskError(type=error.get("type", "error"), message=error.get("message", "")) if error else None,
             worker=None,

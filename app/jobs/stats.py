@@ -20,7 +20,7 @@ from rq.utils import as_text
 from rq.worker import Worker
 
 from app import keys
-from app.job import TaskJob
+from app.jobs.job import TaskJob
 
 WINDOW_S = 60
 

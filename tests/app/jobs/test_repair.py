@@ -8,8 +8,8 @@ import pytest
 from redis import Redis
 from starlette.testclient import TestClient
 
-from app import repair
-from app.tasks import TaskService
+from app.jobs import repair
+from app.jobs.tasks import TaskService
 
 
 def test_a_queued_task_found_in_no_queue_is_queued_again(

@@ -9,8 +9,8 @@ from redis import Redis
 
 from app import keys
 from app.errors import SubmissionInProgress
+from app.jobs.tasks import TaskService
 from app.model import Edge, TaskSpec
-from app.tasks import TaskService
 
 
 def test_the_same_batch_sent_twice_at_once_is_created_exactly_once(service: TaskService, redis: Redis) -> None:

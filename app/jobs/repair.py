@@ -1,7 +1,7 @@
 """The reconciler: finds tasks whose Redis state is inconsistent after a crash and repairs them.
 
 It runs in the workers' maintenance pass (one worker at a time), never on a request path:
-- PENDING tasks whose parents have all ended: canceled or enqueued (`dag.sweep`);
+- PENDING tasks whose parents have all ended: canceled or enqueued (`dependencies.sweep`);
 - tasks held for a start time that passed while no scheduler ran: released;
 - QUEUED tasks in no queue (a worker died between popping one and starting it): queued again;
 - RUNNING tasks whose worker died are RQ's to find (its started-registry cleanup, with rqflow's
@@ -19,9 +19,10 @@ from rq.executions import ExecutionRegistry
 from rq.job import JobStatus
 from rq.utils import as_text, str_to_date
 
-from app import dag, history, keys
-from app.job import TaskJob
-from app.tasks import TaskService
+from app import history, keys
+from app.jobs import dependencies
+from app.jobs.job import TaskJob
+from app.jobs.tasks import TaskService
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ SEARCH_BUDGET = 100
 
 def repair(service: TaskService, queue_names: Iterable[str]) -> dict[str, int]:
     connection = service.connection
-    canceled, enqueued = dag.sweep(connection, queue_names)
+    canceled, enqueued = dependencies.sweep(connection, queue_names)
     counts = {"pending_canceled": len(canceled), "pending_enqueued": len(enqueued)}
     counts["held_released"] = _release_overdue(service)
     counts["queued_requeued"] = _requeue_lost(service)

@@ -12,9 +12,10 @@ import fakeredis
 import pytest
 from rq.job import JobStatus
 
-from app import keys, store
-from app.factory import Factory, Planned, Shapes
-from app.job import TaskJob
+from app import keys
+from app.jobs import store
+from app.jobs.factory import Factory, Planned, Shapes
+from app.jobs.job import TaskJob
 from app.model import Backoff, Edge, Priority, TaskSpec
 from app.registry import load_registry
 

@@ -15,9 +15,11 @@ from rq.queue import Queue
 from rq.results import Result
 from rq.utils import import_attribute
 
-from app import codec, history, keys, release
-from app.dag import edges_from_spec
+from app import codec, history, keys
 from app.errors import UnreadableRecord
+from app.graph import edges_from_spec
+from app.jobs import release
+from app.jobs.status import task_status
 from app.model import Backoff, Edge, Priority, Task, TaskError, TaskStatus
 
 STATUS_EVENTS = {
@@ -94,7 +96,9 @@ class TaskJob(Job):
 
     @classmethod
     def dependencies_key_for(cls, job_id: str) -> str:
-        """RQ's `dependencies_key` (an instance property there), for a job not built as an object."""
+        """RQ's `dependencies_key` (an instance property there), for a job not built as an object.
+        RQ 3.0 spells it with two colons (`rq:job::<id>:dependencies`); tests/app/jobs/test_rq_layout.py
+        holds it to RQ's own."""
         return f"{cls.redis_job_namespace_prefix}:{job_id}:dependencies"
 
     # -- rqflow's fields -----------------------------------------------------------------------
@@ -151,7 +155,7 @@ class TaskJob(Job):
         """RQ's status change, plus the matching event in the task's history, in the same pipeline."""
         super().set_status(status, pipeline=pipeline)
         if status in RELEASING:
-            # In the transaction that writes the end, so no child can miss it (app.release).
+            # In the transaction that writes the end, so no child can miss it (app.jobs.release).
             release.after_end(pipeline if pipeline is not None else self.connection, self.id)
         event = STATUS_EVENTS.get(status)
         if event is None or not self.record_status_events:
@@ -228,7 +232,7 @@ class TaskJob(Job):
 
     def _to_task(self, latest: Result | None) -> Task:
         spec = self.spec
-        status = TaskStatus.from_job_status(self.get_status(refresh=False))
+        status = task_status(self.get_status(refresh=False))
         kwargs = self.kwargs
         times = [t for t in (self.created_at, self.enqueued_at, self.started_at, self.ended_at) if t]
         finished = status.is_terminal

@@ -23,14 +23,17 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
-from app import history, keys, release, store
-from app.dag import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
+from app import history, keys
+from app.clock import from_ms, iso, to_ms
 from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound, UnreadableRecord
-from app.job import TaskJob
+from app.jobs import release, store
+from app.jobs.dependencies import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
+from app.jobs.job import TaskJob
+from app.jobs.status import task_status
+from app.jobs.submission import Submission
+from app.jobs.timers import hold
 from app.model import Priority, Task, TaskChanges, TaskSpec, TaskStatus
 from app.registry import Registry
-from app.submission import Submission
-from app.timers import from_ms, hold, to_ms
 
 MAX_LIST_LIMIT = 1000
 SCAN_BUDGET = 5000
@@ -142,7 +145,7 @@ class TaskService:
         return job
 
     def _check_changeable(self, job: TaskJob) -> None:
-        status = TaskStatus.from_job_status(job.get_status(refresh=False))
+        status = task_status(job.get_status(refresh=False))
         if job.attempts or status not in (TaskStatus.PENDING, TaskStatus.SCHEDULED, TaskStatus.QUEUED):
             raise TaskConflict(
                 f"task {job.id!r} is {status.value} and has started; only a task that has not can change"
@@ -219,8 +222,8 @@ class TaskService:
         for _ in range(200):
             job = self._job(task_id)
             status = job.get_status(refresh=False)
-            if TaskStatus.from_job_status(status).is_terminal:
-                raise TaskConflict(f"task {task_id!r} is already {TaskStatus.from_job_status(status).value}")
+            if task_status(status).is_terminal:
+                raise TaskConflict(f"task {task_id!r} is already {task_status(status).value}")
             if status is JobStatus.STARTED:
                 try:
                     send_stop_job_command(self.connection, task_id, serializer=JSONSerializer)
@@ -245,8 +248,7 @@ class TaskService:
         status = job.get_status(refresh=False)
         if status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             raise TaskConflict(
-                f"only a FAILED or CANCELED task can be retried; {task_id!r} is "
-                f"{TaskStatus.from_job_status(status).value}"
+                f"only a FAILED or CANCELED task can be retried; {task_id!r} is {task_status(status).value}"
             )
         verdict = judge_now(self.connection, job.edges)
         if verdict.met is False and verdict.blocking is not None:
@@ -281,7 +283,7 @@ class TaskService:
             job.to_task()  # decodes every part of the record the steps below read
         except UnreadableRecord:
             return self._remove_unreadable(task_id)
-        if not TaskStatus.from_job_status(job.get_status(refresh=False)).is_terminal:
+        if not task_status(job.get_status(refresh=False)).is_terminal:
             self.cancel(task_id)
             deadline = time.monotonic() + 10
             while not self.get_status(task_id).is_terminal and time.monotonic() < deadline:
@@ -361,20 +363,20 @@ class TaskService:
                 }
             }
         if status is JobStatus.SCHEDULED and job.is_held_by_time():
-            return {"time": store.iso(from_ms(int(job.spec["due_ms"])))}
+            return {"time": iso(from_ms(int(job.spec["due_ms"])))}
         if status is JobStatus.SCHEDULED:
             # Waiting for a retry's backoff, in RQ's scheduled registry.
             registry = ScheduledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer)
             score = self.connection.zscore(registry.key, job.id)
             due = datetime.fromtimestamp(score, tz=timezone.utc) if score is not None else None
-            return {"time": store.iso(due) if due else None}
+            return {"time": iso(due) if due else None}
         return {"worker": {"queue": job.origin, "queued": self.queues[Priority(job.origin)].count}}
 
     def get_status(self, task_id: str) -> TaskStatus:
         raw = self.connection.hget(TaskJob.key_for(task_id), "status")
         if raw is None:
             raise TaskNotFound(task_id)
-        return TaskStatus.from_job_status(JobStatus(as_text(raw)))
+        return task_status(JobStatus(as_text(raw)))
 
     def list_tasks(
         self,
@@ -436,10 +438,7 @@ class TaskService:
             for task_id in ids:
                 reads.hget(TaskJob.key_for(task_id), "status")
             raw = reads.execute()
-        return [
-            None if r is None else (status is None or TaskStatus.from_job_status(JobStatus(as_text(r))) is status)
-            for r in raw
-        ]
+        return [None if r is None else (status is None or task_status(JobStatus(as_text(r))) is status) for r in raw]
 
     def _load(self, ids: Sequence[str]) -> list[store.Loaded | None]:
         return store.load(self.connection, ids)

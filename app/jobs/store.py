@@ -6,7 +6,6 @@ import logging
 import zlib
 from collections.abc import Sequence
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any
 
 from redis import Redis
@@ -16,7 +15,7 @@ from rq.serializers import JSONSerializer
 
 from app import codec, keys
 from app.errors import UnreadableRecord
-from app.job import TaskJob
+from app.jobs.job import TaskJob
 from app.model import Priority
 
 log = logging.getLogger(__name__)
@@ -89,9 +88,3 @@ def index_member(created_at: datetime, task_id: str) -> str:
     """`<created µs>:<id>`: list-index members sort by creation, then id."""
     micros = int(created_at.replace(tzinfo=created_at.tzinfo or timezone.utc).timestamp() * 1_000_000)
     return f"{micros:020d}:{task_id}"
-
-
-@lru_cache(maxsize=256)
-def iso(at: datetime) -> str:
-    """RFC 3339 in UTC to the millisecond. Cached: the tasks of one batch share their times."""
-    return at.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -7,9 +7,9 @@ import pytest
 
 from app import keys
 from app.errors import InvalidInput, TaskNotFound
+from app.jobs.tasks import TaskService
 from app.model import TaskSpec
 from app.registry import load_registry
-from app.tasks import TaskService
 
 
 @pytest.fixture

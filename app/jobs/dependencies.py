@@ -1,10 +1,9 @@
-"""Dependencies between tasks: when an edge is met, the cascade of a failed parent, and the sweep
-that repairs what a crash interrupted.
+"""Dependencies in Redis: the parents' statuses, the cascade of a failed parent, the re-arming of a
+retried one, and the sweep that repairs what a crash interrupted (the rules are `app.graph`'s).
 
 RQ leaves the dependents of a failed parent deferred forever (rq#1093) and knows failure tolerance
-only per job, not per dependency. rqflow decides per edge: a parent that COMPLETED meets every edge;
-one that FAILED meets only edges with `allow_failure`; one that was CANCELED meets none. A child
-with an edge that can no longer be met is CANCELED at once, and so on down the graph.
+only per job, not per dependency. A child with an edge that can no longer be met is CANCELED at
+once, and so on down the graph.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from redis import Redis
 from redis.client import Pipeline
@@ -23,67 +21,27 @@ from rq.registry import CanceledJobRegistry, DeferredJobRegistry
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
-from app import keys, release
+from app import keys
+from app.graph import Verdict, dependency_failed_error, edge_met, judge
+from app.jobs import release
+from app.jobs.job import TaskJob
+from app.jobs.status import task_status
 from app.model import Edge, TaskStatus
 
 log = logging.getLogger(__name__)
 
-FAILED_LIKE = frozenset({JobStatus.FAILED, JobStatus.STOPPED})
 WAITING = frozenset({JobStatus.DEFERRED, JobStatus.SCHEDULED})
 """States of a task that has dependencies and has not been released to a queue: the ones a
 failed parent can still cancel. (A timed task with dependencies is SCHEDULED until its time.)"""
 
 
-def edge_met(status: JobStatus | None, allow_failure: bool) -> bool | None:
-    """True: this edge lets the child run. False: it never will. None: not yet decided."""
-    if status is None or status is JobStatus.FINISHED:
-        # A parent that no longer exists expired after it finished (RQ treats it the same way).
-        return True
-    if status in FAILED_LIKE:
-        return allow_failure
-    if status is JobStatus.CANCELED:
-        return False
-    return None
-
-
-def edges_from_spec(raw: Iterable[object]) -> tuple[Edge, ...]:
-    """Edges as stored in a task's spec: `{"id", "allow_failure"}` objects (or bare ids)."""
-    edges = []
-    for item in raw:
-        if isinstance(item, dict):
-            edges.append(Edge(parent=str(item["id"]), allow_failure=bool(item.get("allow_failure"))))
-        else:
-            edges.append(Edge(parent=str(item)))
-    return tuple(edges)
-
-
-def parent_statuses(connection: Redis, parents: Sequence[str]) -> list[JobStatus | None]:
-    """The RQ status of each parent, None for one that does not exist, in one round trip."""
+def parent_statuses(connection: Redis, parents: Sequence[str]) -> list[TaskStatus | None]:
+    """The status of each parent, None for one that does not exist, in one round trip."""
     with connection.pipeline(transaction=False) as reads:
         for parent in parents:
             reads.hget(Job.key_for(parent), "status")
         raw = reads.execute()
-    return [JobStatus(as_text(r)) if r else None for r in raw]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    met: bool | None
-    """True: every edge is met. False: one never will be. None: some are still open."""
-    blocking: Edge | None = None
-    blocking_status: JobStatus | None = None
-    open: tuple[str, ...] = ()
-
-
-def judge(edges: Sequence[Edge], statuses: Sequence[JobStatus | None]) -> Verdict:
-    open_parents = []
-    for edge, status in zip(edges, statuses, strict=True):
-        met = edge_met(status, edge.allow_failure)
-        if met is False:
-            return Verdict(False, blocking=edge, blocking_status=status)
-        if met is None:
-            open_parents.append(edge.parent)
-    return Verdict(None, open=tuple(open_parents)) if open_parents else Verdict(True)
+    return [task_status(JobStatus(as_text(r))) if r else None for r in raw]
 
 
 def judge_now(connection: Redis, edges: Sequence[Edge]) -> Verdict:
@@ -91,13 +49,7 @@ def judge_now(connection: Redis, edges: Sequence[Edge]) -> Verdict:
     return judge(edges, parent_statuses(connection, [e.parent for e in edges]))
 
 
-def dependency_failed_error(parent: str, status: JobStatus | None) -> dict[str, str]:
-    shown = TaskStatus.from_job_status(status).value if status else "missing"
-    # `dependency` lets a retry of the parent find and re-arm the tasks it took down.
-    return {"type": "dependency_failed", "message": f"dependency {parent!r} ended {shown}", "dependency": parent}
-
-
-def cancel_dependent(job: Job, parent: str, parent_status: JobStatus | None) -> bool:
+def cancel_dependent(job: Job, parent: str, parent_status: TaskStatus | None) -> bool:
     """Cancel a waiting task because `parent` can no longer meet its edge; False if it was not waiting."""
     return cancel_task(job, dependency_failed_error(parent, parent_status), only=WAITING)
 
@@ -141,8 +93,6 @@ def cancel_task(job: Job, error: dict[str, str], only: frozenset[JobStatus] = CA
 def rearm(connection: Redis, parent: str, pipe: Pipeline) -> list[str]:
     """Put back to PENDING (on `pipe`, in MULTI) the tasks below `parent` that were canceled because of
     it, recursively, unless another of their parents still stands in the way. Returns their ids."""
-    from app.job import TaskJob
-
     rearmed: list[str] = []
     todo = [parent]
     while todo:
@@ -175,8 +125,6 @@ def cascade(connection: Redis, parent: str) -> list[str]:
 
     Call after `parent` ended FAILED, STOPPED or CANCELED. Returns the canceled ids.
     """
-    from app.job import TaskJob
-
     canceled: list[str] = []
     todo = [parent]
     while todo:
@@ -201,8 +149,6 @@ def sweep(connection: Redis, queue_names: Iterable[str]) -> tuple[list[str], lis
     The worker cascades as a parent ends, so this only finds what a crash interrupted or what RQ's
     own paths (e.g. its cleanup of a dead worker's job) left behind. Returns (canceled, enqueued).
     """
-    from app.job import TaskJob
-
     canceled: list[str] = []
     enqueued: list[str] = []
     for name in queue_names:
@@ -220,47 +166,3 @@ def sweep(connection: Redis, queue_names: Iterable[str]) -> tuple[list[str], lis
     if canceled or enqueued:
         log.warning("dependency sweep repaired tasks: canceled %s, enqueued %s", canceled, enqueued)
     return canceled, enqueued
-
-
-def topological_order(parents: dict[str, list[str]]) -> list[str]:
-    """Ids ordered so that every task comes after its parents (edges to ids not in `parents` are
-    ignored); raises DependencyCycle with the ids of one cycle when there is one."""
-    children: dict[str, list[str]] = {node: [] for node in parents}
-    waiting = {node: 0 for node in parents}
-    for node, ups in parents.items():
-        for up in ups:
-            if up in parents:
-                children[up].append(node)
-                waiting[node] += 1
-    ready = [node for node, count in waiting.items() if count == 0]
-    order = []
-    while ready:
-        node = ready.pop()
-        order.append(node)
-        for child in children[node]:
-            waiting[child] -= 1
-            if waiting[child] == 0:
-                ready.append(child)
-    if len(order) < len(parents):
-        raise DependencyCycle(_a_cycle({n for n, c in waiting.items() if c}, parents))
-    return order
-
-
-class DependencyCycle(Exception):
-    """Raised when tasks depend on each other in a circle; `ids` lists one such circle in order."""
-
-    def __init__(self, ids: list[str]) -> None:
-        super().__init__(" -> ".join([*ids, ids[0]]))
-        self.ids = ids
-
-
-def _a_cycle(stuck: set[str], parents: dict[str, list[str]]) -> list[str]:
-    # Every stuck node has a stuck parent, so walking up from any of them must revisit a node.
-    path: list[str] = []
-    seen: dict[str, int] = {}
-    node = next(iter(sorted(stuck)))
-    while node not in seen:
-        seen[node] = len(path)
-        path.append(node)
-        node = next(up for up in parents[node] if up in stuck)
-    return path[seen[node] :][::-1]

@@ -11,9 +11,10 @@ from redis import Redis
 from rq.job import JobStatus
 from starlette.testclient import TestClient
 
-from app import dag, tasks
-from app.job import TaskJob
-from app.tasks import TaskService
+from app.graph import Verdict
+from app.jobs import dependencies, tasks
+from app.jobs.job import TaskJob
+from app.jobs.tasks import TaskService
 from tests.support import wait_until
 
 
@@ -84,9 +85,9 @@ def test_a_timed_child_whose_parent_ends_while_its_timer_fires_is_queued(
     due_ms = TaskJob.fetch("C", connection=redis).spec["due_ms"]
     wait_until(lambda: time.time() * 1000 > due_ms, timeout=5, what="C's start time")
 
-    real_judge_now: Callable[..., dag.Verdict] = dag.judge_now
+    real_judge_now: Callable[..., Verdict] = dependencies.judge_now
 
-    def parent_ends_right_after_being_read(*args: Any) -> dag.Verdict:
+    def parent_ends_right_after_being_read(*args: Any) -> Verdict:
         verdict = real_judge_now(*args)  # A is still running: the timer will leave C pending...
         end_transaction(redis, a, JobStatus.FINISHED).execute()  # ...and A ends before it commits
         return verdict
@@ -103,9 +104,9 @@ def test_a_task_retried_while_its_parent_ends_is_queued(
     client.post("/api/tasks", json={"id": "C", "type": "echo", "dependencies": ["A"]})
     (a,) = start(redis, "A")
     client.post("/api/tasks/C/cancel")
-    real_judge_now: Callable[..., dag.Verdict] = dag.judge_now
+    real_judge_now: Callable[..., Verdict] = dependencies.judge_now
 
-    def parent_ends_right_after_being_read(*args: Any) -> dag.Verdict:
+    def parent_ends_right_after_being_read(*args: Any) -> Verdict:
         verdict = real_judge_now(*args)
         end_transaction(redis, a, JobStatus.FINISHED).execute()
         return verdict

@@ -1,0 +1,106 @@
+"""The rules of the dependency graph, apart from any storage: when an edge is met, what a set of
+parents decides for their child, and the order (or the cycle) of a DAG.
+
+A parent that COMPLETED meets every edge; one that FAILED meets only edges with `allow_failure`;
+one that was CANCELED meets none. A parent that no longer exists expired after it finished, and
+meets every edge (RQ treats it the same way). Any other parent has not decided yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from app.model import Edge, TaskStatus
+
+
+def edge_met(status: TaskStatus | None, allow_failure: bool) -> bool | None:
+    """True: this edge lets the child run. False: it never will. None: not yet decided."""
+    if status is None or status is TaskStatus.COMPLETED:
+        return True
+    if status is TaskStatus.FAILED:
+        return allow_failure
+    if status is TaskStatus.CANCELED:
+        return False
+    return None
+
+
+def edges_from_spec(raw: Iterable[object]) -> tuple[Edge, ...]:
+    """Edges as stored in a task's spec: `{"id", "allow_failure"}` objects (or bare ids)."""
+    edges = []
+    for item in raw:
+        if isinstance(item, dict):
+            edges.append(Edge(parent=str(item["id"]), allow_failure=bool(item.get("allow_failure"))))
+        else:
+            edges.append(Edge(parent=str(item)))
+    return tuple(edges)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    met: bool | None
+    """True: every edge is met. False: one never will be. None: some are still open."""
+    blocking: Edge | None = None
+    blocking_status: TaskStatus | None = None
+    open: tuple[str, ...] = ()
+
+
+def judge(edges: Sequence[Edge], statuses: Sequence[TaskStatus | None]) -> Verdict:
+    open_parents = []
+    for edge, status in zip(edges, statuses, strict=True):
+        met = edge_met(status, edge.allow_failure)
+        if met is False:
+            return Verdict(False, blocking=edge, blocking_status=status)
+        if met is None:
+            open_parents.append(edge.parent)
+    return Verdict(None, open=tuple(open_parents)) if open_parents else Verdict(True)
+
+
+def dependency_failed_error(parent: str, status: TaskStatus | None) -> dict[str, str]:
+    shown = status.value if status else "missing"
+    # `dependency` lets a retry of the parent find and re-arm the tasks it took down.
+    return {"type": "dependency_failed", "message": f"dependency {parent!r} ended {shown}", "dependency": parent}
+
+
+def topological_order(parents: dict[str, list[str]]) -> list[str]:
+    """Ids ordered so that every task comes after its parents (edges to ids not in `parents` are
+    ignored); raises DependencyCycle with the ids of one cycle when there is one."""
+    children: dict[str, list[str]] = {node: [] for node in parents}
+    waiting = {node: 0 for node in parents}
+    for node, ups in parents.items():
+        for up in ups:
+            if up in parents:
+                children[up].append(node)
+                waiting[node] += 1
+    ready = [node for node, count in waiting.items() if count == 0]
+    order = []
+    while ready:
+        node = ready.pop()
+        order.append(node)
+        for child in children[node]:
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                ready.append(child)
+    if len(order) < len(parents):
+        raise DependencyCycle(_a_cycle({n for n, c in waiting.items() if c}, parents))
+    return order
+
+
+class DependencyCycle(Exception):
+    """Raised when tasks depend on each other in a circle; `ids` lists one such circle in order."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(" -> ".join([*ids, ids[0]]))
+        self.ids = ids
+
+
+def _a_cycle(stuck: set[str], parents: dict[str, list[str]]) -> list[str]:
+    # Every stuck node has a stuck parent, so walking up from any of them must revisit a node.
+    path: list[str] = []
+    seen: dict[str, int] = {}
+    node = next(iter(sorted(stuck)))
+    while node not in seen:
+        seen[node] = len(path)
+        path.append(node)
+        node = next(up for up in parents[node] if up in stuck)
+    return path[seen[node] :][::-1]
