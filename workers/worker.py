@@ -20,7 +20,7 @@ from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
-from rq.worker import SimpleWorker, Worker
+from rq.worker import BaseWorker, SimpleWorker, Worker
 
 from app import history, keys
 from app.errors import UnknownTaskType
@@ -59,8 +59,9 @@ class TaskQueue(Queue):
         return {}
 
 
-class TaskWorkerMixin:
-    """What every rqflow worker class adds to RQ's."""
+class TaskWorkerMixin(BaseWorker):
+    """What every rqflow worker class adds to RQ's (typed against RQ's base class, which it always
+    precedes in a worker class's bases)."""
 
     def __init__(self, queues: Any, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
         settings = settings or get_settings()
@@ -80,41 +81,41 @@ class TaskWorkerMixin:
         names = [
             q.name if isinstance(q, Queue) else q for q in ([queues] if isinstance(queues, str | Queue) else queues)
         ]
-        super().__init__(names, *args, **kwargs)  # type: ignore[call-arg]
-        self.push_exc_handler(record_error)  # type: ignore[attr-defined]
+        super().__init__(names, *args, **kwargs)
+        self.push_exc_handler(record_error)
         self.settings = settings
-        self.tasks = TaskService(self.connection, registry, settings.result_ttl_s)  # type: ignore[attr-defined]
+        self.tasks = TaskService(self.connection, registry, settings.result_ttl_s)
         self._shutdown_deadline: float | None = None
         self._cut_off: str | None = None
 
-    def work(self, burst: bool = False, **kwargs: Any) -> bool:
+    def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
         """RQ's loop quits on any error it did not expect, Redis going away among them (rq#2015,
         rq#1968). Unless a stop was asked for (or the run was bounded), start it again, with
         backoff, once Redis answers: a worker rides out a Redis restart on its own."""
         delay = 1.0
         while True:
             try:
-                worked = bool(super().work(burst=burst, **kwargs))  # type: ignore[misc]
+                worked = bool(super().work(burst, *args, **kwargs))
             except (RedisConnectionError, RedisTimeoutError) as error:
-                log.warning("worker %s: Redis unavailable (%s)", self.name, error)  # type: ignore[attr-defined]
+                log.warning("worker %s: Redis unavailable (%s)", self.name, error)
             else:
                 bounded = burst or kwargs.get("max_jobs") or kwargs.get("max_idle_time")
                 # RQ raises StopRequested (and leaves _stop_requested unset) when stopped while idle.
                 if bounded or self._shutdown_deadline is not None:
                     return worked
-                log.warning("worker %s: its loop ended unexpectedly; starting it again", self.name)  # type: ignore[attr-defined]
+                log.warning("worker %s: its loop ended unexpectedly; starting it again", self.name)
             try:
                 time.sleep(delay)
             except StopRequested:
                 return False
             delay = min(delay * 2, 30)
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
-                self.register_death()  # type: ignore[attr-defined]  # so that its next birth is not refused
+                self.register_death()  # so that its next birth is not refused
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """RQ keeps a running task's heartbeat for the monitoring interval plus 60 s; rqflow's margin is
         `worker_lost_after_s`, so a task whose worker died is found that much sooner."""
-        interval = self.job_monitoring_interval  # type: ignore[attr-defined]
+        interval = self.job_monitoring_interval
         if job.timeout and job.timeout > 0:
             interval = min(interval, job.timeout - working_time)
         return int(max(interval, 1)) + self.settings.worker_lost_after_s
@@ -123,33 +124,32 @@ class TaskWorkerMixin:
         """SIGTERM/SIGINT: take no new task, let the running one finish for `shutdown_grace_s`."""
         if self._shutdown_deadline is None:
             self._shutdown_deadline = time.monotonic() + self.settings.shutdown_grace_s
-        super().request_stop(signum, frame)  # type: ignore[misc]
+        super().request_stop(signum, frame)
 
     def maintain_heartbeats(self, job: Job, execution: Any) -> None:
         if self._shutdown_deadline is not None and time.monotonic() >= self._shutdown_deadline:
             log.warning("task %s still running at the end of the shutdown grace period: requeueing it", job.id)
             self._cut_off = job.id
-            self.kill_horse(signal.SIGKILL)  # type: ignore[attr-defined]
+            self.kill_horse(signal.SIGKILL)
             return
-        super().maintain_heartbeats(job, execution)  # type: ignore[misc]
+        super().maintain_heartbeats(job, execution)
 
     def handle_job_failure(
         self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
     ) -> None:
         if self._cut_off != job.id:
-            return super().handle_job_failure(  # type: ignore[misc, no-any-return]
-                job, queue, started_job_registry, exc_string, execution
-            )
+            super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+            return
         # Cut off by a shutdown, not failed: back to the front of its queue, its retries untouched.
         self._cut_off = None
-        with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
-            self.cleanup_execution(job, pipeline=pipe, execution=execution)  # type: ignore[attr-defined]
+        with self.connection.pipeline() as pipe:
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
             history.record(
                 pipe,
                 job.id,
                 "requeued",
                 attempt=getattr(job, "attempts", None),
-                worker=self.name,  # type: ignore[attr-defined]
+                worker=self.name,
                 detail="cut off by the worker's shutdown",
             )
             queue._enqueue_job(job, pipeline=pipe, at_front=True)
@@ -160,7 +160,7 @@ class TaskWorkerMixin:
         if job.get_status(refresh=False) is JobStatus.CANCELED:
             log.info("task %s was canceled before it started; not running it", job.id)
             return
-        super().execute_job(job, queue)  # type: ignore[misc]
+        super().execute_job(job, queue)
 
     def _enqueue_dependents_safely(self, queue: Queue, job: Job) -> None:
         """After a task's failure: the dependents it lets run were released with its end
@@ -182,11 +182,11 @@ class TaskWorkerMixin:
     def clean_registries(self) -> None:
         """RQ's maintenance (which fails the jobs of dead workers), then settle every pending task
         whose parents have all ended, whichever process ended them."""
-        super().clean_registries()  # type: ignore[misc]
-        connection = self.connection  # type: ignore[attr-defined]
-        lock_s = max(int(self.maintenance_interval) - 1, 1)  # type: ignore[attr-defined]
-        if connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=lock_s):  # type: ignore[attr-defined]
-            repair(self.tasks, [q.name for q in self.queues])  # type: ignore[attr-defined]
+        super().clean_registries()
+        connection = self.connection
+        lock_s = max(int(self.maintenance_interval) - 1, 1)
+        if connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=lock_s):
+            repair(self.tasks, [q.name for q in self.queues])
 
 
 def record_error(
@@ -205,9 +205,9 @@ def record_error(
     return True
 
 
-class TaskWorker(TaskWorkerMixin, Worker):  # type: ignore[misc]  # work() takes RQ's keywords
+class TaskWorker(TaskWorkerMixin, Worker):  # work() takes RQ's keywords
     """Forks a work-horse per task: a crash or timeout kills only that task, and a running task can be stopped."""
 
 
-class TaskSimpleWorker(TaskWorkerMixin, SimpleWorker):  # type: ignore[misc]
+class TaskSimpleWorker(TaskWorkerMixin, SimpleWorker):
     """Runs tasks in the worker process itself: faster, but a task cannot be stopped or isolated."""
