@@ -22,13 +22,7 @@ from typing import Any
 
 import orjson
 
-MAX_DEPTH = 64
-"""Deepest nesting of arrays and objects a request body may have (the body itself is level 1)."""
-
-MAX_INT_DIGITS = 100
-"""Longest integer a request may hold, in digits. Integers of any size up to it are stored and read
-back exactly (Python's own integers; the encoder falls back where orjson stops at 64 bits); a longer
-one is refused rather than costing the parser quadratic time."""
+from app.defaults import MAX_DEPTH, MAX_INT_DIGITS
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """An escaped UTF-16 surrogate: a cheap test for whether a text needs the full surrogate check."""

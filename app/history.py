@@ -11,11 +11,10 @@ from typing import Any
 
 from app import codec, keys
 from app.clock import from_ms
+from app.defaults import MAX_EVENTS
 
 log = logging.getLogger(__name__)
 
-MAX_EVENTS = 100
-"""Per task; a task retried or re-armed forever keeps its newest events."""
 
 TERMINAL_EVENTS = frozenset({"completed", "failed", "canceled", "stopped"})
 

@@ -5,6 +5,8 @@ RQ's own keys (`rq:job:<id>`, `rq:queue:<name>`, registries) are RQ's; we only n
 
 from __future__ import annotations
 
+from app.defaults import FINISHED_BUCKET_S
+
 PREFIX = "rqflow"
 
 QUEUES: tuple[str, ...] = ("high", "default", "low")
@@ -78,10 +80,6 @@ def history_key(task_id: str) -> str:
     """Stream of a task's events after its submission (queued, started, retrying, ...), capped, expiring
     with it; the submission itself is in the task's spec (`submitted_as`)."""
     return f"{PREFIX}:history:{task_id}"
-
-
-FINISHED_BUCKET_S = 10
-"""Width of the counters of finished tasks behind `/api/stats` throughput."""
 
 
 def finished_bucket(epoch_s: float) -> str:

@@ -11,10 +11,6 @@ from typing import Any
 
 from app import codec
 
-MAX_MS = 10 * 365 * 86_400_000
-"""Ten years, the most any duration or delay may be: past it a due time overflows what dates can
-hold, and a timeout overflows the worker's alarm; such a value is a mistake anyway."""
-
 
 class TaskStatus(str, Enum):
     PENDING = "PENDING"

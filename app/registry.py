@@ -9,11 +9,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any
 
 from app.errors import UnknownTaskType
 from app.model import Backoff
 from app.settings import Settings, TypeLimits
+
+SECRET_SETTINGS = frozenset({"api_keys", "redis_url"})
+"""Settings no task handler may read."""
 
 BUILTIN_MODULES: tuple[str, ...] = ("workers.builtin",)
 """Modules whose types every rqflow process registers, referred to by name so the core never
@@ -30,7 +34,9 @@ class TaskContext:
     """1 on the first run; a handler can tell a retry (or a re-run after a lost worker) by it."""
     max_attempts: int
     duration_ms: int | None
-    settings: Settings
+    settings: Mapping[str, Any]
+    """The settings the type declared it reads (`task_type(settings=...)`), and no others: a
+    handler never sees the API keys or the Redis URL."""
 
 
 Handler = Callable[[dict[str, Any], TaskContext], Any]
@@ -46,6 +52,11 @@ class TaskType:
     concurrency: int | None = None
     """Most tasks of this type running at once across the whole cluster; None: no limit."""
     description: str = ""
+    settings: tuple[str, ...] = ()
+    """Names of the Settings fields its handler reads (see TaskContext.settings)."""
+
+    def settings_for_handler(self, settings: Settings) -> Mapping[str, Any]:
+        return MappingProxyType({name: getattr(settings, name) for name in self.settings})
 
     def with_limits(self, limits: TypeLimits) -> TaskType:
         return replace(
@@ -67,13 +78,22 @@ def task_type(
     timeout_ms: int = 300_000,
     backoff: Backoff | None = None,
     concurrency: int | None = None,
+    settings: Iterable[str] = (),
 ) -> Callable[[Handler], Handler]:
     """Declare the decorated function as the handler of task type `name`.
 
-    The handler is called as `handler(payload, context)` and returns a JSON-serializable result.
+    The handler is called as `handler(payload, context)` and returns a JSON-serializable result;
+    `context.settings` holds the Settings fields named in `settings` (never a secret).
     """
     if not 1 <= max_attempts <= 100:
         raise ValueError("max_attempts must be within 1..100")
+    wanted = tuple(settings)
+    unknown = sorted(set(wanted) - set(Settings.model_fields))
+    if unknown:
+        raise ValueError(f"task type {name!r} asks for settings that do not exist: {', '.join(unknown)}")
+    secret = sorted(set(wanted) & SECRET_SETTINGS)
+    if secret:
+        raise ValueError(f"task type {name!r} may not read secret settings: {', '.join(secret)}")
 
     def register(handler: Handler) -> Handler:
         existing = _declared.get(name)
@@ -87,6 +107,7 @@ def task_type(
             backoff=backoff or Backoff(),
             concurrency=concurrency,
             description=(handler.__doc__ or "").strip().split("\n")[0],
+            settings=wanted,
         )
         return handler
 

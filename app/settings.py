@@ -10,7 +10,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.model import MAX_MS
+from app.defaults import MAX_MS
 
 EMBEDDED_REDIS_PORT = 6399
 """Port of the Redis that `make run` starts; not 6379, so a system Redis is never used by mistake."""

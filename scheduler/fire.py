@@ -19,6 +19,7 @@ from typing import Any
 from rq.job import Job
 from rq.queue import Queue
 
+from app.defaults import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S, TIMER_MAX_EARLY_S
 from app.jobs.tasks import TaskService
 from app.jobs.timers import Timer, TimerJob
 from app.registry import load_registry
@@ -29,9 +30,6 @@ __all__ = ["FireQueue", "TimerJob", "fire"]
 
 log = logging.getLogger(__name__)
 
-MAX_EARLY_S = 1.0
-"""rq-scheduler hands over a timer at most this early: it compares whole seconds."""
-
 
 @lru_cache(maxsize=1)
 def services() -> tuple[TaskService, ScheduleService]:
@@ -39,14 +37,18 @@ def services() -> tuple[TaskService, ScheduleService]:
     from redis import Redis
 
     settings = get_settings()
-    connection = Redis.from_url(settings.effective_redis_url, socket_connect_timeout=2, socket_timeout=10)
+    connection = Redis.from_url(
+        settings.effective_redis_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+    )
     tasks = TaskService(connection, load_registry(settings.task_modules, settings.type_limits), settings.result_ttl_s)
     return tasks, ScheduleService(connection, tasks)
 
 
 def fire(timer: Timer, tasks: TaskService, schedules: ScheduleService) -> None:
     wait = timer.at - time.time()
-    if 0 < wait <= MAX_EARLY_S:
+    if 0 < wait <= TIMER_MAX_EARLY_S:
         time.sleep(wait)
     if timer.kind == "release":
         tasks.release(timer.ref, timer.at_ms)

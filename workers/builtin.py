@@ -35,7 +35,7 @@ def data_processing(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]
 MAX_RESPONSE_BYTES = 1_048_576
 
 
-@task_type("http_request", max_attempts=5, timeout_ms=30_000)
+@task_type("http_request", max_attempts=5, timeout_ms=30_000, settings=["http_allowed_hosts"])
 def http_request(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     """Calls `payload.url` (GET, or `payload.method` with a JSON `payload.json` body) on an allowed host.
 
@@ -49,7 +49,7 @@ def http_request(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise TaskFailed("payload.url must be an http(s) URL")
-    if parts.hostname not in ctx.settings.http_allowed_hosts:
+    if parts.hostname not in ctx.settings["http_allowed_hosts"]:
         raise TaskFailed(f"host {parts.hostname!r} is not in RQFLOW_HTTP_ALLOWED_HOSTS")
     method = str(payload.get("method") or "GET").upper()
     body = json.dumps(payload["json"]).encode() if "json" in payload else None
@@ -59,7 +59,7 @@ def http_request(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
     if body is not None:
         request.add_header("Content-Type", "application/json")
     timeout_s = float(payload.get("timeout_s") or 10)
-    opener = urllib.request.build_opener(_AllowListedRedirects(ctx.settings.http_allowed_hosts))
+    opener = urllib.request.build_opener(_AllowListedRedirects(ctx.settings["http_allowed_hosts"]))
     try:
         with opener.open(request, timeout=timeout_s) as response:
             status, content = response.status, response.read(MAX_RESPONSE_BYTES)

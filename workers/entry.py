@@ -33,6 +33,6 @@ def run_task(task_type: str, payload: dict[str, Any], duration_ms: int | None = 
         attempt=job.attempts,
         max_attempts=int(job.spec.get("max_attempts", handler_type.max_attempts)),
         duration_ms=duration_ms,
-        settings=settings,
+        settings=handler_type.settings_for_handler(settings),
     )
     return handler_type.handler(payload, context)

@@ -23,6 +23,7 @@ from rq.timeouts import JobTimeoutException
 from rq.worker import BaseWorker, SimpleWorker, Worker
 
 from app import history, keys
+from app.defaults import MAINTENANCE_LOCK_S
 from app.errors import UnknownTaskType
 from app.jobs.dependencies import cascade
 from app.jobs.job import ForbiddenJob, TaskJob
@@ -44,11 +45,9 @@ ERROR_TYPES: dict[type[BaseException], str] = {
 
 class TaskQueue(Queue):
     """RQ's queue, but dependents are released by rqflow, and the lock that lets one worker clean the
-    registries expires in step with rqflow's maintenance interval: RQ holds it 899 s, so a worker
-    killed while cleaning would stop every cleanup (and so the rescue of dead workers' tasks) for
-    15 minutes."""
+    registries lasts `MAINTENANCE_LOCK_S`, not RQ's 899 s."""
 
-    maintenance_lock_s = 60
+    maintenance_lock_s = MAINTENANCE_LOCK_S
 
     def acquire_maintenance_lock(self) -> bool:
         return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=self.maintenance_lock_s))

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import HANDLERS, problem
 from app.api.routes import BATCH_PATH, ROUTES
+from app.defaults import REDIS_CONNECT_TIMEOUT_S, REDIS_HEALTH_CHECK_S, REDIS_SOCKET_TIMEOUT_S
 from app.jobs.tasks import TaskService
 from app.registry import load_registry
 from app.schedules import ScheduleService
@@ -29,9 +30,9 @@ def connect(settings: Settings) -> Redis:
     """A client that fails fast instead of hanging when Redis is away, so requests get a 503."""
     return Redis.from_url(
         settings.effective_redis_url,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=30,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        health_check_interval=REDIS_HEALTH_CHECK_S,
     )
 
 

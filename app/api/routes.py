@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -15,10 +19,12 @@ from app import codec
 from app.api.problems import parse_json
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
 from app.clock import iso
-from app.errors import FieldError, InvalidInput
+from app.defaults import CANCEL_ATTEMPTS, CANCEL_RETRY_S, DELETE_WAIT_S, MAX_BATCH, MAX_LIST_LIMIT
+from app.errors import FieldError, InvalidInput, TaskConflict
 from app.jobs import stats
-from app.jobs.submission import MAX_BATCH, gc_paused
-from app.jobs.tasks import MAX_LIST_LIMIT, TaskService
+from app.jobs.reads import TaskReader
+from app.jobs.submission import gc_paused
+from app.jobs.tasks import Cancellation, TaskService
 from app.model import TaskSpec, TaskStatus
 from app.registry import Registry
 from app.schedules import ScheduleService
@@ -41,6 +47,10 @@ class ListQuery(BaseModel):
 def _service(request: Request) -> TaskService:
     service: TaskService = request.app.state.tasks
     return service
+
+
+def _reads(request: Request) -> TaskReader:
+    return _service(request).reads
 
 
 async def submit_task(request: Request) -> Response:
@@ -97,7 +107,7 @@ async def list_tasks(request: Request) -> Response:
         params["status"] = params["status"].upper()
     query = ListQuery.model_validate(params)
     page = await run_in_threadpool(
-        _service(request).list_tasks,
+        _reads(request).list_tasks,
         status=query.status,
         task_type=query.type,
         schedule_id=query.schedule_id,
@@ -112,7 +122,7 @@ async def list_tasks(request: Request) -> Response:
 
 
 async def get_task(request: Request) -> Response:
-    task = await run_in_threadpool(_service(request).get, request.path_params["task_id"])
+    task = await run_in_threadpool(_reads(request).get, request.path_params["task_id"])
     return JSONResponse(task_json(task, detailed=True))
 
 
@@ -123,9 +133,22 @@ async def update_task(request: Request) -> Response:
 
 
 async def cancel_task(request: Request) -> Response:
-    task, done = await run_in_threadpool(_service(request).cancel, request.path_params["task_id"])
+    task_id = request.path_params["task_id"]
+    outcome = await _until_not_taken(_service(request).cancel, task_id)
+    task = await run_in_threadpool(_reads(request).get, task_id)
     # 202: a running task was told to stop; it is CANCELED within moments.
-    return JSONResponse(task_json(task, detailed=True), status_code=200 if done else 202)
+    return JSONResponse(task_json(task, detailed=True), status_code=200 if outcome is Cancellation.CANCELED else 202)
+
+
+async def _until_not_taken(step: Callable[[str], Cancellation], task_id: str) -> Cancellation:
+    """Run a cancel (or delete) step again while a worker is between taking the task from its
+    queue and starting it (milliseconds), waiting on the event loop, never in a thread."""
+    for _ in range(CANCEL_ATTEMPTS):
+        outcome = await run_in_threadpool(step, task_id)
+        if outcome is not Cancellation.TAKEN:
+            return outcome
+        await asyncio.sleep(CANCEL_RETRY_S)
+    raise TaskConflict(f"task {task_id!r} kept changing state; try again")
 
 
 async def retry_task(request: Request) -> Response:
@@ -134,12 +157,21 @@ async def retry_task(request: Request) -> Response:
 
 
 async def delete_task(request: Request) -> Response:
-    await run_in_threadpool(_service(request).delete, request.path_params["task_id"])
+    task_id = request.path_params["task_id"]
+    service = _service(request)
+    if await _until_not_taken(service.delete, task_id) is Cancellation.STOPPING:
+        # A running task stops within moments; then its record can go (after DELETE_WAIT_S anyway).
+        deadline = time.monotonic() + DELETE_WAIT_S
+        while (
+            time.monotonic() < deadline and not (await run_in_threadpool(service.reads.get_status, task_id)).is_terminal
+        ):
+            await asyncio.sleep(0.05)
+        await run_in_threadpool(partial(service.delete, task_id, running_or_not=True))
     return Response(status_code=204)
 
 
 async def task_history(request: Request) -> Response:
-    events = await run_in_threadpool(_service(request).history, request.path_params["task_id"])
+    events = await run_in_threadpool(_reads(request).history, request.path_params["task_id"])
     return JSONResponse(
         [
             {
@@ -165,7 +197,7 @@ async def get_workers(request: Request) -> Response:
 
 async def get_task_status(request: Request) -> Response:
     task_id = request.path_params["task_id"]
-    status = await run_in_threadpool(_service(request).get_status, task_id)
+    status = await run_in_threadpool(_reads(request).get_status, task_id)
     return JSONResponse({"id": task_id, "status": status.value})
 
 

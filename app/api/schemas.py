@@ -9,7 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.clock import iso
-from app.model import MAX_MS, Backoff, Edge, Priority, Task, TaskChanges, TaskSpec
+from app.defaults import MAX_MS
+from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskSpec
 from app.schedules import Schedule, ScheduleSpec, TaskTemplate
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"

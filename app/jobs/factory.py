@@ -22,6 +22,7 @@ from rq.rate_limit import RateLimit
 from rq.utils import utcformat
 
 from app import codec, keys
+from app.defaults import SMALL_DATA
 from app.jobs.job import STATUS_EVENTS, TaskJob
 from app.jobs.status import task_status
 from app.model import Backoff, Task, TaskError, TaskSpec
@@ -225,12 +226,6 @@ class Shapes:
         if status == JobStatus.QUEUED:
             fields += ("enqueued_at", self.created)
         return fields
-
-
-SMALL_DATA = 512
-"""Job data up to this size is stored as is: zlib would set up a 32 KiB window to save a few
-dozen bytes, the largest single cost of a job in a batch. RQ compresses what it writes and reads
-both (`Job.restore` takes data that does not inflate as it is; JSON never starts like zlib)."""
 
 
 def _compressed(data: bytes) -> bytes:

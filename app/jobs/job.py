@@ -16,6 +16,7 @@ from rq.results import Result
 from rq.utils import import_attribute
 
 from app import codec, history, keys
+from app.defaults import FINISHED_BUCKET_TTL_S
 from app.errors import UnreadableRecord
 from app.graph import edges_from_spec
 from app.jobs import release
@@ -174,7 +175,7 @@ class TaskJob(Job):
             bucket = keys.finished_bucket(time.time())
             target = pipeline if pipeline is not None else self.connection
             target.incr(bucket)
-            target.expire(bucket, 120)
+            target.expire(bucket, FINISHED_BUCKET_TTL_S)
 
     def retry(self, queue: Queue, pipeline: Pipeline) -> None:
         """Re-queue after a failed attempt, waiting as the task's backoff says.

@@ -31,7 +31,8 @@ from rq.rate_limit import RateLimitRegistry
 from rq.registry import DeferredJobRegistry
 from rq.utils import as_text, utcformat
 
-from app import history, keys
+from app import keys
+from app.defaults import MAX_EVENTS
 
 # ARGV: now as RQ writes times, now (ms), parent id (or ""), then child ids when there is no parent,
 # after the key prefixes (see `_args`). Returns {queued ids, ids marked ready for a limited slot}.
@@ -119,7 +120,7 @@ _PREFIXES = (
     f"{RQ_KEY_PREFIX}:rl:",
     RateLimitRegistry.rl_keys_key,
     keys.history_key(""),
-    str(history.MAX_EVENTS),
+    str(MAX_EVENTS),
 )
 
 

@@ -20,18 +20,12 @@ from rq.job import JobStatus
 from rq.utils import as_text, str_to_date
 
 from app import history, keys
+from app.defaults import LOST_AFTER_S, SEARCH_BUDGET, WALK_BUDGET
 from app.jobs import dependencies
 from app.jobs.job import TaskJob
 from app.jobs.tasks import TaskService
 
 log = logging.getLogger(__name__)
-
-LOST_AFTER_S = 30
-"""A queued task is only suspected lost after this long, so a pop in progress is never mistaken."""
-WALK_BUDGET = 2000
-"""Index entries one pass examines; the walk goes on from there in the next pass."""
-SEARCH_BUDGET = 100
-"""Queue searches (LPOS, linear in the queue's length) one pass may make."""
 
 
 def repair(service: TaskService, queue_names: Iterable[str]) -> dict[str, int]:

@@ -20,9 +20,8 @@ from rq.utils import as_text
 from rq.worker import Worker
 
 from app import keys
+from app.defaults import FINISHED_BUCKET_S, UNREADABLE_SHOWN, WINDOW_S
 from app.jobs.job import TaskJob
-
-WINDOW_S = 60
 
 
 def stats(connection: Redis) -> dict[str, Any]:
@@ -35,9 +34,7 @@ def stats(connection: Redis) -> dict[str, Any]:
         CanceledJobRegistry,
     )
     now = time.time()
-    buckets = [
-        keys.finished_bucket(now - n * keys.FINISHED_BUCKET_S) for n in range(WINDOW_S // keys.FINISHED_BUCKET_S)
-    ]
+    buckets = [keys.finished_bucket(now - n * FINISHED_BUCKET_S) for n in range(WINDOW_S // FINISHED_BUCKET_S)]
     with connection.pipeline(transaction=False) as reads:
         for name in keys.QUEUES:
             reads.llen(f"rq:queue:{name}")
@@ -76,9 +73,6 @@ def stats(connection: Redis) -> dict[str, Any]:
         "repairs": repairs,
         "unreadable": unreadable(connection),
     }
-
-
-UNREADABLE_SHOWN = 20
 
 
 def unreadable(connection: Redis) -> dict[str, Any]:

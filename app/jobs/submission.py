@@ -28,6 +28,7 @@ from rq.serializers import JSONSerializer
 
 from app import keys
 from app.clock import to_ms
+from app.defaults import CLAIM_TTL_MS
 from app.errors import FieldError, InvalidTask, SubmissionInProgress, TaskConflict, UnknownTaskType
 from app.graph import DependencyCycle, dependency_failed_error, edge_met, topological_order
 from app.jobs import store
@@ -39,14 +40,9 @@ from app.jobs.timers import hold
 from app.model import Priority, Task, TaskSpec, TaskStatus
 from app.registry import Registry
 
-MAX_BATCH = 10_000
-
 Placement = tuple[JobStatus, datetime, datetime | None, dict[str, str] | None]
 """Where a submitted task went: its status, creation time, enqueue time and error (Factory.task)."""
 
-CLAIM_TTL_MS = 30_000
-"""A claim outlives any write it precedes (a 10,000-task batch writes in well under a second); one
-left by a crashed API process lapses by itself, and the same submission then goes through."""
 
 STORED, CLAIMED = 1, 2
 

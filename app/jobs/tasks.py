@@ -1,15 +1,13 @@
-"""The operations on tasks, on top of RQ: submit, read, list."""
+"""The operations that change tasks, on top of RQ: submit, release, change, cancel, retry, delete.
+Reading is `app.jobs.reads`."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from enum import Enum
 
 from redis import Redis
 from redis.client import Pipeline
@@ -18,33 +16,31 @@ from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import JobStatus
 from rq.rate_limit import RateLimitRegistry
-from rq.registry import CanceledJobRegistry, DeferredJobRegistry, ScheduledJobRegistry
+from rq.registry import CanceledJobRegistry, DeferredJobRegistry
 from rq.results import Result
 from rq.serializers import JSONSerializer
-from rq.utils import as_text
 
 from app import history, keys
-from app.clock import from_ms, iso, to_ms
-from app.errors import FieldError, InvalidInput, TaskConflict, TaskNotFound, UnreadableRecord
+from app.clock import to_ms
+from app.defaults import CANCEL_ATTEMPTS
+from app.errors import TaskConflict, UnreadableRecord
 from app.jobs import release, store
 from app.jobs.dependencies import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
 from app.jobs.job import TaskJob
+from app.jobs.reads import TaskReader
 from app.jobs.status import task_status
 from app.jobs.submission import Submission
 from app.jobs.timers import hold
 from app.model import Priority, Task, TaskChanges, TaskSpec, TaskStatus
 from app.registry import Registry
 
-MAX_LIST_LIMIT = 1000
-SCAN_BUDGET = 5000
-"""Most index entries one filtered list request examines; past it the page ends early with a
-cursor, so a rare status never turns a request into a scan of every task."""
 
+class Cancellation(Enum):
+    """Where a cancel (or a delete) left a task."""
 
-@dataclass(frozen=True)
-class Page:
-    tasks: list[Task]
-    next_cursor: str | None
+    CANCELED = "canceled"
+    STOPPING = "stopping"
+    TAKEN = "taken"
 
 
 class TaskService:
@@ -56,6 +52,7 @@ class TaskService:
         self.result_ttl_s = result_ttl_s
         self.queues = store.queues(connection)
         self.submission = Submission(connection, registry, result_ttl_s, self.queues)
+        self.reads = TaskReader(connection)
 
     # -- submit --------------------------------------------------------------------------------
 
@@ -113,14 +110,14 @@ class TaskService:
         A queued task is first taken out of its queue atomically (so no worker can start it while
         it changes); one a worker already took is RUNNING, and that is a 409.
         """
-        job = self._job(task_id)
+        job = self.reads.job(task_id)
         self._check_changeable(job)
         taken = self._take_out_of_queue(job)
         with self.connection.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(job.key)
-                    job = self._job(task_id)
+                    job = self.reads.job(task_id)
                     status = job.get_status(refresh=False)
                     if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED) and not taken:
                         pipe.unwatch()
@@ -136,13 +133,7 @@ class TaskService:
             RateLimitRegistry(job.rate_limit_key, connection=self.connection).release_stale_and_enqueue(job.id)
         if release_now is not None:
             self.release(task_id, release_now)
-        return self.get(task_id)
-
-    def _job(self, task_id: str) -> TaskJob:
-        job = store.fetch(self.connection, task_id)
-        if job is None:
-            raise TaskNotFound(task_id)
-        return job
+        return self.reads.get(task_id)
 
     def _check_changeable(self, job: TaskJob) -> None:
         status = task_status(job.get_status(refresh=False))
@@ -216,11 +207,12 @@ class TaskService:
 
     # -- cancel, retry, delete -------------------------------------------------------------
 
-    def cancel(self, task_id: str) -> tuple[Task, bool]:
-        """Cancel a task; returns it and whether it is CANCELED already (False: a running task was
-        asked to stop, and its worker cancels it within moments). Dependents cascade."""
-        for _ in range(200):
-            job = self._job(task_id)
+    def cancel(self, task_id: str) -> Cancellation:
+        """Cancel a task, without waiting. CANCELED: done (dependents cascade). STOPPING: a running
+        task was asked to stop, and its worker cancels it within moments. TAKEN: a worker took it
+        from its queue this instant and is about to start it; ask again in a few milliseconds."""
+        for _ in range(CANCEL_ATTEMPTS):
+            job = self.reads.job(task_id)
             status = job.get_status(refresh=False)
             if task_status(status).is_terminal:
                 raise TaskConflict(f"task {task_id!r} is already {task_status(status).value}")
@@ -229,22 +221,21 @@ class TaskService:
                     send_stop_job_command(self.connection, task_id, serializer=JSONSerializer)
                 except (InvalidJobOperation, NoSuchJobError):
                     continue  # it ended meanwhile
-                return self.get(task_id), False
+                return Cancellation.STOPPING
             if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED):
                 try:
                     self._take_out_of_queue(job)
                 except TaskConflict:
-                    time.sleep(0.005)  # a worker just took it: it is about to be STARTED
-                    continue
+                    return Cancellation.TAKEN
             if cancel_task(job, {"type": "canceled", "message": "canceled on request"}):
                 cascade(self.connection, task_id)
-                return self.get(task_id), True
+                return Cancellation.CANCELED
         raise TaskConflict(f"task {task_id!r} kept changing state; try again")
 
     def retry(self, task_id: str) -> Task:
         """Run a FAILED or CANCELED task again (its attempts keep counting) and put back to PENDING
         the dependents that were canceled because of it."""
-        job = self._job(task_id)
+        job = self.reads.job(task_id)
         status = job.get_status(refresh=False)
         if status not in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
             raise TaskConflict(
@@ -274,21 +265,23 @@ class TaskService:
             pipe.persist(job.key)
             pipe.persist(keys.history_key(task_id))
             pipe.execute()
-        return self.get(task_id)
+        return self.reads.get(task_id)
 
-    def delete(self, task_id: str) -> None:
-        """Cancel the task if it has not ended, then remove it, its RQ job, results and history."""
+    def delete(self, task_id: str, *, running_or_not: bool = False) -> Cancellation:
+        """Remove a task that has ended (or never started: it is canceled first), its RQ job, results
+        and history: CANCELED. A running one is asked to stop instead (STOPPING, or TAKEN as in
+        `cancel`); delete it again once it has ended, or pass `running_or_not` to remove it anyway."""
         try:
-            job = self._job(task_id)
+            job = self.reads.job(task_id)
             job.to_task()  # decodes every part of the record the steps below read
         except UnreadableRecord:
-            return self._remove_unreadable(task_id)
-        if not task_status(job.get_status(refresh=False)).is_terminal:
-            self.cancel(task_id)
-            deadline = time.monotonic() + 10
-            while not self.get_status(task_id).is_terminal and time.monotonic() < deadline:
-                time.sleep(0.05)  # a running task stops within moments; then its record can go
-            job = self._job(task_id)
+            self._remove_unreadable(task_id)
+            return Cancellation.CANCELED
+        if not running_or_not and not task_status(job.get_status(refresh=False)).is_terminal:
+            outcome = self.cancel(task_id)
+            if outcome is not Cancellation.CANCELED:
+                return outcome
+            job = self.reads.job(task_id)
         member = store.index_member(job.created_at, task_id)
         with self.connection.pipeline() as pipe:
             job.delete(pipeline=pipe)
@@ -299,6 +292,7 @@ class TaskService:
             if job.spec.get("schedule_id"):
                 pipe.zrem(keys.schedule_runs_index(job.spec["schedule_id"]), member)
             pipe.execute()
+        return Cancellation.CANCELED
 
     def _remove_unreadable(self, task_id: str) -> None:
         """Remove a record that cannot be decoded, so an operator can always clear it. Its entries in
@@ -316,143 +310,3 @@ class TaskService:
             pipe.zrem(keys.HELD, task_id)
             pipe.srem(keys.UNREADABLE, f"task:{task_id}")
             pipe.execute()
-
-    def history(self, task_id: str) -> list[history.Event]:
-        with self.connection.pipeline(transaction=False) as reads:
-            reads.hgetall(TaskJob.key_for(task_id))
-            reads.xrange(keys.history_key(task_id))
-            fields, entries = reads.execute()
-        events = history.events(entries)
-        if not fields:
-            if not events:
-                raise TaskNotFound(task_id)
-            return events  # the task's record expired just before its history did
-        job = store.restored(self.connection, task_id, fields)
-        submitted_as = job.spec.get("submitted_as")
-        if submitted_as and job.created_at:
-            # Kept in the task's own hash rather than a stream per task (see Planned.stored_spec).
-            events.insert(0, history.Event("submitted", job.created_at, None, None, None, submitted_as))
-        return events
-
-    # -- read ----------------------------------------------------------------------------------
-
-    def get(self, task_id: str) -> Task:
-        """The task, with `waiting_for` filled in when it has not started."""
-        loaded = self._load([task_id])[0]
-        if loaded is None:
-            raise TaskNotFound(task_id)
-        job, latest = loaded
-        task = job.to_task(latest)
-        if task.status.is_terminal or task.status is TaskStatus.RUNNING:
-            return task
-        return replace(task, waiting_for=self._waiting_for(job))
-
-    def _waiting_for(self, job: TaskJob) -> dict[str, Any] | None:
-        """What keeps a task from starting, so an operator never has to guess."""
-        status = job.get_status(refresh=False)
-        if status is JobStatus.DEFERRED:
-            return {"dependencies": list(judge_now(self.connection, job.edges).open)}
-        if status is JobStatus.RATE_LIMITED and job.rate_limit_key:
-            limit = RateLimitRegistry(job.rate_limit_key, connection=self.connection)
-            return {
-                "limit": {
-                    "key": job.rate_limit_key,
-                    "concurrency": job.rate_limit_concurrency,
-                    "holding_slots": limit.get_allowed_job_count(),
-                    "waiting": limit.get_rate_limited_job_count(),
-                }
-            }
-        if status is JobStatus.SCHEDULED and job.is_held_by_time():
-            return {"time": iso(from_ms(int(job.spec["due_ms"])))}
-        if status is JobStatus.SCHEDULED:
-            # Waiting for a retry's backoff, in RQ's scheduled registry.
-            registry = ScheduledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer)
-            score = self.connection.zscore(registry.key, job.id)
-            due = datetime.fromtimestamp(score, tz=timezone.utc) if score is not None else None
-            return {"time": iso(due) if due else None}
-        return {"worker": {"queue": job.origin, "queued": self.queues[Priority(job.origin)].count}}
-
-    def get_status(self, task_id: str) -> TaskStatus:
-        raw = self.connection.hget(TaskJob.key_for(task_id), "status")
-        if raw is None:
-            raise TaskNotFound(task_id)
-        return task_status(JobStatus(as_text(raw)))
-
-    def list_tasks(
-        self,
-        *,
-        status: TaskStatus | None = None,
-        task_type: str | None = None,
-        schedule_id: str | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
-    ) -> Page:
-        """Tasks newest first. A page may hold fewer than `limit` tasks when a filter is rare; follow
-        `next_cursor` until it is None to see every match exactly once, even while tasks arrive."""
-        if schedule_id:
-            index = keys.schedule_runs_index(schedule_id)
-            wanted_type = task_type
-        else:
-            index = keys.type_index(task_type) if task_type else keys.TASK_INDEX
-            wanted_type = None
-        upper = "(" + _decode_cursor(cursor) if cursor else "+"
-        chunk_size = max(limit, 100) if status or wanted_type else limit
-        found: list[Task] = []
-        scanned = 0
-        while len(found) < limit and scanned < SCAN_BUDGET:
-            members = [as_text(m) for m in self.connection.zrevrangebylex(index, upper, "-", 0, chunk_size)]
-            if not members:
-                return Page(found, None)
-            ids = [m.split(":", 1)[1] for m in members]
-            wanted = self._matching(ids, status)
-            loaded = self._load([i for i, ok in zip(ids, wanted, strict=True) if ok])
-            loaded_by_id = {job.id: (job, latest) for job, latest in filter(None, loaded)}
-            stale = []
-            for member, task_id, ok in zip(members, ids, wanted, strict=True):
-                upper = "(" + member
-                scanned += 1
-                if ok is None:
-                    stale.append(member)
-                elif ok and task_id in loaded_by_id:
-                    job, latest = loaded_by_id[task_id]
-                    try:
-                        task = job.to_task(latest)
-                    except UnreadableRecord as unreadable:
-                        store.note_unreadable(self.connection, unreadable)
-                        continue
-                    if wanted_type and task.type != wanted_type:
-                        continue
-                    found.append(task)
-                    if len(found) == limit:
-                        break
-            if stale:
-                # Jobs RQ expired after their result TTL; their index entries go with them.
-                self.connection.zrem(index, *stale)
-            if len(members) < chunk_size and len(found) < limit:
-                return Page(found, None)
-        return Page(found, _encode_cursor(upper[1:]))
-
-    def _matching(self, ids: Sequence[str], status: TaskStatus | None) -> list[bool | None]:
-        """For each id: True to list it, False to skip it, None when the job no longer exists."""
-        with self.connection.pipeline(transaction=False) as reads:
-            for task_id in ids:
-                reads.hget(TaskJob.key_for(task_id), "status")
-            raw = reads.execute()
-        return [None if r is None else (status is None or task_status(JobStatus(as_text(r))) is status) for r in raw]
-
-    def _load(self, ids: Sequence[str]) -> list[store.Loaded | None]:
-        return store.load(self.connection, ids)
-
-
-def _encode_cursor(member: str) -> str:
-    return base64.urlsafe_b64encode(member.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    try:
-        member = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        member = ""
-    if ":" not in member or not member.split(":", 1)[0].isdigit():
-        raise InvalidInput("cursor is not one this server issued", [FieldError("cursor", "invalid cursor")])
-    return member

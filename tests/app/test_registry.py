@@ -37,3 +37,19 @@ def test_a_name_cannot_be_declared_twice() -> None:
 def test_a_module_that_does_not_exist_fails_loudly() -> None:
     with pytest.raises(ModuleNotFoundError):
         load_registry(["no.such.module"])
+
+
+def test_a_handler_sees_only_the_settings_its_type_names() -> None:
+    from app.settings import Settings
+
+    http = load_registry()["http_request"]
+    settings = Settings(api_keys=["secret-key"], http_allowed_hosts=["example.org"])
+    seen = http.settings_for_handler(settings)
+    assert dict(seen) == {"http_allowed_hosts": ["example.org"]}
+    assert load_registry()["data_processing"].settings_for_handler(settings) == {}
+
+
+@pytest.mark.parametrize(("names", "complaint"), [(["api_keys"], "secret"), (["no_such"], "do not exist")])
+def test_a_type_cannot_ask_for_secrets_or_unknown_settings(names: list[str], complaint: str) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        task_type("greedy", settings=names)

@@ -1,0 +1,100 @@
+"""Every tuning constant of the core, each with its reason: limits on input, budgets of work per
+request or pass, lengths of locks and claims. What an operator sets is in Settings instead."""
+
+from __future__ import annotations
+
+# -- Inputs -----------------------------------------------------------------------------------------
+
+MAX_MS = 10 * 365 * 86_400_000
+"""Ten years, the most any duration or delay may be: past it a due time overflows what dates can
+hold, and a timeout overflows the worker's alarm; such a value is a mistake anyway."""
+
+MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects a request body may have (the body itself is level 1)."""
+
+MAX_INT_DIGITS = 100
+"""Longest integer a request may hold, in digits. Integers of any size up to it are stored and read
+back exactly (Python's own integers; the encoder falls back where orjson stops at 64 bits); a longer
+one is refused rather than costing the parser quadratic time."""
+
+# -- Submission -------------------------------------------------------------------------------------
+
+MAX_BATCH = 10_000
+"""Most tasks one batch may hold: a 10,000-task DAG is checked and written in well under a second."""
+
+CLAIM_TTL_MS = 30_000
+"""A claim outlives any write it precedes (a 10,000-task batch writes in well under a second); one
+left by a crashed API process lapses by itself, and the same submission then goes through."""
+
+CANCEL_ATTEMPTS = 200
+"""How often one cancel reads a task's state again when it changed under it (queued, taken, running,
+ended) before it gives up with a 409."""
+
+CANCEL_RETRY_S = 0.005
+"""How long the API waits, without holding a thread, before asking again to cancel a task a worker
+took from its queue that instant (it is STARTED within milliseconds)."""
+
+DELETE_WAIT_S = 10.0
+"""How long `DELETE` of a running task waits for it to stop before removing its record anyway."""
+
+# -- Listing ----------------------------------------------------------------------------------------
+
+MAX_LIST_LIMIT = 1000
+"""Largest page `GET /api/tasks` serves."""
+
+SCAN_BUDGET = 5000
+"""Most index entries one filtered list request examines; past it the page ends early with a
+cursor, so a rare status never turns a request into a scan of every task."""
+
+# -- History and stats ------------------------------------------------------------------------------
+
+MAX_EVENTS = 100
+"""Per task; a task retried or re-armed forever keeps its newest events."""
+
+FINISHED_BUCKET_S = 10
+"""Width of the counters of finished tasks behind `/api/stats` throughput."""
+
+WINDOW_S = 60
+"""The window `/api/stats` reports throughput over."""
+
+UNREADABLE_SHOWN = 20
+"""How many ids of unreadable records `/api/stats` lists (it counts them all)."""
+
+# -- Storage ----------------------------------------------------------------------------------------
+
+SMALL_DATA = 512
+"""Job data up to this size is stored as is: zlib would set up a 32 KiB window to save a few
+dozen bytes, the largest single cost of a job in a batch. RQ compresses what it writes and reads
+both (`Job.restore` takes data that does not inflate as it is; JSON never starts like zlib)."""
+
+# -- The reconciler ---------------------------------------------------------------------------------
+
+LOST_AFTER_S = 30
+"""A queued task is only suspected lost after this long, so a pop in progress is never mistaken."""
+
+WALK_BUDGET = 2000
+"""Index entries one pass examines; the walk goes on from there in the next pass."""
+
+SEARCH_BUDGET = 100
+"""Queue searches (LPOS, linear in the queue's length) one pass may make."""
+
+FINISHED_BUCKET_TTL_S = 120
+"""How long a counter of finished tasks lives: twice the window `/api/stats` reads."""
+
+# -- Locks and clients ------------------------------------------------------------------------------
+
+MAINTENANCE_LOCK_S = 60
+"""How long the worker that cleans RQ's registries holds the lock: RQ's own 899 s would stop every
+cleanup (and so the rescue of dead workers' tasks) for 15 minutes after a worker died holding it."""
+
+REDIS_CONNECT_TIMEOUT_S = 2
+"""A client gives up connecting this soon when Redis is away, so a request gets a 503, not a hang."""
+
+REDIS_SOCKET_TIMEOUT_S = 5
+"""Longest one Redis reply may take before the request fails (and may be retried)."""
+
+REDIS_HEALTH_CHECK_S = 30
+"""An idle connection is checked before use after this long, so a restarted Redis is noticed."""
+
+TIMER_MAX_EARLY_S = 1.0
+"""How early rq-scheduler hands over a timer at most (it compares whole seconds)."""
