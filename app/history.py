@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from app import codec, keys
@@ -16,7 +17,24 @@ from app.defaults import MAX_EVENTS
 log = logging.getLogger(__name__)
 
 
-TERMINAL_EVENTS = frozenset({"completed", "failed", "canceled", "stopped"})
+class EventName(str, Enum):
+    """What can happen to a task, as its history names it."""
+
+    SUBMITTED = "submitted"
+    QUEUED = "queued"
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    STARTED = "started"
+    RETRYING = "retrying"
+    RETRY_REQUESTED = "retry_requested"
+    REQUEUED = "requeued"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    CANCELED = "canceled"
+
+
+TERMINAL_EVENTS = frozenset({EventName.COMPLETED, EventName.FAILED, EventName.CANCELED, EventName.STOPPED})
 
 
 @dataclass(frozen=True)
@@ -32,7 +50,7 @@ class Event:
 def record(
     target: Any,
     task_id: str,
-    event: str,
+    event: EventName,
     *,
     attempt: int | None = None,
     worker: str | None = None,
@@ -45,7 +63,7 @@ def record(
     Terminal events start the stream's expiry, so it lives exactly as long as the task's own record
     (a task brought back by a retry or re-arm gets PERSIST where that happens).
     """
-    fields: dict[str, str | int] = {"event": event, "at_ms": int(time.time() * 1000)}
+    fields: dict[str, str | int] = {"event": EventName(event).value, "at_ms": int(time.time() * 1000)}
     if attempt:
         fields["attempt"] = attempt
     if worker:

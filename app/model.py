@@ -63,6 +63,18 @@ class Backoff:
         return float(ms)
 
 
+class ErrorType(str, Enum):
+    """The `error.type` of a task that rqflow itself failed or canceled (a handler's exception
+    gives its own class name instead)."""
+
+    DEPENDENCY_FAILED = "dependency_failed"
+    CANCELED = "canceled"
+    TIMEOUT = "timeout"
+    WORKER_LOST = "worker_lost"
+    FORBIDDEN_JOB = "forbidden_job"
+    UNKNOWN_TASK_TYPE = "unknown_task_type"
+
+
 @dataclass(frozen=True)
 class TaskError:
     type: str

@@ -25,7 +25,7 @@ from redis.client import Pipeline
 
 from app import codec, cron, keys
 from app.clock import from_ms, to_ms
-from app.errors import FieldError, InvalidInput, ScheduleNotFound, TaskConflict, UnreadableRecord
+from app.errors import BadCron, BadTimezone, FieldError, InvalidInput, ScheduleNotFound, TaskConflict, UnreadableRecord
 from app.jobs import store
 from app.jobs.tasks import TaskService
 from app.jobs.timers import Timer, arm
@@ -140,11 +140,11 @@ class ScheduleService:
         if spec.cron is not None:
             try:
                 cron.parse(spec.cron)
-            except cron.BadCron as error:
+            except BadCron as error:
                 errors.append(FieldError("cron", str(error)))
         try:
             cron.zone(spec.timezone)
-        except cron.BadTimezone as error:
+        except BadTimezone as error:
             errors.append(FieldError("timezone", str(error)))
         if errors:
             raise InvalidInput("; ".join(f"{e.loc}: {e.message}" for e in errors), errors)

@@ -153,8 +153,15 @@ def check(redis: Redis, run: Run) -> dict[str, Any]:
 
 
 def run_chaos(
-    duration_s: float, var_dir: Path, seed: int = 1, every: tuple[float, float] = (2, 5), per_s: float = 20
+    duration_s: float,
+    var_dir: Path,
+    seed: int = 1,
+    every: tuple[float, float] = (2, 5),
+    per_s: float = 20,
+    min_kills: int = 0,
 ) -> dict[str, Any]:
+    """Kill a random process every `every` seconds for `duration_s` (and on until `min_kills` kills,
+    since waiting for each recovery, a Redis restart above all, can take most of a short run)."""
     rng = random.Random(seed)
     run = Run(port=free_port(), redis_port=free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("RQFLOW_")}
@@ -179,7 +186,7 @@ def run_chaos(
         feeder.start()
         end = time.monotonic() + duration_s
         n = 0
-        while time.monotonic() < end:
+        while time.monotonic() < end or (n < min_kills and time.monotonic() < end + 120):
             time.sleep(rng.uniform(*every))
             kind = rng.choice(["worker", "worker", "scheduler", "web", "redis"])
             pids = find(launcher.pid, kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from app.api.main import create_app
 from app.jobs.tasks import TaskService
 from app.registry import Registry, load_registry
 from app.settings import Settings
-from tests.support import RedisServer
+from tests.support import PROCESS_OUTPUT, RedisServer, tail
 from workers.worker import TaskSimpleWorker
 
 TEST_MODULES = ["tests.handlers"]
@@ -81,3 +82,23 @@ def fire_timers(redis: Redis, service: TaskService, monkeypatch: pytest.MonkeyPa
         Scheduler(connection=redis, interval=1, job_class=fire.TimerJob, queue_class=fire.FireQueue).enqueue_jobs()
 
     return run
+
+
+@pytest.fixture(autouse=True)
+def _process_output() -> Iterator[None]:
+    """Each test starts with no process output recorded, and leaves none behind."""
+    yield
+    for path, fd in PROCESS_OUTPUT.items():
+        os.close(fd)
+        path.unlink(missing_ok=True)
+    PROCESS_OUTPUT.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    """A failing test shows the last lines each process it started wrote."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for path in PROCESS_OUTPUT:
+            report.sections.append((f"output of {path.name}", tail(path)))

@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,25 @@ from app.embedded import redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
+
+PROCESS_OUTPUT: dict[Path, int] = {}
+"""Files holding the output of the processes the running test started, with this process's
+descriptor of each: a failing test shows their tails (tests/conftest.py), so a crash in a worker
+is seen, not guessed."""
+
+
+def output_file(name: str) -> int:
+    """A file descriptor for a started process's stdout and stderr, shown if the test fails."""
+    fd, path = tempfile.mkstemp(prefix=f"rqflow-{name}-", suffix=".log")
+    PROCESS_OUTPUT[Path(path)] = fd
+    return fd
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"(unreadable: {error})"
 
 
 def free_port() -> int:
@@ -106,8 +126,8 @@ def rq_worker(
         ],
         env=full_env,
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output_file("rq-worker"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 

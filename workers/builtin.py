@@ -9,11 +9,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from app.errors import TaskFailed
 from app.registry import TaskContext, task_type
-
-
-class TaskFailed(Exception):
-    """Raised by a handler to fail the attempt with a clear message (retried if attempts remain)."""
 
 
 @task_type("data_processing", max_attempts=3, timeout_ms=300_000)

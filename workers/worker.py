@@ -24,11 +24,13 @@ from rq.worker import BaseWorker, SimpleWorker, Worker
 
 from app import history, keys
 from app.defaults import MAINTENANCE_LOCK_S
-from app.errors import UnknownTaskType
+from app.errors import ForbiddenJob, UnknownTaskType
+from app.history import EventName
 from app.jobs.dependencies import cascade
-from app.jobs.job import ForbiddenJob, TaskJob
+from app.jobs.job import TaskJob
 from app.jobs.repair import repair
 from app.jobs.tasks import TaskService
+from app.model import ErrorType
 from app.registry import load_registry
 from app.settings import Settings, get_settings
 from workers import entry
@@ -36,10 +38,10 @@ from workers import entry
 log = logging.getLogger(__name__)
 
 ERROR_TYPES: dict[type[BaseException], str] = {
-    JobTimeoutException: "timeout",
-    AbandonedJobError: "worker_lost",
-    ForbiddenJob: "forbidden_job",
-    UnknownTaskType: "unknown_task_type",
+    JobTimeoutException: ErrorType.TIMEOUT.value,
+    AbandonedJobError: ErrorType.WORKER_LOST.value,
+    ForbiddenJob: ErrorType.FORBIDDEN_JOB.value,
+    UnknownTaskType: ErrorType.UNKNOWN_TASK_TYPE.value,
 }
 
 
@@ -146,7 +148,7 @@ class TaskWorkerMixin(BaseWorker):
             history.record(
                 pipe,
                 job.id,
-                "requeued",
+                EventName.REQUEUED,
                 attempt=getattr(job, "attempts", None),
                 worker=self.name,
                 detail="cut off by the worker's shutdown",
@@ -166,7 +168,7 @@ class TaskWorkerMixin(BaseWorker):
         (app.jobs.release); cancel the ones it never will (RQ would leave them deferred forever, rq#1093)."""
         if job.get_status(refresh=False) is JobStatus.STOPPED and isinstance(job, TaskJob):
             # rqflow stops a running task only to cancel it (RQ's stop command makes it STOPPED).
-            job.record_error("canceled", "canceled on request while running")
+            job.record_error(ErrorType.CANCELED.value, "canceled on request while running")
             try:
                 job.cancel()
             except InvalidJobOperation:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -15,11 +16,14 @@ from starlette.responses import JSONResponse, Response
 
 from app import codec
 from app.errors import (
+    BadJSON,
     DomainError,
     FieldError,
     InvalidInput,
+    InvalidTask,
+    MalformedBody,
     ScheduleNotFound,
-    StoreUnavailable,
+    SubmissionInProgress,
     TaskConflict,
     TaskNotFound,
     UnreadableRecord,
@@ -27,20 +31,34 @@ from app.errors import (
 
 log = logging.getLogger(__name__)
 
-STATUS: dict[type[DomainError], int] = {
-    InvalidInput: 422,
-    TaskNotFound: 404,
-    ScheduleNotFound: 404,
-    TaskConflict: 409,
-    StoreUnavailable: 503,
+
+@dataclass(frozen=True)
+class Problem:
+    """How a domain error leaves over HTTP."""
+
+    status: int
+    title: str
+    type: str | None = None
+    """The problem+json `type` slug, where the status alone would not say what went wrong."""
+    retry_after_s: int | None = None
+    """Set when the same request may well succeed if sent again this many seconds later."""
+
+
+PROBLEMS: dict[type[DomainError], Problem] = {
+    MalformedBody: Problem(400, "Malformed request body"),
+    InvalidTask: Problem(422, "Invalid task"),
+    InvalidInput: Problem(422, "Invalid input"),
+    TaskNotFound: Problem(404, "Task not found"),
+    ScheduleNotFound: Problem(404, "Schedule not found"),
+    SubmissionInProgress: Problem(409, "Conflict", retry_after_s=1),
+    TaskConflict: Problem(409, "Conflict"),
     # The server holds data it cannot present: its fault, not the client's, and said as such.
-    UnreadableRecord: 500,
+    UnreadableRecord: Problem(500, "Unreadable record", type="unreadable-record"),
 }
-"""Domain error -> HTTP status; the first class in an error's MRO that is listed wins."""
+"""Domain error -> how it leaves; the first class in an error's MRO that is listed wins. The only
+place domain errors meet HTTP."""
 
-
-class MalformedBody(Exception):
-    """Raised by the routes when a body is not JSON at all (400, unlike a JSON body with bad values)."""
+FALLBACK = Problem(400, "Request failed")
 
 
 class ProblemResponse(JSONResponse):
@@ -75,11 +93,11 @@ def _field_errors(errors: tuple[FieldError, ...]) -> list[dict[str, str]]:
 
 async def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
-    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 400)
+    shape = next((PROBLEMS[cls] for cls in type(exc).__mro__ if cls in PROBLEMS), FALLBACK)
     errors = _field_errors(exc.errors) if isinstance(exc, InvalidInput) else None
-    response = problem(status, exc.detail, title=exc.title, problem_type=exc.problem_type, errors=errors)
-    if exc.retry_after_s is not None:
-        response.headers["Retry-After"] = str(exc.retry_after_s)
+    response = problem(shape.status, exc.detail, title=shape.title, problem_type=shape.type, errors=errors)
+    if shape.retry_after_s is not None:
+        response.headers["Retry-After"] = str(shape.retry_after_s)
     return response
 
 
@@ -88,10 +106,6 @@ async def validation_error(request: Request, exc: Exception) -> Response:
     errors = [{"field": ".".join(str(part) for part in e["loc"]) or "body", "message": e["msg"]} for e in exc.errors()]
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem(422, detail, title="Invalid input", errors=errors)
-
-
-async def malformed_body(request: Request, exc: Exception) -> Response:
-    return problem(400, str(exc), title="Malformed request body")
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -118,7 +132,6 @@ async def unexpected(request: Request, exc: Exception) -> Response:
 HANDLERS = {
     DomainError: domain_error,
     ValidationError: validation_error,
-    MalformedBody: malformed_body,
     HTTPException: http_error,
     RedisConnectionError: redis_down,
     RedisTimeoutError: redis_down,
@@ -132,5 +145,5 @@ def parse_json(raw: bytes) -> Any:
         raise MalformedBody("the request body is empty; send a JSON object")
     try:
         return codec.loads_request(raw)
-    except codec.BadJSON as error:
+    except BadJSON as error:
         raise MalformedBody(f"the request body is not valid JSON: {error}") from None

@@ -26,7 +26,7 @@ from app.graph import Verdict, dependency_failed_error, edge_met, judge
 from app.jobs import release
 from app.jobs.job import TaskJob
 from app.jobs.status import task_status
-from app.model import Edge, TaskStatus
+from app.model import Edge, ErrorType, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def rearm(connection: Redis, parent: str, pipe: Pipeline) -> list[str]:
         for child in TaskJob.fetch_many(child_ids, connection=connection, serializer=JSONSerializer):
             if not isinstance(child, TaskJob) or child.get_status(refresh=False) is not JobStatus.CANCELED:
                 continue
-            if (child.error or {}).get("type") != "dependency_failed" or (child.error or {}).get(
+            if (child.error or {}).get("type") != ErrorType.DEPENDENCY_FAILED or (child.error or {}).get(
                 "dependency"
             ) != current:
                 continue

@@ -17,30 +17,27 @@ from rq.utils import import_attribute
 
 from app import codec, history, keys
 from app.defaults import FINISHED_BUCKET_TTL_S
-from app.errors import UnreadableRecord
+from app.errors import BadJSON, ForbiddenJob, UnreadableRecord
 from app.graph import edges_from_spec
+from app.history import EventName
 from app.jobs import release
 from app.jobs.status import task_status
 from app.model import Backoff, Edge, Priority, Task, TaskError, TaskStatus
 
 STATUS_EVENTS = {
-    JobStatus.QUEUED: "queued",
-    JobStatus.DEFERRED: "pending",
-    JobStatus.SCHEDULED: "scheduled",
-    JobStatus.FINISHED: "completed",
-    JobStatus.FAILED: "failed",
-    JobStatus.STOPPED: "stopped",
-    JobStatus.CANCELED: "canceled",
+    JobStatus.QUEUED: EventName.QUEUED,
+    JobStatus.DEFERRED: EventName.PENDING,
+    JobStatus.SCHEDULED: EventName.SCHEDULED,
+    JobStatus.FINISHED: EventName.COMPLETED,
+    JobStatus.FAILED: EventName.FAILED,
+    JobStatus.STOPPED: EventName.STOPPED,
+    JobStatus.CANCELED: EventName.CANCELED,
 }
 """RQ status changes that are events in a task's history (STARTED is recorded where it happens)."""
 
 RELEASING = frozenset({JobStatus.FINISHED, JobStatus.FAILED})
 """Ends that may let dependents run (FAILED: through edges that allow failure). A STOPPED task was
 canceled on request and becomes CANCELED, which lets none run."""
-
-
-class ForbiddenJob(Exception):
-    """Raised when a job in Redis names anything but rqflow's entry point: it runs nothing."""
 
 
 class TaskJob(Job):
@@ -123,7 +120,7 @@ class TaskJob(Job):
             return None
         try:
             return codec.loads(raw)
-        except codec.BadJSON as error:
+        except BadJSON as error:
             self.unreadable = f"its field {name}: {error}"
             return None
 
@@ -150,7 +147,7 @@ class TaskJob(Job):
         # Counted in the same transaction that marks the job started, so every start counts once.
         pipeline.hincrby(self.key, keys.FIELD_ATTEMPTS, 1)
         self.attempts += 1
-        history.record(pipeline, self.id, "started", attempt=self.attempts, worker=worker_name)
+        history.record(pipeline, self.id, EventName.STARTED, attempt=self.attempts, worker=worker_name)
 
     def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
         """RQ's status change, plus the matching event in the task's history, in the same pipeline."""
@@ -191,7 +188,7 @@ class TaskJob(Job):
         history.record(
             pipeline,
             self.id,
-            "retrying",
+            EventName.RETRYING,
             attempt=self.attempts,
             worker=self.worker_name,
             error=self.error,

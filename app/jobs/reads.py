@@ -21,6 +21,7 @@ from app import history, keys
 from app.clock import from_ms, iso
 from app.defaults import SCAN_BUDGET
 from app.errors import FieldError, InvalidInput, TaskNotFound, UnreadableRecord
+from app.history import EventName
 from app.jobs import store
 from app.jobs.dependencies import judge_now
 from app.jobs.job import TaskJob
@@ -62,7 +63,7 @@ class TaskReader:
         submitted_as = job.spec.get("submitted_as")
         if submitted_as and job.created_at:
             # Kept in the task's own hash rather than a stream per task (see Planned.stored_spec).
-            events.insert(0, history.Event("submitted", job.created_at, None, None, None, submitted_as))
+            events.insert(0, history.Event(EventName.SUBMITTED.value, job.created_at, None, None, None, submitted_as))
         return events
 
     # -- read ----------------------------------------------------------------------------------

@@ -33,18 +33,20 @@ from rq.utils import as_text, utcformat
 
 from app import keys
 from app.defaults import MAX_EVENTS
+from app.history import EventName
 
-# ARGV: now as RQ writes times, now (ms), parent id (or ""), then child ids when there is no parent,
-# after the key prefixes (see `_args`). Returns {queued ids, ids marked ready for a limited slot}.
+# ARGV: now as RQ writes times, now (ms), parent id (or ""), the key prefixes and names of `_FIXED`,
+# then the child ids when there is no parent. Returns the ids it released.
 SCRIPT = """
 local now, now_ms, parent = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local job_prefix, deferred_prefix, queue_prefix, queues_key, rl_prefix, rl_keys, history_prefix, max_events =
     ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local queued_event = ARGV[12]
 local children
 if parent ~= '' then
     children = redis.call('SMEMBERS', job_prefix .. parent .. ':dependents')
 else
-    children = {unpack(ARGV, 12)}
+    children = {unpack(ARGV, 13)}
 end
 
 -- True when every edge lets the child run: a parent that finished (or expired after finishing)
@@ -100,7 +102,7 @@ for _, id in ipairs(children) do
         else
             push(id, f[2])
         end
-        local event = {'event', 'queued', 'at_ms', tostring(now_ms)}
+        local event = {'event', queued_event, 'at_ms', tostring(now_ms)}
         if tonumber(f[6]) and tonumber(f[6]) > 0 then
             event[#event + 1] = 'attempt'
             event[#event + 1] = f[6]
@@ -112,7 +114,7 @@ end
 return released
 """
 
-_PREFIXES = (
+_FIXED = (
     Job.redis_job_namespace_prefix,
     DeferredJobRegistry.key_template.format(""),
     Queue.redis_queue_namespace_prefix,
@@ -121,12 +123,13 @@ _PREFIXES = (
     RateLimitRegistry.rl_keys_key,
     keys.history_key(""),
     str(MAX_EVENTS),
+    EventName.QUEUED.value,
 )
 
 
 def _args(parent: str, children: Sequence[str]) -> list[Any]:
     now = datetime.now(timezone.utc)
-    return [utcformat(now), int(now.timestamp() * 1000), parent, *_PREFIXES, *children]
+    return [utcformat(now), int(now.timestamp() * 1000), parent, *_FIXED, *children]
 
 
 def after_end(target: Any, parent: str) -> None:

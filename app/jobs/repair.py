@@ -21,6 +21,7 @@ from rq.utils import as_text, str_to_date
 
 from app import history, keys
 from app.defaults import LOST_AFTER_S, SEARCH_BUDGET, WALK_BUDGET
+from app.history import EventName
 from app.jobs import dependencies
 from app.jobs.job import TaskJob
 from app.jobs.tasks import TaskService
@@ -82,7 +83,7 @@ def _requeue_lost(service: TaskService) -> int:
                 continue
             pipe.multi()
             pipe.lpush(queue_key, task_id)
-            history.record(pipe, task_id, "queued", detail="found in no queue (its worker died); queued again")
+            history.record(pipe, task_id, EventName.QUEUED, detail="found in no queue (its worker died); queued again")
             pipe.execute()
         requeued += 1
     return requeued

@@ -29,8 +29,8 @@ from rq.serializers import JSONSerializer
 from app import keys
 from app.clock import to_ms
 from app.defaults import CLAIM_TTL_MS
-from app.errors import FieldError, InvalidTask, SubmissionInProgress, TaskConflict, UnknownTaskType
-from app.graph import DependencyCycle, dependency_failed_error, edge_met, topological_order
+from app.errors import DependencyCycle, FieldError, InvalidTask, SubmissionInProgress, TaskConflict, UnknownTaskType
+from app.graph import dependency_failed_error, edge_met, topological_order
 from app.jobs import store
 from app.jobs.bulk import FastTransaction
 from app.jobs.dependencies import parent_statuses

@@ -24,6 +24,7 @@ from app import history, keys
 from app.clock import to_ms
 from app.defaults import CANCEL_ATTEMPTS
 from app.errors import TaskConflict, UnreadableRecord
+from app.history import EventName
 from app.jobs import release, store
 from app.jobs.dependencies import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
 from app.jobs.job import TaskJob
@@ -31,7 +32,7 @@ from app.jobs.reads import TaskReader
 from app.jobs.status import task_status
 from app.jobs.submission import Submission
 from app.jobs.timers import hold
-from app.model import Priority, Task, TaskChanges, TaskSpec, TaskStatus
+from app.model import ErrorType, Priority, Task, TaskChanges, TaskSpec, TaskStatus
 from app.registry import Registry
 
 
@@ -227,7 +228,7 @@ class TaskService:
                     self._take_out_of_queue(job)
                 except TaskConflict:
                     return Cancellation.TAKEN
-            if cancel_task(job, {"type": "canceled", "message": "canceled on request"}):
+            if cancel_task(job, {"type": ErrorType.CANCELED.value, "message": "canceled on request"}):
                 cascade(self.connection, task_id)
                 return Cancellation.CANCELED
         raise TaskConflict(f"task {task_id!r} kept changing state; try again")
@@ -252,7 +253,7 @@ class TaskService:
             pipe.hdel(job.key, keys.FIELD_ERROR)
             for registry in (job.failed_job_registry, CanceledJobRegistry(job.origin, connection=self.connection)):
                 registry.remove(job, pipeline=pipe)
-            history.record(pipe, task_id, "retry_requested", attempt=job.attempts or None)
+            history.record(pipe, task_id, EventName.RETRY_REQUESTED, attempt=job.attempts or None)
             if verdict.met is None:
                 job.set_status(JobStatus.DEFERRED, pipeline=pipe)
                 job.save(pipeline=pipe)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from app import codec
+from app.errors import BadJSON
 
 
 @pytest.mark.parametrize(
@@ -27,7 +28,7 @@ from app import codec
     ],
 )
 def test_what_is_not_strict_json_is_refused_and_named(raw: bytes, named: str) -> None:
-    with pytest.raises(codec.BadJSON, match=named.replace("(", r"\(")):
+    with pytest.raises(BadJSON, match=named.replace("(", r"\(")):
         codec.loads_request(raw)
 
 
@@ -56,9 +57,9 @@ def test_nesting_up_to_the_limit_is_accepted() -> None:
 
 
 def test_stored_records_are_read_as_strictly_but_without_the_request_limits() -> None:
-    with pytest.raises(codec.BadJSON, match="NaN"):
+    with pytest.raises(BadJSON, match="NaN"):
         codec.loads(b'{"x": NaN}')
-    with pytest.raises(codec.BadJSON, match="surrogate"):
+    with pytest.raises(BadJSON, match="surrogate"):
         codec.loads(b'["\\ud800"]')
     # A handler's result may be deeper or larger than a request may; it was written by rqflow.
     assert codec.loads(b"[" * 100 + b"]" * 100) is not None

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from app import cron
+from app.errors import BadCron, BadTimezone
 
 UTC = timezone.utc
 
@@ -55,10 +56,15 @@ def test_utc_every_five_minutes() -> None:
 
 @pytest.mark.parametrize("expression", ["* * * *", "* * * * * *", "61 * * * *", "x * * * *", ""])
 def test_bad_expressions(expression: str) -> None:
-    with pytest.raises(cron.BadCron):
+    with pytest.raises(BadCron):
         cron.parse(expression)
 
 
 def test_bad_timezone() -> None:
-    with pytest.raises(cron.BadTimezone):
+    with pytest.raises(BadTimezone):
         cron.zone("Mars/Olympus")
+
+
+def test_an_expression_that_never_fires_is_refused() -> None:
+    with pytest.raises(BadCron, match="never fires"):
+        cron.parse("0 0 31 2 *")

@@ -9,7 +9,7 @@ from bench.chaos import run_chaos
 
 
 def test_short_chaos_run(tmp_path: Path) -> None:
-    report = run_chaos(30, tmp_path / "var", seed=7, every=(2, 4))
+    report = run_chaos(20, tmp_path / "var", seed=7, every=(2, 4), min_kills=4)
     assert sum(report["kills"].values()) >= 4, report
     assert report["acknowledged"] > 100, report
     assert report["lost"] == 0, report

@@ -22,7 +22,7 @@ from app import keys
 from app.api.main import create_app
 from app.settings import Settings
 from bench.procs import kill_tree
-from tests.support import ROOT, RedisServer, free_port, rq_worker, wait_for_status, wait_until
+from tests.support import ROOT, RedisServer, free_port, output_file, rq_worker, wait_for_status, wait_until
 
 FAST = {"RQFLOW_WORKER_LOST_AFTER_S": "5", "RQFLOW_MAINTENANCE_S": "2", "RQFLOW_HEARTBEAT_S": "1"}
 
@@ -168,7 +168,7 @@ def test_an_api_killed_in_the_middle_of_a_batch_leaves_all_of_it_or_none(setting
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RQFLOW_REDIS_URL": url, "RQFLOW_PORT": str(port)}
     api = subprocess.Popen(
-        [sys.executable, "-m", "app.api"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [sys.executable, "-m", "app.api"], env=env, cwd=ROOT, stdout=output_file("api"), stderr=subprocess.STDOUT
     )
     try:
         wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), timeout=30, what="the API")

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from app.settings import Settings
 from deploy.launch import read_procfile
-from tests.support import ROOT, free_port, wait_until
+from tests.support import ROOT, free_port, output_file, wait_until
 from workers.worker import TaskSimpleWorker
 
 
@@ -43,7 +43,11 @@ def test_the_dashboard_shows_tasks_readably_and_listens_on_loopback(
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }
     dashboard = subprocess.Popen(
-        ["/bin/sh", "-c", f"exec {command}"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ["/bin/sh", "-c", f"exec {command}"],
+        env=env,
+        cwd=ROOT,
+        stdout=output_file("dashboard"),
+        stderr=subprocess.STDOUT,
     )
     try:
         base = f"http://127.0.0.1:{port}/0/data"

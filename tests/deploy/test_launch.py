@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from bench.procs import alive, cmdline, descendants
-from tests.support import ROOT, free_port, wait_until
+from tests.support import ROOT, free_port, output_file, wait_until
 
 
 class Launched:
@@ -37,8 +37,8 @@ class Launched:
             [sys.executable, str(ROOT / "deploy" / "launch.py")],
             env=self.env,
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=output_file("make-run"),
+            stderr=subprocess.STDOUT,
         )
         wait_until(lambda: self.call("GET", "/health")[0] == 200, timeout=60, interval=0.2, what="the API")
 

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from app.settings import Settings
 from deploy.launch import read_procfile
-from tests.support import ROOT, wait_until
+from tests.support import ROOT, output_file, wait_until
 
 RUNS = 20
 
@@ -31,7 +31,7 @@ def test_three_schedulers_make_each_run_exactly_once(client: TestClient, setting
     commands = [procfile["scheduler"]] * 3 + [procfile["worker"]]
     processes = [
         subprocess.Popen(
-            ["/bin/sh", "-c", f"exec {c}"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            ["/bin/sh", "-c", f"exec {c}"], env=env, cwd=ROOT, stdout=output_file("scheduler"), stderr=subprocess.STDOUT
         )
         for c in commands
     ]

@@ -10,7 +10,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from app.settings import Settings
-from tests.support import ROOT, wait_for_status, wait_until
+from tests.support import ROOT, output_file, wait_for_status, wait_until
 
 RQ = str(Path(sys.executable).parent / "rq")
 
@@ -67,8 +67,8 @@ def test_rq_info_lists_our_queues_and_workers(client: TestClient, settings: Sett
         ],
         env=rq_env(settings),
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output_file("rq-cli"),
+        stderr=subprocess.STDOUT,
     )
     try:
 

@@ -41,9 +41,8 @@ def test_the_same_batch_sent_twice_at_once_is_created_exactly_once(service: Task
 
 def test_a_claim_cut_off_by_a_crash_holds_its_ids_only_until_it_lapses(service: TaskService, redis: Redis) -> None:
     redis.zadd(keys.CLAIMS, {"x": 2**50})  # an API process died after claiming "x"
-    with pytest.raises(SubmissionInProgress) as refused:
+    with pytest.raises(SubmissionInProgress):
         service.submit(TaskSpec(type="echo", id="x"))
-    assert refused.value.retry_after_s == 1
     redis.zadd(keys.CLAIMS, {"x": 1})  # ... and its claim has lapsed
     task, created = service.submit(TaskSpec(type="echo", id="x"))
     assert created and task.status.value == "QUEUED"
