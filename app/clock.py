@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import lru_cache
+
+Clock = Callable[[], datetime]
+"""What services ask for the current time: `now` in production, a fixed or stepping clock in tests."""
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def to_ms(at: datetime) -> int:

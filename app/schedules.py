@@ -24,7 +24,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from app import codec, cron, keys
-from app.clock import from_ms, to_ms
+from app.clock import Clock, from_ms, now, to_ms
 from app.errors import BadCron, BadTimezone, FieldError, InvalidInput, ScheduleNotFound, TaskConflict, UnreadableRecord
 from app.jobs import store
 from app.jobs.tasks import TaskService
@@ -126,9 +126,11 @@ def run_id(schedule_id: str, at: datetime) -> str:
 
 
 class ScheduleService:
-    def __init__(self, connection: Redis, tasks: TaskService) -> None:
+    def __init__(self, connection: Redis, tasks: TaskService, clock: Clock = now) -> None:
         self.connection = connection
         self.tasks = tasks
+        self.clock = clock
+        """Where next fires are computed from; tests pass their own instead of waiting for wall time."""
 
     def validate(self, spec: ScheduleSpec) -> None:
         """Raise InvalidInput naming each field that does not fit."""
@@ -162,10 +164,10 @@ class ScheduleService:
             if not created:
                 pipe.unwatch()
                 return
-            now = _now()
+            created_at = self.clock()
             pipe.multi()
-            self._store(pipe, spec, runs=0, created=now)
-            pipe.zadd(keys.SCHEDULE_INDEX, {schedule_id: to_ms(now)})
+            self._store(pipe, spec, runs=0, created=created_at)
+            pipe.zadd(keys.SCHEDULE_INDEX, {schedule_id: to_ms(created_at)})
 
         self.connection.transaction(write, key)
         schedule = self.get(schedule_id)
@@ -195,9 +197,9 @@ class ScheduleService:
     def _store(self, pipe: Pipeline, spec: ScheduleSpec, *, runs: int, created: datetime) -> None:
         """Queue the write of a definition, and the timer of its next fire, on `pipe` (in MULTI)."""
         assert spec.id
-        now = _now()
-        upcoming = None if spec.paused else next_fire(spec, now, anchor=created, runs=runs)
-        fields = _fields(spec, runs=runs, created=created, updated=now, upcoming=upcoming)
+        updated = self.clock()
+        upcoming = None if spec.paused else next_fire(spec, updated, anchor=created, runs=runs)
+        fields = _fields(spec, runs=runs, created=created, updated=updated, upcoming=upcoming)
         pipe.hset(keys.schedule_key(spec.id), mapping=fields)
         if upcoming:
             arm(self.connection, Timer("schedule", spec.id, to_ms(upcoming)), pipeline=pipe)
@@ -270,7 +272,7 @@ class ScheduleService:
                 return  # deleted, or another scheduler advanced it: this fire is counted once
             runs = schedule.runs + (0 if error else 1)
             # A late fire (no scheduler was running) runs once; the next is after now.
-            after = max(schedule.next_run_at, _now())
+            after = max(schedule.next_run_at, self.clock())
             upcoming = next_fire(schedule.spec, after, anchor=schedule.created_at, runs=runs)
             pipe.multi()
             next_run_ms = to_ms(upcoming) if upcoming else ""
@@ -283,10 +285,6 @@ class ScheduleService:
         self.connection.transaction(write, key)
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 def _from_ms(raw: bytes | str | None) -> datetime | None:
     text = codec.text(raw) if raw else ""
     return from_ms(int(text)) if text else None
@@ -297,7 +295,7 @@ def _salvage(raw: dict[Any, Any]) -> tuple[int, datetime]:
     fields = {codec.text(k): codec.text(v) for k, v in raw.items()}
     runs = int(fields["runs"]) if fields.get("runs", "").isdigit() else 0
     created = fields.get("created_ms", "")
-    return runs, from_ms(int(created)) if created.isdigit() and len(created) <= 15 else _now()
+    return runs, from_ms(int(created)) if created.isdigit() and len(created) <= 15 else now()
 
 
 def _dump_spec(spec: ScheduleSpec) -> str:
@@ -341,7 +339,7 @@ def _schedule(schedule_id: str, raw: dict[Any, Any]) -> Schedule:
 
 def _decode(schedule_id: str, raw: dict[Any, Any]) -> Schedule:
     fields = {codec.text(k): v for k, v in raw.items()}
-    created = _from_ms(fields.get("created_ms")) or _now()
+    created = _from_ms(fields.get("created_ms")) or now()
     return Schedule(
         id=schedule_id,
         spec=_load_spec(codec.text(fields["spec"])),

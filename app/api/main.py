@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.problems import HANDLERS, problem
 from app.api.routes import BATCH_PATH, ROUTES
+from app.clock import Clock, now
 from app.defaults import REDIS_CONNECT_TIMEOUT_S, REDIS_HEALTH_CHECK_S, REDIS_SOCKET_TIMEOUT_S
 from app.jobs.tasks import TaskService
 from app.registry import load_registry
@@ -109,7 +110,7 @@ class ServerTiming:
         await self.app(scope, receive, timed_send)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, clock: Clock = now) -> Starlette:
     registry = load_registry(settings.task_modules, settings.type_limits)
 
     @asynccontextmanager
@@ -117,7 +118,7 @@ def create_app(settings: Settings) -> Starlette:
         redis = connect(settings)
         app.state.redis = redis
         app.state.tasks = TaskService(redis, registry, result_ttl_s=settings.result_ttl_s)
-        app.state.schedules = ScheduleService(redis, app.state.tasks)
+        app.state.schedules = ScheduleService(redis, app.state.tasks, clock)
         try:
             yield
         finally:

@@ -12,6 +12,8 @@ import pytest
 from redis import Redis
 from starlette.testclient import TestClient
 
+from app.api.main import create_app
+from app.settings import Settings
 from tests.app.api.test_tasks import assert_problem
 from tests.support import wait_until
 
@@ -91,20 +93,19 @@ def test_pause_resume_and_delete(client: TestClient, fire_timers: Any) -> None:
     assert runs(client, "p") == kept  # runs made stay; no new ones
 
 
-def test_cron_schedule_shows_its_next_run_in_its_zone(client: TestClient) -> None:
-    schedule = create(
-        client,
-        {
-            "id": "nightly",
-            "cron": "30 2 * * *",
-            "timezone": "Europe/Berlin",
-            "task": {"type": "echo"},
-            "start_at": "2026-03-28T12:00:00Z",
-        },
-    )
-    # After 2026-03-28 12:00Z, 02:30 Berlin next happens on a DST night: it fires at 03:30 CEST.
-    assert schedule["next_run_at"] == "2026-03-29T01:30:00.000Z" or schedule["next_run_at"] > "2026-03-29"
-    assert client.get("/api/schedules").json()[0]["id"] == "nightly"
+def test_cron_schedule_shows_its_next_run_in_its_zone_across_the_spring_jump(settings: Settings) -> None:
+    # The evening before Berlin's clocks jump from 02:00 to 03:00 (2026-03-29): 02:30 does not
+    # exist that night, so the nightly run fires at 03:30 CEST, then at 02:30 CEST again.
+    before_the_jump = datetime(2026, 3, 28, 18, 0, tzinfo=timezone.utc)
+    with TestClient(create_app(settings, clock=lambda: before_the_jump)) as client:
+        body = {"id": "nightly", "cron": "30 2 * * *", "timezone": "Europe/Berlin", "task": {"type": "echo"}}
+        schedule = create(client, body)
+        assert schedule["next_run_at"] == "2026-03-29T01:30:00.000Z"
+        assert client.get("/api/schedules").json()[0]["id"] == "nightly"
+    the_night_after = datetime(2026, 3, 29, 12, 0, tzinfo=timezone.utc)
+    with TestClient(create_app(settings, clock=lambda: the_night_after)) as client:
+        replaced = client.put("/api/schedules/nightly", json=body)
+        assert replaced.json()["next_run_at"] == "2026-03-30T00:30:00.000Z"
 
 
 def test_create_is_idempotent_by_id(client: TestClient) -> None:
