@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -108,25 +108,24 @@ class TaskSpec:
     schedule_id: str | None = None
 
     def fingerprint(self) -> str:
-        """Stable hash of what was asked, so a repeat with the same body is recognised as one."""
-        body = [
-            self.type,
-            self.id,
-            self.payload,
-            self.duration_ms,
-            [[e.parent, e.allow_failure] for e in self.dependencies],
-            self.priority.value,
-            self.run_at.isoformat() if self.run_at else None,
-            self.delay_ms,
-            self.max_attempts,
-            [self.backoff.initial_ms, self.backoff.factor, self.backoff.max_ms, self.backoff.jitter]
-            if self.backoff
-            else None,
-            self.timeout_ms,
-            self.name,
-            self.schedule_id,
-        ]
+        """Stable hash of what was asked, so a repeat with the same body is recognised as one: every
+        field in declaration order, so a field added to TaskSpec is part of it with no other edit."""
+        body = [_plain(getattr(self, f.name)) for f in fields(self)]
         return hashlib.sha256(codec.dumps(body, sort_keys=True)).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as the JSON the fingerprint hashes: enums by value, times in ISO 8601, small
+    dataclasses (Edge, Backoff) as the list of their fields."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return [_plain(getattr(value, f.name)) for f in fields(value)]
+    return value
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import uuid4
@@ -48,18 +48,8 @@ class TaskTemplate:
     name: str | None = None
 
     def to_spec(self, task_id: str | None, schedule_id: str | None) -> TaskSpec:
-        return TaskSpec(
-            type=self.type,
-            id=task_id,
-            payload=self.payload,
-            duration_ms=self.duration_ms,
-            priority=self.priority,
-            max_attempts=self.max_attempts,
-            backoff=self.backoff,
-            timeout_ms=self.timeout_ms,
-            name=self.name,
-            schedule_id=schedule_id,
-        )
+        # Every template field is a TaskSpec field of the same name: one added to both needs no edit here.
+        return TaskSpec(id=task_id, schedule_id=schedule_id, **{f.name: getattr(self, f.name) for f in fields(self)})
 
 
 @dataclass(frozen=True)

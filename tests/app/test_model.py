@@ -30,3 +30,28 @@ def test_fingerprint_is_stable_and_sensitive() -> None:
     assert (
         spec.fingerprint() != TaskSpec(type="t", id="a", payload={"a": 2, "b": 2}, priority=Priority.HIGH).fingerprint()
     )
+
+
+def test_fingerprints_stay_what_stored_tasks_were_given() -> None:
+    """Idempotent repeats compare against fingerprints stored by earlier versions: the hash of a
+    submission must not change when the code that computes it does."""
+    from datetime import datetime, timezone
+
+    from app.model import Edge
+
+    full = TaskSpec(
+        type="t",
+        id="a",
+        payload={"b": [1, {"c": 2}]},
+        duration_ms=5,
+        dependencies=(Edge("p"), Edge("q", True)),
+        priority=Priority.HIGH,
+        run_at=datetime(2030, 1, 1, tzinfo=timezone.utc),
+        max_attempts=2,
+        backoff=Backoff(10, 3.0, 100, False),
+        timeout_ms=7,
+        name="n",
+        schedule_id="s",
+    )
+    assert full.fingerprint() == "2d9f9cd9c810f6decb5646da1d1cc777c52aebe5d730f74329d8f50ea4746d15"
+    assert TaskSpec(type="t").fingerprint() == "12ff1a2a2fbff518464fed742b89d455f12a11f2ec5f1d3326aa3def9d845ad7"
