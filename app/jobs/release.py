@@ -3,8 +3,9 @@
 RQ moves the dependents of a finished job to a "ready" registry inside the job's transaction and
 queues them in a second step that WATCHes that registry, a key shared by every job of the queue;
 when another worker touches it meanwhile, RQ skips the job "for now" and it waits for the next
-maintenance pass (RQ 3.0 `ReadyJobRegistry.enqueue_jobs`). With 8 workers that happened to one
-dependency hop in ten, for up to 17 s.
+maintenance pass (RQ 3.0 `ReadyJobRegistry.enqueue_jobs`, the two-phase release of rq#2406; its
+maintenance lock lasts 899 s). With 8 workers that happened to one dependency hop in ten, for up to
+17 s under rqflow's 10 s maintenance.
 
 Here a parent's end queues this script in the same MULTI/EXEC that writes the end
 (`TaskJob.set_status`), so the end and the check of every child's parents are one atomic step:
