@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis import Redis
@@ -64,6 +66,56 @@ def work(redis: Redis, settings: Settings):  # type: ignore[no-untyped-def]
     def run(with_scheduler: bool = False) -> bool:
         worker = TaskSimpleWorker(["high", "default", "low"], connection=redis, settings=settings)
         return bool(worker.work(burst=True, with_scheduler=with_scheduler))
+
+    return run
+
+
+class FakeClock:
+    """A clock that moves only when a test says so (`advance`), starting at the real now."""
+
+    def __init__(self) -> None:
+        self.at = datetime.now(timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.at
+
+    def advance(self, seconds: float) -> None:
+        self.at += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def clocked_client(settings: Settings, redis: Redis, clock: FakeClock) -> Iterator[TestClient]:
+    """The app with schedules on the test's clock."""
+    with TestClient(create_app(settings, clock=clock)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def fire_due(redis: Redis, service: TaskService, clock: FakeClock, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """One pass of the real rq-scheduler loop with rqflow's timer classes, with the test's clock in
+    place of the wall's: the timers due by `clock` fire, without waiting for time to pass."""
+    from rq_scheduler import Scheduler
+    from rq_scheduler.utils import to_unix
+
+    from app.schedules import ScheduleService
+    from scheduler import fire
+
+    schedules = ScheduleService(redis, service, clock)
+    monkeypatch.setattr(fire, "services", lambda: (service, schedules))
+
+    class AtTheTestsClock(Scheduler):  # type: ignore[misc]
+        def get_jobs_to_queue(self, with_times: bool = False) -> Any:
+            return self.get_jobs(to_unix(clock().replace(tzinfo=None)), with_times=with_times)
+
+    def run() -> None:
+        AtTheTestsClock(
+            connection=redis, interval=1, job_class=fire.TimerJob, queue_class=fire.FireQueue
+        ).enqueue_jobs()
 
     return run
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import zlib
 from datetime import datetime, timezone
 from typing import Any
@@ -13,6 +12,7 @@ from redis import Redis
 from starlette.testclient import TestClient
 
 from app.api.main import create_app
+from app.clock import iso
 from app.settings import Settings
 from tests.app.api.test_tasks import assert_problem
 from tests.support import wait_until
@@ -28,21 +28,19 @@ def runs(client: TestClient, schedule_id: str) -> list[dict[str, Any]]:
     return list(client.get(f"/api/tasks?schedule_id={schedule_id}").json())
 
 
-def test_an_interval_schedule_runs_max_runs_times(client: TestClient, fire_timers: Any, work: Any) -> None:
+def test_an_interval_schedule_runs_max_runs_times(
+    clocked_client: TestClient, clock: Any, fire_due: Any, work: Any
+) -> None:
+    client = clocked_client
     schedule = create(
         client, {"id": "tick", "interval_s": 1, "max_runs": 3, "task": {"type": "echo", "payload": {"from": "tick"}}}
     )
     assert schedule["next_run_at"] is not None and schedule["runs"] == 0
-
-    def three_runs() -> bool:
-        fire_timers()
-        return len(runs(client, "tick")) == 3
-
-    wait_until(three_runs, timeout=15, interval=0.05, what="three runs")
-    time.sleep(1.2)  # one more interval: a fourth run would appear now if max_runs were ignored
-    fire_timers()
+    for expected in (1, 2, 3, 3):  # the fourth second makes no run: max_runs is 3
+        clock.advance(1)
+        fire_due()
+        assert len(runs(client, "tick")) == expected
     made = runs(client, "tick")
-    assert len(made) == 3
     assert all(t["id"].startswith("tick-") and t["schedule_id"] == "tick" for t in made)
     assert len({t["id"] for t in made}) == 3
     after = client.get("/api/schedules/tick").json()
@@ -61,11 +59,12 @@ def test_a_run_never_starts_before_its_fire_time(client: TestClient, fire_timers
     assert created >= due
 
 
-def test_missed_fires_run_once_on_return(client: TestClient, fire_timers: Any) -> None:
+def test_missed_fires_run_once_on_return(clocked_client: TestClient, clock: Any, fire_due: Any) -> None:
+    client = clocked_client
     first_due = create(client, {"id": "missed", "interval_s": 1, "task": {"type": "echo"}})["next_run_at"]
-    time.sleep(3.5)  # no scheduler runs: fires at +1 s, +2 s and +3 s are missed
-    returned = datetime.now(timezone.utc).isoformat()
-    fire_timers()
+    clock.advance(3.5)  # no scheduler runs: fires at +1 s, +2 s and +3 s are missed
+    returned = iso(clock())
+    fire_due()
     made = runs(client, "missed")
     assert len(made) == 1  # the overdue fire runs once...
     schedule = client.get("/api/schedules/missed").json()
@@ -74,22 +73,25 @@ def test_missed_fires_run_once_on_return(client: TestClient, fire_timers: Any) -
     assert schedule["next_run_at"] > returned  # ...and the next is the first one after the return
 
 
-def test_pause_resume_and_delete(client: TestClient, fire_timers: Any) -> None:
+def test_pause_resume_and_delete(clocked_client: TestClient, clock: Any, fire_due: Any) -> None:
+    client = clocked_client
     create(client, {"id": "p", "interval_s": 1, "task": {"type": "echo"}})
     body = {"interval_s": 1, "task": {"type": "echo"}, "paused": True}
     paused = client.put("/api/schedules/p", json=body).json()
     assert (paused["paused"], paused["next_run_at"]) == (True, None)
-    time.sleep(1.3)
-    fire_timers()
+    clock.advance(1.3)
+    fire_due()
     assert runs(client, "p") == []
     resumed = client.put("/api/schedules/p", json={**body, "paused": False}).json()
     assert resumed["next_run_at"] is not None
-    wait_until(lambda: fire_timers() or runs(client, "p"), timeout=10, interval=0.05, what="a run after resume")
+    clock.advance(1)
+    fire_due()
+    assert len(runs(client, "p")) == 1
     assert client.delete("/api/schedules/p").status_code == 204
     assert_problem(client.get("/api/schedules/p"), 404)
     kept = runs(client, "p")
-    time.sleep(1.3)
-    fire_timers()
+    clock.advance(1.3)
+    fire_due()
     assert runs(client, "p") == kept  # runs made stay; no new ones
 
 
