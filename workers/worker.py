@@ -15,11 +15,21 @@ from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from rq import worker_registration
 from rq.exceptions import AbandonedJobError, InvalidJobOperation, StopRequested
 from rq.job import Job, JobStatus
 from rq.queue import Queue
+from rq.rate_limit import RateLimitRegistry
+from rq.registry import (
+    DeferredJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ReadyJobRegistry,
+    StartedJobRegistry,
+)
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
+from rq.utils import now
 from rq.worker import BaseWorker, SimpleWorker, Worker
 
 from app import history, keys
@@ -58,6 +68,14 @@ class TaskQueue(Queue):
         """Nothing for RQ to move: a task's end releases its dependents in the same transaction
         (app.jobs.release). RQ's two-step release could leave a child waiting for a maintenance pass."""
         return {}
+
+
+class TaskStartedJobRegistry(StartedJobRegistry):
+    """RQ's registry of running jobs, but a dead worker's job goes to a TaskQueue, not the plain
+    Queue of plain Jobs RQ's `get_queue` makes (see TaskWorkerMixin.clean_registries)."""
+
+    def get_queue(self) -> Queue:
+        return TaskQueue(self.name, connection=self.connection, job_class=self.job_class, serializer=self.serializer)
 
 
 class TaskWorkerMixin(BaseWorker):
@@ -182,8 +200,31 @@ class TaskWorkerMixin(BaseWorker):
 
     def clean_registries(self) -> None:
         """RQ's maintenance (which fails the jobs of dead workers), then settle every pending task
-        whose parents have all ended, whichever process ended them."""
-        super().clean_registries()
+        whose parents have all ended, whichever process ended them.
+
+        RQ's own pass (`BaseWorker.clean_registries`, `rq.registry.clean_registries`) is repeated here
+        for one reason: its StartedJobRegistry hands a dead worker's job to `get_queue()`, a plain
+        Queue of plain Jobs, whose release of that job's dependents would ignore rqflow's per-edge
+        rule and a child's start time. TaskStartedJobRegistry hands it to a TaskQueue instead."""
+        for queue in self.queues:
+            if queue.acquire_maintenance_lock():
+                self.log.info("Worker %s: cleaning registries for queue: %s", self.name, queue.name)
+                same: dict[str, Any] = {
+                    "connection": queue.connection,
+                    "job_class": queue.job_class,
+                    "serializer": queue.serializer,
+                }
+                FinishedJobRegistry(queue.name, **same).cleanup()
+                TaskStartedJobRegistry(queue.name, **same).cleanup(exception_handlers=self._exc_handlers)
+                FailedJobRegistry(queue.name, **same).cleanup()
+                DeferredJobRegistry(queue.name, **same).cleanup()
+                ReadyJobRegistry(queue.name, **same).cleanup()
+                for limit in RateLimitRegistry.all(queue.connection):
+                    limit.cleanup()
+                worker_registration.clean_worker_registry(queue)
+                queue.intermediate_queue.cleanup(self, queue)
+                queue.release_maintenance_lock()
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ declares it as None
         connection = self.connection
         lock_s = max(int(self.maintenance_interval) - 1, 1)
         if connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=lock_s):

@@ -142,6 +142,12 @@ class TaskJob(Job):
     def edges(self) -> tuple[Edge, ...]:
         return edges_from_spec(self.spec.get("dependencies", ()))
 
+    def dependencies_are_met(self, *args: Any, **kwargs: Any) -> bool:
+        """Never, as far as RQ's own release paths go (its cleanup of a dead worker's job, a cancel
+        with `enqueue_dependents`): rqflow releases dependents itself, with its per-edge rule and a
+        child's start time, in the transaction that ends the parent (app.jobs.release)."""
+        return False
+
     def prepare_for_execution(self, worker_name: str, pipeline: Pipeline) -> None:
         super().prepare_for_execution(worker_name, pipeline)
         # Counted in the same transaction that marks the job started, so every start counts once.

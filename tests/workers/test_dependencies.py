@@ -204,3 +204,22 @@ def test_with_many_workers_no_child_waits_for_a_maintenance_pass(
     assert max(release_gaps) < 1, sorted(release_gaps)[-5:]
     assert max(start_gaps) < 5, sorted(start_gaps)[-5:]
     assert client.get("/api/stats").json()["repairs"] == {}
+
+
+def test_a_parent_failed_by_the_cleanup_of_a_dead_worker_releases_allowed_children_once_and_on_time(
+    client: TestClient, redis: Redis, settings: Settings
+) -> None:
+    post(client, {"id": "lost", "type": "echo"})
+    post(client, {"id": "tolerant", "type": "echo", "dependencies": [{"id": "lost", "allow_failure": True}]})
+    post(
+        client,
+        {"id": "later", "type": "echo", "dependencies": [{"id": "lost", "allow_failure": True}], "delay_ms": 600_000},
+    )
+    redis.lrem("rq:queue:default", 0, "lost")
+    redis.hset("rq:job:lost", "status", "started")
+    redis.zadd("rq:wip:default", {"lost:dead-execution": 1})
+    TaskSimpleWorker(["high", "default", "low"], connection=redis, settings=settings).clean_registries()
+    assert get(client, "lost")["status"] == "FAILED"
+    assert get(client, "tolerant")["status"] == "QUEUED"
+    assert redis.lrange("rq:queue:default", 0, -1).count(b"tolerant") == 1
+    assert get(client, "later")["status"] == "SCHEDULED"  # its time has not come
