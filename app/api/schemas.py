@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from enum import Enum
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
@@ -64,6 +66,36 @@ def _edges(dependencies: list[str | DependencyIn]) -> tuple[Edge, ...]:
     return tuple(Edge(d) if isinstance(d, str) else Edge(d.id, allow_failure=d.allow_failure) for d in dependencies)
 
 
+TO_DOMAIN: dict[str, Callable[[Any], Any]] = {
+    "dependencies": _edges,
+    "priority": Priority,
+    "run_at": _utc,
+    "backoff": lambda backoff: backoff.to_backoff(),
+}
+"""How a request field becomes the domain's value, where it is not the same value. A field of the
+same name in a request model and a domain dataclass needs no other edit to pass from one to the
+other (`to_domain`)."""
+
+Target = TypeVar("Target")
+_SHARED: dict[tuple[type[BaseModel], type[Any]], tuple[str, ...]] = {}
+
+
+def to_domain(body: BaseModel, target: type[Target]) -> Target:
+    """The domain dataclass `target` from the fields it shares with the request `body` (None stays
+    None: a field not given). The shared names are worked out once per pair of classes: a batch
+    converts 10,000 bodies."""
+    shared = _SHARED.get((type(body), target))
+    if shared is None:
+        declared = fields(target)  # type: ignore[arg-type]  # every target is a dataclass
+        shared = _SHARED[(type(body), target)] = tuple(f.name for f in declared if f.name in type(body).model_fields)
+    values = {}
+    for name in shared:
+        value = getattr(body, name)
+        convert = TO_DOMAIN.get(name)
+        values[name] = value if value is None or convert is None else convert(value)
+    return target(**values)
+
+
 class TaskTemplateIn(BaseModel):
     """What every task body has; on its own, the task a schedule makes at each fire (a task body
     without id, dependencies or start time). Aliases keep clients of older schedulers working."""
@@ -80,16 +112,7 @@ class TaskTemplateIn(BaseModel):
     name: Name | None = Field(default=None, validation_alias=NAME)
 
     def to_template(self) -> TaskTemplate:
-        return TaskTemplate(
-            type=self.type,
-            payload=self.payload,
-            duration_ms=self.duration_ms,
-            priority=Priority(self.priority),
-            max_attempts=self.max_attempts,
-            backoff=self.backoff.to_backoff() if self.backoff else None,
-            timeout_ms=self.timeout_ms,
-            name=self.name,
-        )
+        return to_domain(self, TaskTemplate)
 
 
 class TaskIn(TaskTemplateIn):
@@ -117,25 +140,8 @@ class TaskIn(TaskTemplateIn):
     def _one_start_time(cls, value: int | None, info: ValidationInfo) -> int | None:
         return _one_start_time(value, info)
 
-    def edges(self) -> tuple[Edge, ...]:
-        return _edges(self.dependencies)
-
     def to_spec(self) -> TaskSpec:
-        # One constructor call (not to_template + replace): a batch converts 10,000 of these.
-        return TaskSpec(
-            type=self.type,
-            id=self.id,
-            payload=self.payload,
-            duration_ms=self.duration_ms,
-            dependencies=self.edges(),
-            priority=Priority(self.priority),
-            run_at=_utc(self.run_at),
-            delay_ms=self.delay_ms,
-            max_attempts=self.max_attempts,
-            backoff=self.backoff.to_backoff() if self.backoff else None,
-            timeout_ms=self.timeout_ms,
-            name=self.name,
-        )
+        return to_domain(self, TaskSpec)
 
 
 class TaskUpdateIn(BaseModel):
@@ -159,17 +165,7 @@ class TaskUpdateIn(BaseModel):
         return _one_start_time(value, info)
 
     def to_changes(self) -> TaskChanges:
-        return TaskChanges(
-            payload=self.payload,
-            duration_ms=self.duration_ms,
-            priority=Priority(self.priority) if self.priority else None,
-            run_at=_utc(self.run_at),
-            delay_ms=self.delay_ms,
-            max_attempts=self.max_attempts,
-            backoff=self.backoff.to_backoff() if self.backoff else None,
-            timeout_ms=self.timeout_ms,
-            name=self.name,
-        )
+        return to_domain(self, TaskChanges)
 
 
 SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$"
@@ -239,16 +235,8 @@ def schedule_json(schedule: Schedule) -> dict[str, Any]:
         "cron": spec.cron,
         "timezone": spec.timezone,
         "interval_s": spec.interval_s,
-        "task": {
-            "type": template.type,
-            "payload": template.payload,
-            "duration_ms": template.duration_ms,
-            "priority": template.priority.value,
-            "max_attempts": template.max_attempts,
-            "backoff": template.backoff.as_dict() if template.backoff else None,
-            "timeout_ms": template.timeout_ms,
-            "name": template.name,
-        },
+        # Every field of the template, as it is declared: a field added to it shows with no edit here.
+        "task": {f.name: _json_value(getattr(template, f.name)) for f in fields(template)},
         "start_at": _time(spec.start_at),
         "end_at": _time(spec.end_at),
         "max_runs": spec.max_runs,
@@ -260,6 +248,16 @@ def schedule_json(schedule: Schedule) -> dict[str, Any]:
         "created_at": _time(schedule.created_at),
         "updated_at": _time(schedule.updated_at),
     }
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Backoff):
+        return value.as_dict()
+    if isinstance(value, datetime):
+        return iso(value)
+    return value
 
 
 def _time(value: datetime | None) -> str | None:
