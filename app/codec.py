@@ -18,12 +18,17 @@ from __future__ import annotations
 import json
 import math
 import re
+import zlib
 from typing import Any
 
 import orjson
 
 from app.defaults import MAX_DEPTH, MAX_INT_DIGITS
 from app.errors import BadJSON
+
+DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, zlib.error)
+"""What decoding a damaged stored record raises: bad JSON (BadJSON is a ValueError), dates, numbers,
+base64, compressed data, a field missing or of the wrong shape."""
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 """An escaped UTF-16 surrogate: a cheap test for whether a text needs the full surrogate check."""

@@ -37,6 +37,9 @@ took from its queue that instant (it is STARTED within milliseconds)."""
 DELETE_WAIT_S = 10.0
 """How long `DELETE` of a running task waits for it to stop before removing its record anyway."""
 
+DELETE_POLL_S = 0.05
+"""How often, meanwhile, it looks whether the task has stopped."""
+
 # -- Listing ----------------------------------------------------------------------------------------
 
 MAX_LIST_LIMIT = 1000
@@ -56,6 +59,9 @@ FINISHED_BUCKET_S = 10
 
 WINDOW_S = 60
 """The window `/api/stats` reports throughput over."""
+
+FINISHED_BUCKET_TTL_S = 120
+"""How long a counter of finished tasks lives: twice the window `/api/stats` reads."""
 
 UNREADABLE_SHOWN = 20
 """How many ids of unreadable records `/api/stats` lists (it counts them all)."""
@@ -77,9 +83,6 @@ WALK_BUDGET = 2000
 
 SEARCH_BUDGET = 100
 """Queue searches (LPOS, linear in the queue's length) one pass may make."""
-
-FINISHED_BUCKET_TTL_S = 120
-"""How long a counter of finished tasks lives: twice the window `/api/stats` reads."""
 
 # -- Locks and clients ------------------------------------------------------------------------------
 

@@ -105,6 +105,7 @@ class UnreadableRecord(DomainError):
         )
         self.kind = kind
         self.record_id = record_id
+        self.reason = reason
 
 
 class ForbiddenJob(DomainError):

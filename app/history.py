@@ -63,7 +63,7 @@ def record(
     Terminal events start the stream's expiry, so it lives exactly as long as the task's own record
     (a task brought back by a retry or re-arm gets PERSIST where that happens).
     """
-    fields: dict[str, str | int] = {"event": EventName(event).value, "at_ms": int(time.time() * 1000)}
+    fields: dict[str, str | int] = {"event": event.value, "at_ms": int(time.time() * 1000)}
     if attempt:
         fields["attempt"] = attempt
     if worker:
@@ -95,6 +95,6 @@ def events(entries: list[Any] | None) -> list[Event]:
                     detail=fields.get("detail"),
                 )
             )
-        except (KeyError, ValueError, OverflowError) as error:
+        except codec.DECODE_ERRORS as error:
             log.warning("history entry %s left out: %s: %s", codec.text(entry_id), type(error).__name__, error)
     return events

@@ -211,6 +211,7 @@ class ScheduleService:
         return _schedule(schedule_id, raw)
 
     def list_schedules(self) -> list[Schedule]:
+        # The filter only narrows redis-py's typing (ZREVRANGE without scores answers members).
         ids = [
             codec.text(i) for i in self.connection.zrevrange(keys.SCHEDULE_INDEX, 0, -1) if isinstance(i, bytes | str)
         ]
@@ -323,7 +324,7 @@ def _schedule(schedule_id: str, raw: dict[Any, Any]) -> Schedule:
     """The schedule stored as `raw` (HGETALL); UnreadableRecord if any part of it does not decode."""
     try:
         return _decode(schedule_id, raw)
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
+    except codec.DECODE_ERRORS as error:
         raise UnreadableRecord("schedule", schedule_id, f"{type(error).__name__}: {error}") from None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from rq import get_current_job
@@ -10,19 +11,20 @@ from app.jobs.job import TaskJob
 from app.registry import Registry, TaskContext
 from app.settings import Settings
 
-_runtime: tuple[Registry, Settings] | None = None
+_runtime: tuple[Registry, dict[str, Mapping[str, Any]]] | None = None
+"""The registry, and for each type the settings its handler may see (worked out once, not per run)."""
 
 
 def install(registry: Registry, settings: Settings) -> None:
     """Called once by the worker at start-up, before any job runs."""
     global _runtime
-    _runtime = (registry, settings)
+    _runtime = (registry, {t.name: t.settings_for_handler(settings) for t in registry.values()})
 
 
 def run_task(task_type: str, payload: dict[str, Any], duration_ms: int | None = None) -> Any:
     if _runtime is None:
         raise RuntimeError("no task registry loaded: run workers with `-w workers.worker.TaskWorker`")
-    registry, settings = _runtime
+    registry, handler_settings = _runtime
     job = get_current_job()
     if not isinstance(job, TaskJob):
         raise RuntimeError("run_task must run inside an rqflow TaskJob")
@@ -33,6 +35,6 @@ def run_task(task_type: str, payload: dict[str, Any], duration_ms: int | None = 
         attempt=job.attempts,
         max_attempts=int(job.spec.get("max_attempts", handler_type.max_attempts)),
         duration_ms=duration_ms,
-        settings=handler_type.settings_for_handler(settings),
+        settings=handler_settings[task_type],
     )
     return handler_type.handler(payload, context)

@@ -247,7 +247,7 @@ def record_error(
     return True
 
 
-class TaskWorker(TaskWorkerMixin, Worker):  # work() takes RQ's keywords
+class TaskWorker(TaskWorkerMixin, Worker):
     """Forks a work-horse per task: a crash or timeout kills only that task, and a running task can be stopped."""
 
 

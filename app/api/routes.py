@@ -19,7 +19,7 @@ from app import codec
 from app.api.problems import parse_json
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
 from app.clock import iso
-from app.defaults import CANCEL_ATTEMPTS, CANCEL_RETRY_S, DELETE_WAIT_S, MAX_BATCH, MAX_LIST_LIMIT
+from app.defaults import CANCEL_ATTEMPTS, CANCEL_RETRY_S, DELETE_POLL_S, DELETE_WAIT_S, MAX_BATCH, MAX_LIST_LIMIT
 from app.errors import FieldError, InvalidInput, TaskConflict
 from app.jobs import stats
 from app.jobs.reads import TaskReader
@@ -165,7 +165,7 @@ async def delete_task(request: Request) -> Response:
         while (
             time.monotonic() < deadline and not (await run_in_threadpool(service.reads.get_status, task_id)).is_terminal
         ):
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(DELETE_POLL_S)
         await run_in_threadpool(partial(service.delete, task_id, running_or_not=True))
     return Response(status_code=204)
 

@@ -101,9 +101,8 @@ def rearm(connection: Redis, parent: str, pipe: Pipeline) -> list[str]:
         for child in TaskJob.fetch_many(child_ids, connection=connection, serializer=JSONSerializer):
             if not isinstance(child, TaskJob) or child.get_status(refresh=False) is not JobStatus.CANCELED:
                 continue
-            if (child.error or {}).get("type") != ErrorType.DEPENDENCY_FAILED or (child.error or {}).get(
-                "dependency"
-            ) != current:
+            error = child.error or {}
+            if error.get("type") != ErrorType.DEPENDENCY_FAILED or error.get("dependency") != current:
                 continue
             others = [e for e in child.edges if e.parent not in (current, parent, *rearmed)]
             if judge_now(connection, others).met is False:

@@ -158,15 +158,16 @@ class TaskJob(Job):
     def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
         """RQ's status change, plus the matching event in the task's history, in the same pipeline."""
         super().set_status(status, pipeline=pipeline)
+        target = pipeline if pipeline is not None else self.connection
         if status in RELEASING:
             # In the transaction that writes the end, so no child can miss it (app.jobs.release).
-            release.after_end(pipeline if pipeline is not None else self.connection, self.id)
+            release.after_end(target, self.id)
         event = STATUS_EVENTS.get(status)
         if event is None or not self.record_status_events:
             return
-        ended = status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED)
+        ended = event in history.TERMINAL_EVENTS
         history.record(
-            pipeline if pipeline is not None else self.connection,
+            target,
             self.id,
             event,
             attempt=self.attempts or None,
@@ -176,7 +177,6 @@ class TaskJob(Job):
         )
         if ended:
             bucket = keys.finished_bucket(time.time())
-            target = pipeline if pipeline is not None else self.connection
             target.incr(bucket)
             target.expire(bucket, FINISHED_BUCKET_TTL_S)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -19,9 +18,6 @@ from app.jobs.job import TaskJob
 from app.model import Priority
 
 log = logging.getLogger(__name__)
-
-DECODE_ERRORS = (ValueError, TypeError, KeyError, AttributeError, zlib.error)
-"""What decoding a damaged record raises: bad dates, numbers, JSON, base64, compressed data."""
 
 Loaded = tuple[TaskJob, Result | None]
 
@@ -41,7 +37,7 @@ def restored(connection: Redis, task_id: str, fields: dict[Any, Any]) -> TaskJob
     job = TaskJob(task_id, connection=connection)
     try:
         job.restore(fields)
-    except DECODE_ERRORS as error:
+    except codec.DECODE_ERRORS as error:
         raise UnreadableRecord("task", task_id, f"{type(error).__name__}: {error}") from None
     return job
 
@@ -64,7 +60,7 @@ def load(connection: Redis, ids: Sequence[str]) -> list[Loaded | None]:
         except UnreadableRecord as unreadable:
             # Restoring failed before TaskJob could note why: a bare job that carries the reason.
             job = TaskJob(task_id, connection=connection)
-            job.unreadable = unreadable.detail
+            job.unreadable = unreadable.reason
         latest = None
         if results:
             result_id, payload = results[0]
@@ -72,7 +68,7 @@ def load(connection: Redis, ids: Sequence[str]) -> list[Loaded | None]:
                 latest = Result.restore(
                     task_id, result_id.decode(), payload, connection=connection, serializer=codec.JSONSerializer
                 )
-            except DECODE_ERRORS as error:
+            except codec.DECODE_ERRORS as error:
                 job.unreadable = job.unreadable or f"its result: {type(error).__name__}: {error}"
         loaded.append((job, latest))
     return loaded

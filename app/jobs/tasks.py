@@ -45,15 +45,15 @@ class Cancellation(Enum):
 
 
 class TaskService:
-    """Submits and reads tasks. Every task is an RQ job whose id is the task id."""
+    """Changes tasks (`reads` reads them). Every task is an RQ job whose id is the task id."""
 
     def __init__(self, connection: Redis, registry: Registry, result_ttl_s: int) -> None:
         self.connection = connection
         self.registry = registry
         self.result_ttl_s = result_ttl_s
-        self.queues = store.queues(connection)
-        self.submission = Submission(connection, registry, result_ttl_s, self.queues)
         self.reads = TaskReader(connection)
+        self.queues = self.reads.queues
+        self.submission = Submission(connection, registry, result_ttl_s, self.queues)
 
     # -- submit --------------------------------------------------------------------------------
 
