@@ -114,6 +114,14 @@ class TaskSpec:
         return hashlib.sha256(codec.dumps(body, sort_keys=True)).hexdigest()
 
 
+CALL_FIELDS = ("payload", "duration_ms")
+"""TaskSpec fields the handler is called with, besides its type: RQ keeps them in the job's data.
+Every other field is kept in rqflow's part of the job hash (app.jobs.spec)."""
+
+TYPE_DEFAULTS = ("max_attempts", "backoff", "timeout_ms")
+"""TaskSpec fields that, left out, take the value of the task type's field of the same name."""
+
+
 def _plain(value: Any) -> Any:
     """A field's value as the JSON the fingerprint hashes: enums by value, times in ISO 8601, small
     dataclasses (Edge, Backoff) as the list of their fields."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import fields
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Literal, TypeVar
@@ -12,7 +12,7 @@ from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, 
 
 from app.clock import iso
 from app.defaults import MAX_MS
-from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskSpec
+from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus
 from app.schedules import Schedule, ScheduleSpec, TaskTemplate
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
@@ -257,7 +257,28 @@ def _json_value(value: Any) -> Any:
         return value.as_dict()
     if isinstance(value, datetime):
         return iso(value)
+    if isinstance(value, TaskError):
+        return {"type": value.type, "message": value.message}
     return value
+
+
+def _dependencies_json(edges: tuple[Edge, ...]) -> list[Any]:
+    """Dependencies as they are given: an id, or an object when the edge allows failure."""
+    return [{"id": e.parent, "allow_failure": True} if e.allow_failure else e.parent for e in edges]
+
+
+_TASK_VALUES: dict[type, Callable[[Any], Any]] = {
+    datetime: iso,
+    Priority: _json_value,
+    TaskStatus: _json_value,
+    Backoff: Backoff.as_dict,
+    TaskError: _json_value,
+    tuple: _dependencies_json,
+}
+"""How a Task's values other than plain JSON are shown, by type (a dict lookup: lists of tasks
+are shown a thousand at a time)."""
+
+_TASK_FIELDS = tuple(f.name for f in fields(Task) if f.name != "waiting_for")
 
 
 def _time(value: datetime | None) -> str | None:
@@ -265,34 +286,13 @@ def _time(value: datetime | None) -> str | None:
 
 
 def task_json(task: Task, detailed: bool = False) -> dict[str, Any]:
-    """The task as JSON; `detailed` (one task read on its own) adds `waiting_for`."""
-    body = {
-        "id": task.id,
-        "type": task.type,
-        "name": task.name,
-        "status": task.status.value,
-        "payload": task.payload,
-        "duration_ms": task.duration_ms,
-        "dependencies": [
-            {"id": e.parent, "allow_failure": True} if e.allow_failure else e.parent for e in task.dependencies
-        ],
-        "priority": task.priority.value,
-        "run_at": _time(task.run_at),
-        "delay_ms": task.delay_ms,
-        "max_attempts": task.max_attempts,
-        "backoff": task.backoff.as_dict(),
-        "timeout_ms": task.timeout_ms,
-        "attempts": task.attempts,
-        "created_at": _time(task.created_at),
-        "updated_at": _time(task.updated_at),
-        "queued_at": _time(task.queued_at),
-        "started_at": _time(task.started_at),
-        "finished_at": _time(task.finished_at),
-        "result": task.result,
-        "error": asdict(task.error) if task.error else None,
-        "worker": task.worker,
-        "schedule_id": task.schedule_id,
-    }
+    """The task as JSON, every field as Task declares it; `detailed` (one task read on its own)
+    adds `waiting_for`."""
+    body = {}
+    for name in _TASK_FIELDS:
+        value = getattr(task, name)
+        show = _TASK_VALUES.get(type(value))
+        body[name] = value if show is None else show(value)
     if detailed:
         body["waiting_for"] = task.waiting_for
     return body

@@ -14,6 +14,7 @@ import math
 import zlib
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from rq.job import Dependency, JobStatus, Retry
@@ -23,9 +24,10 @@ from rq.utils import utcformat
 
 from app import codec, keys
 from app.defaults import SMALL_DATA
+from app.jobs import spec as spec_fields
 from app.jobs.job import STATUS_EVENTS, TaskJob
 from app.jobs.status import task_status
-from app.model import Backoff, Task, TaskError, TaskSpec
+from app.model import CALL_FIELDS, Task, TaskError, TaskSpec
 from app.registry import TaskType
 
 OWN_FIELDS = frozenset(
@@ -53,42 +55,33 @@ class Planned:
     task_type: TaskType
     fingerprint: str
 
-    @property
-    def max_attempts(self) -> int:
-        return self.spec.max_attempts or self.task_type.max_attempts
+    @cached_property
+    def values(self) -> dict[str, Any]:
+        """The fields kept in the job hash's spec, with the type's defaults applied."""
+        return spec_fields.resolved(self.spec, self.task_type)
 
     @property
-    def backoff(self) -> Backoff:
-        return self.spec.backoff or self.task_type.backoff
+    def max_attempts(self) -> int:
+        return int(self.values["max_attempts"])
 
     @property
     def timeout_ms(self) -> int:
-        return self.spec.timeout_ms or self.task_type.timeout_ms
+        return int(self.values["timeout_ms"])
 
     def kwargs(self) -> dict[str, Any]:
         """What the worker's entry point is called with."""
-        kwargs: dict[str, Any] = {"task_type": self.spec.type, "payload": self.spec.payload}
-        if self.spec.duration_ms is not None:
-            kwargs["duration_ms"] = self.spec.duration_ms
+        kwargs: dict[str, Any] = {"task_type": self.spec.type}
+        for name in CALL_FIELDS:
+            value = getattr(self.spec, name)
+            if value is not None:
+                kwargs[name] = value
         return kwargs
 
     def stored_spec(self, status: JobStatus) -> dict[str, Any]:
         """What rqflow keeps of the submission in the job hash (TaskJob.spec). `submitted_as`
         (where the task went when submitted) makes the first event of its history, which so
         costs no stream of its own until something else happens to the task."""
-        spec = self.spec
-        return {
-            "submitted_as": STATUS_EVENTS[status],
-            "name": spec.name,
-            "priority": spec.priority.value,
-            "dependencies": [{"id": e.parent, "allow_failure": e.allow_failure} for e in spec.dependencies],
-            "run_at": spec.run_at.isoformat() if spec.run_at else None,
-            "delay_ms": spec.delay_ms,
-            "max_attempts": self.max_attempts,
-            "backoff": self.backoff.as_dict(),
-            "timeout_ms": self.timeout_ms,
-            "schedule_id": spec.schedule_id,
-        }
+        return {"submitted_as": STATUS_EVENTS[status], **spec_fields.encode(self.values)}
 
     def shape(self) -> tuple[Any, ...]:
         """Everything besides OWN_FIELDS that RQ's hash of this task depends on."""
@@ -154,19 +147,12 @@ class Factory:
         """The task as just submitted (what TaskJob.to_task reads back from Redis)."""
         spec = p.spec
         shown = task_status(status)
+        values = p.values
         return Task(
             id=p.task_id,
             type=spec.type,
-            name=spec.name or spec.type,
-            payload=spec.payload,
-            duration_ms=spec.duration_ms,
-            dependencies=spec.dependencies,
-            priority=spec.priority,
-            run_at=spec.run_at,
-            delay_ms=spec.delay_ms,
-            max_attempts=p.max_attempts,
-            backoff=p.backoff,
-            timeout_ms=p.timeout_ms,
+            **{name: getattr(spec, name) for name in CALL_FIELDS},
+            **{**values, "name": values["name"] or spec.type},
             status=shown,
             attempts=0,
             created_at=created_at,
@@ -177,7 +163,6 @@ class Factory:
             result=None,
             error=TaskError(type=error.get("type", "error"), message=error.get("message", "")) if error else None,
             worker=None,
-            schedule_id=spec.schedule_id,
         )
 
 

@@ -21,8 +21,9 @@ from app.errors import BadJSON, ForbiddenJob, UnreadableRecord
 from app.graph import edges_from_spec
 from app.history import EventName
 from app.jobs import release
+from app.jobs import spec as spec_fields
 from app.jobs.status import task_status
-from app.model import Backoff, Edge, Priority, Task, TaskError, TaskStatus
+from app.model import CALL_FIELDS, Backoff, Edge, Task, TaskError, TaskStatus
 
 STATUS_EVENTS = {
     JobStatus.QUEUED: EventName.QUEUED,
@@ -235,35 +236,27 @@ class TaskJob(Job):
             raise UnreadableRecord("task", self.id, f"{type(error).__name__}: {error}") from None
 
     def _to_task(self, latest: Result | None) -> Task:
-        spec = self.spec
         status = task_status(self.get_status(refresh=False))
         kwargs = self.kwargs
+        task_type = kwargs.get("task_type", "")
+        values = spec_fields.decode(self.spec)
+        call: dict[str, Any] = {name: kwargs.get(name) for name in CALL_FIELDS}
         times = [t for t in (self.created_at, self.enqueued_at, self.started_at, self.ended_at) if t]
-        finished = status.is_terminal
         return Task(
             id=self.id,
-            type=kwargs.get("task_type", ""),
-            name=spec.get("name") or kwargs.get("task_type", ""),
-            payload=kwargs.get("payload", {}),
-            duration_ms=kwargs.get("duration_ms"),
-            dependencies=self.edges,
-            priority=Priority(spec.get("priority", Priority.DEFAULT.value)),
-            run_at=_datetime_or_none(spec.get("run_at")),
-            delay_ms=spec.get("delay_ms"),
-            max_attempts=spec.get("max_attempts", 1),
-            backoff=Backoff(**spec["backoff"]) if spec.get("backoff") else Backoff(),
-            timeout_ms=spec.get("timeout_ms", 0),
+            type=task_type,
+            **call,
+            **{**values, "name": values["name"] or task_type},
             status=status,
             attempts=self.attempts,
             created_at=self.created_at,
             updated_at=max(times),
             queued_at=self.enqueued_at,
             started_at=self.started_at,
-            finished_at=self.ended_at if finished else None,
+            finished_at=self.ended_at if status.is_terminal else None,
             result=latest.return_value if latest and latest.type == Result.Type.SUCCESSFUL else None,
             error=self._task_error(status, latest),
             worker=self.worker_name,
-            schedule_id=spec.get("schedule_id"),
         )
 
     def _task_error(self, status: TaskStatus, latest: Result | None) -> TaskError | None:
@@ -275,7 +268,3 @@ class TaskJob(Job):
             error_type, _, message = last_line.partition(": ")
             return TaskError(type=error_type.rsplit(".", 1)[-1] or "error", message=message or last_line)
         return None
-
-
-def _datetime_or_none(raw: str | None) -> datetime | None:
-    return datetime.fromisoformat(raw) if raw else None

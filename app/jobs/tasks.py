@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from enum import Enum
 
@@ -26,14 +27,18 @@ from app.defaults import CANCEL_ATTEMPTS
 from app.errors import TaskConflict, UnreadableRecord
 from app.history import EventName
 from app.jobs import release, store
+from app.jobs import spec as spec_fields
 from app.jobs.dependencies import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
 from app.jobs.job import TaskJob
 from app.jobs.reads import TaskReader
 from app.jobs.status import task_status
 from app.jobs.submission import Submission
 from app.jobs.timers import hold
-from app.model import ErrorType, Priority, Task, TaskChanges, TaskSpec, TaskStatus
+from app.model import CALL_FIELDS, ErrorType, Priority, Task, TaskChanges, TaskSpec, TaskStatus
 from app.registry import Registry
+
+CHANGED_FIELDS = tuple(f.name for f in fields(TaskChanges))
+"""What a change may set: each is written where the field is kept (the job's data or its spec)."""
 
 
 class Cancellation(Enum):
@@ -159,28 +164,27 @@ class TaskService:
         """Queue the writes of `changes` on `pipe` (in MULTI); returns a due time to release at once."""
         kwargs = dict(job.kwargs)
         spec = dict(job.spec)
-        if changes.payload is not None:
-            kwargs["payload"] = changes.payload
-        if changes.duration_ms is not None:
-            kwargs["duration_ms"] = changes.duration_ms
-        if changes.name is not None:
-            spec["name"] = changes.name
+        for name in CHANGED_FIELDS:
+            value = getattr(changes, name)
+            if value is None:
+                continue
+            if name in CALL_FIELDS:
+                kwargs[name] = value
+            else:
+                spec[name] = spec_fields.encode_one(name, value)
+        # What RQ keeps of the same facts follows.
         if changes.max_attempts is not None:
-            spec["max_attempts"] = changes.max_attempts
             job.retries_left = changes.max_attempts - 1 or None
-        if changes.backoff is not None:
-            spec["backoff"] = changes.backoff.as_dict()
         if changes.timeout_ms is not None:
-            spec["timeout_ms"] = changes.timeout_ms
             job.timeout = math.ceil(changes.timeout_ms / 1000)
         old_origin = job.origin
         if changes.priority is not None:
-            spec["priority"] = changes.priority.value
             job.origin = changes.priority.value
         due_ms: int | None = spec.get("due_ms")
         if changes.times_given:
             due = changes.run_at or datetime.now(timezone.utc) + timedelta(milliseconds=changes.delay_ms or 0)
-            spec["run_at"] = changes.run_at.isoformat() if changes.run_at else None
+            # A new time replaces both ways of giving it.
+            spec["run_at"] = spec_fields.encode_one("run_at", changes.run_at)
             spec["delay_ms"] = changes.delay_ms
             due_ms = to_ms(due)
         job.kwargs = kwargs
