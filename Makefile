@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python deploy/launch.py
 
+# One test process per core, at most four: each starts its own redis-server and workers, and the
+# long tests (crash, chaos) spend their time waiting on them. `worksteal` keeps both busy to the end.
+PYTEST_ARGS ?= -n auto --maxprocesses=4 --dist worksteal
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

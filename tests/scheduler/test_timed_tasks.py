@@ -77,11 +77,11 @@ def test_a_failed_parent_cancels_a_timed_child_at_once(client: TestClient, work:
 
 
 def test_put_moves_a_scheduled_task_and_the_new_time_takes_effect(client: TestClient, fire_timers: Any) -> None:
-    post(client, {"id": "move", "type": "echo", "run_at": at(0.5)})
+    old_time = post(client, {"id": "move", "type": "echo", "run_at": at(0.3)})["run_at"]
     moved = client.put("/api/tasks/move", json={"run_at": at(2.5)})
     assert moved.status_code == 200
     new_time = moved.json()["run_at"]
-    time.sleep(0.8)
+    wait_until(lambda: time.time() > epoch(old_time) + 0.05, timeout=5)  # rq-scheduler's clock is the wall's
     fire_timers()  # the old timer fires into nothing
     assert get(client, "move")["status"] == "SCHEDULED"
     wait_until(lambda: fire_timers() or get(client, "move")["status"] == "QUEUED", timeout=10, interval=0.02)

@@ -8,8 +8,10 @@ import pytest
 from redis import Redis
 from starlette.testclient import TestClient
 
+from app import keys
 from app.jobs import repair
 from app.jobs.tasks import TaskService
+from tests.support import wait_until
 
 
 def test_a_queued_task_found_in_no_queue_is_queued_again(
@@ -39,7 +41,8 @@ def test_a_held_task_whose_timer_was_lost_is_released(
 ) -> None:
     client.post("/api/tasks", json={"id": "held", "type": "echo", "delay_ms": 100})
     redis.delete("rq:scheduler:scheduled_jobs")  # the timer is gone
-    time.sleep(0.2)
+    due_ms = float(redis.zscore(keys.HELD, "held") or 0)
+    wait_until(lambda: time.time() * 1000 > due_ms, timeout=5)
     monkeypatch.setattr(repair, "LOST_AFTER_S", 0)
     assert repair.repair(service, ["default"])["held_released"] == 1
     assert client.get("/api/tasks/held").json()["status"] == "QUEUED"
