@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
@@ -68,6 +69,14 @@ class Settings(BaseSettings):
     """How often workers run RQ's maintenance and rqflow's repairs (RQ's default is 600 s)."""
     shutdown_grace_s: int = Field(default=25, ge=0)
     """On SIGTERM a worker lets its running task finish this long, then requeues it."""
+    concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=1024)
+    """Tasks one engine worker (workers.engine.EngineWorker) runs at once, each in a child process
+    of its own. The default, one per core, measured best for CPU-bound tasks; tasks that mostly
+    wait (I/O, sleeps) want more."""
+    child_max_tasks: int = Field(default=10_000, ge=1)
+    """An engine child is replaced after this many tasks (what leaks in task code stays bounded)."""
+    child_max_memory_mb: int = Field(default=1024, ge=16)
+    """An engine child whose resident memory passes this after a task is replaced."""
     log_level: str = "INFO"
 
     _csv = field_validator("api_keys", "task_modules", "http_allowed_hosts", "processes", mode="before")(_split_csv)

@@ -33,6 +33,7 @@ from tests.support import ROOT, RedisServer, free_port, wait_until
 
 BIN = Path(sys.executable).parent
 WORKER_CLASSES = {
+    "engine": ("workers.engine.EngineWorker", "rq.worker.SimpleWorker"),
     "fork": ("workers.worker.TaskWorker", "rq.worker.Worker"),
     "simple": ("workers.worker.TaskSimpleWorker", "rq.worker.SimpleWorker"),
 }
@@ -146,11 +147,29 @@ def timed_run(redis: Redis, n: int, submit: Callable[[], None]) -> dict[str, Any
     }
 
 
-def run_rqflow(url: str, n: int, worker_class: str, procs: int, clients: int, env: dict[str, str]) -> dict[str, Any]:
+def submit_batches(port: int, n: int, size: int = 1000) -> None:
+    """n no-op tasks through `POST /api/tasks/batch`, `size` at a time."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for start in range(0, n, size):
+        tasks = [
+            {"id": f"b{i}", "type": "data_processing", "duration_ms": 0} for i in range(start, min(start + size, n))
+        ]
+        headers = {"Content-Type": "application/json", "Prefer": "return=minimal"}
+        conn.request("POST", "/api/tasks/batch", json.dumps({"tasks": tasks}), headers)
+        response = conn.getresponse()
+        response.read()
+        if response.status != 201:
+            raise RuntimeError(f"batch submit failed: {response.status}")
+
+
+def run_rqflow(
+    url: str, n: int, worker_class: str, procs: int, clients: int, env: dict[str, str], batches: bool = False
+) -> dict[str, Any]:
     redis = Redis.from_url(url)
     redis.flushall()
     with api(url, env) as port, workers(url, worker_class, procs, env):
-        return timed_run(redis, n, lambda: submit_over_http(port, n, clients))
+        submit = (lambda: submit_batches(port, n)) if batches else (lambda: submit_over_http(port, n, clients))
+        return timed_run(redis, n, submit)
 
 
 def run_plain(url: str, n: int, worker_class: str, procs: int, env: dict[str, str]) -> dict[str, Any]:
@@ -412,7 +431,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="tasks in one batch submission")
     parser.add_argument("--stored", type=int, default=100_000, help="tasks stored for the list latency")
     args = parser.parse_args()
-    kinds = args.worker_kind or ["fork", "simple"]
+    kinds = args.worker_kind or ["engine", "fork", "simple"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("RQFLOW_")}
     env["PYTHONPATH"] = str(ROOT)
     print(
@@ -428,6 +447,16 @@ def main() -> None:
                 plain = run_plain(server.url, args.tasks, theirs, args.workers, env)
                 flow = run_rqflow(server.url, args.tasks, ours, args.workers, args.clients, env)
                 results[kind] = {"rqflow": flow, "rq": plain}
+                if kind == "engine":
+                    batched = run_rqflow(server.url, args.tasks, ours, args.workers, args.clients, env, batches=True)
+                    results[kind]["rqflow_batches"] = batched
+                    ratio = batched["end_to_end_per_s"] / plain["end_to_end_per_s"]
+                    print(
+                        f"\n[engine, submitted through /api/tasks/batch 1000 at a time]: end to end "
+                        f"{batched['end_to_end_per_s']:.1f} tasks/s ({ratio:.2f}"
+                        f" x plain RQ SimpleWorker), submit {batched['submit_per_s']:.1f} tasks/s, "
+                        f"{batched['redis_commands_per_task']:.1f} Redis commands / task"
+                    )
                 print(f"\n[{kind} workers: {ours} vs {theirs}]")
                 print(f"{'':24}{'rqflow':>12}{'plain RQ':>12}{'ratio':>8}")
                 for key, label in (

@@ -106,7 +106,11 @@ def _pings(client: Redis) -> bool:
 
 
 def rq_worker(
-    url: str, *flags: str, queues: tuple[str, ...] = ("high", "default", "low"), env: dict[str, str] | None = None
+    url: str,
+    *flags: str,
+    queues: tuple[str, ...] = ("high", "default", "low"),
+    env: dict[str, str] | None = None,
+    worker_class: str = "workers.worker.TaskWorker",
 ) -> subprocess.Popen[bytes]:
     """The standard `rq worker` command with rqflow's worker class, as a process of its own
     (its own session, so that killing its tree takes the work-horse too)."""
@@ -118,7 +122,7 @@ def rq_worker(
             str(Path(sys.executable).parent / "rq"),
             "worker",
             "-w",
-            "workers.worker.TaskWorker",
+            worker_class,
             "--url",
             url,
             *flags,

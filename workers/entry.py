@@ -22,18 +22,31 @@ def install(registry: Registry, settings: Settings) -> None:
 
 
 def run_task(task_type: str, payload: dict[str, Any], duration_ms: int | None = None) -> Any:
-    if _runtime is None:
-        raise RuntimeError("no task registry loaded: run workers with `-w workers.worker.TaskWorker`")
-    registry, handler_settings = _runtime
+    """What RQ's workers call (the job's function): the handler of the current job's type."""
     job = get_current_job()
     if not isinstance(job, TaskJob):
         raise RuntimeError("run_task must run inside an rqflow TaskJob")
+    return call(job.id, task_type, payload, duration_ms, job.attempts, job.spec.get("max_attempts"))
+
+
+def call(
+    task_id: str,
+    task_type: str,
+    payload: dict[str, Any],
+    duration_ms: int | None,
+    attempt: int,
+    max_attempts: int | None,
+) -> Any:
+    """Run the registered handler of `task_type` (what the engine's children call directly)."""
+    if _runtime is None:
+        raise RuntimeError("no task registry loaded: run workers with `-w workers.worker.TaskWorker`")
+    registry, handler_settings = _runtime
     handler_type = registry.get_type(task_type)
     context = TaskContext(
-        task_id=job.id,
+        task_id=task_id,
         type=task_type,
-        attempt=job.attempts,
-        max_attempts=int(job.spec.get("max_attempts", handler_type.max_attempts)),
+        attempt=attempt,
+        max_attempts=int(max_attempts or handler_type.max_attempts),
         duration_ms=duration_ms,
         settings=handler_settings[task_type],
     )

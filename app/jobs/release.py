@@ -38,17 +38,15 @@ from app.history import EventName
 
 # ARGV: now as RQ writes times, now (ms), parent id (or ""), the key prefixes and names of `_FIXED`,
 # then the child ids when there is no parent. Returns the ids it released.
-SCRIPT = """
+PRELUDE = """
 local now, now_ms, parent = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local job_prefix, deferred_prefix, queue_prefix, queues_key, rl_prefix, rl_keys, history_prefix, max_events =
     ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local queued_event = ARGV[12]
-local children
-if parent ~= '' then
-    children = redis.call('SMEMBERS', job_prefix .. parent .. ':dependents')
-else
-    children = {unpack(ARGV, 13)}
-end
+"""
+"""The script's arguments (`args`), which a script built on FUNCTIONS starts with."""
+
+FUNCTIONS = """
 
 -- True when every edge lets the child run: a parent that finished (or expired after finishing)
 -- meets every edge, a failed or stopped one only an edge that allows failure, any other none yet.
@@ -72,12 +70,9 @@ local function push(id, origin)
 end
 
 -- RQ's rate limit: the child joins its limit's waiting line, then free slots are filled oldest first.
-local function through_limit(id, limit, concurrency)
+-- Free slots of a limit go to its waiting tasks, oldest first.
+local function fill(limit, concurrency)
     local allowed, waiting = rl_prefix .. limit .. ':allowed', rl_prefix .. limit .. ':rate_limited'
-    redis.call('SADD', rl_keys, limit)
-    redis.call('HSET', rl_prefix .. limit, 'concurrency', concurrency)
-    redis.call('HSET', job_prefix .. id, 'status', 'rate_limited')
-    redis.call('ZADD', waiting, math.floor(now_ms / 1000), id)
     while redis.call('ZCARD', allowed) < tonumber(concurrency) do
         local popped = redis.call('ZPOPMIN', waiting)
         if #popped == 0 then break end
@@ -89,6 +84,16 @@ local function through_limit(id, limit, concurrency)
     end
 end
 
+local function through_limit(id, limit, concurrency)
+    redis.call('SADD', rl_keys, limit)
+    redis.call('HSET', rl_prefix .. limit, 'concurrency', concurrency)
+    redis.call('HSET', job_prefix .. id, 'status', 'rate_limited')
+    redis.call('ZADD', rl_prefix .. limit .. ':rate_limited', math.floor(now_ms / 1000), id)
+    fill(limit, concurrency)
+end
+
+-- Queue those of `children` that are PENDING and may run now; returns their ids.
+local function release(children)
 local released = {}
 for _, id in ipairs(children) do
     local key = job_prefix .. id
@@ -113,7 +118,27 @@ for _, id in ipairs(children) do
     end
 end
 return released
+end
+
+-- A limited task's end: its slot is free, and the oldest waiting task of its limit takes it.
+local function free_slot(id, limit, concurrency)
+    redis.call('ZREM', rl_prefix .. limit .. ':allowed', id)
+    fill(limit, concurrency)
+end
 """
+"""What releasing a task means, as Lua functions (`release`, `free_slot`) for scripts that end
+tasks in the same call (app.jobs.engine)."""
+
+SCRIPT = (
+    PRELUDE
+    + FUNCTIONS
+    + """
+if parent ~= '' then
+    return release(redis.call('SMEMBERS', job_prefix .. parent .. ':dependents'))
+end
+return release({unpack(ARGV, 13)})
+"""
+)
 
 _FIXED = (
     Job.redis_job_namespace_prefix,
@@ -128,7 +153,7 @@ _FIXED = (
 )
 
 
-def _args(parent: str, children: Sequence[str]) -> list[Any]:
+def args(parent: str, children: Sequence[str]) -> list[Any]:
     now = datetime.now(timezone.utc)
     return [utcformat(now), int(now.timestamp() * 1000), parent, *_FIXED, *children]
 
@@ -136,15 +161,15 @@ def _args(parent: str, children: Sequence[str]) -> list[Any]:
 def after_end(target: Any, parent: str) -> None:
     """Queue the release of `parent`'s dependents on `target`: the pipeline (in MULTI) that writes
     the parent's end, so that both are one atomic step; or a connection, right after that write."""
-    target.eval(SCRIPT, 0, *_args(parent, ()))
+    target.eval(SCRIPT, 0, *args(parent, ()))
 
 
 def check(target: Any, children: Sequence[str]) -> None:
     """Queue the release of those of `children` whose parents have all ended well on `target` (a
     pipeline in MULTI, after the write that made them PENDING)."""
-    target.eval(SCRIPT, 0, *_args("", children))
+    target.eval(SCRIPT, 0, *args("", children))
 
 
 def run(connection: Redis, children: Sequence[str]) -> list[str]:
     """Release those of `children` that may go now; returns their ids."""
-    return [as_text(i) for i in connection.eval(SCRIPT, 0, *_args("", children))]
+    return [as_text(i) for i in connection.eval(SCRIPT, 0, *args("", children))]

@@ -10,10 +10,12 @@ from app.settings import Settings
 from tests.support import rq_worker, wait_for_status
 
 
-def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(client: TestClient, settings: Settings) -> None:
+def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(
+    client: TestClient, settings: Settings, worker_class: str
+) -> None:
     client.post("/api/tasks", json={"id": "long", "type": "data_processing", "duration_ms": 20_000})
     client.post("/api/tasks", json={"id": "after", "type": "echo", "dependencies": ["long"]})
-    worker = rq_worker(str(settings.redis_url))
+    worker = rq_worker(str(settings.redis_url), worker_class=worker_class)
     try:
         wait_for_status(client, "long", "RUNNING", timeout=20, what="start")
         asked = time.monotonic()

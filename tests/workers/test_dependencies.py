@@ -163,13 +163,13 @@ def at(iso: str) -> datetime:
 
 
 def test_with_many_workers_no_child_waits_for_a_maintenance_pass(
-    client: TestClient, redis: Redis, settings: Settings
+    client: TestClient, redis: Redis, settings: Settings, worker_class: str
 ) -> None:
     """Wide layers of short tasks on eight forking workers: parents end together all the time.
     Each child must be queued the moment its last parent ends (its own timestamps say when); one
     that waited for a maintenance pass (every 30 s here) would show a gap of seconds."""
     env = {"RQFLOW_MAINTENANCE_S": "30"}
-    workers = [rq_worker(str(settings.redis_url), env=env) for _ in range(8)]
+    workers = [rq_worker(str(settings.redis_url), env=env, worker_class=worker_class) for _ in range(8)]
     try:
         wait_until(lambda: redis.scard("rq:workers") == 8, timeout=30, what="eight workers")
         width, layers = 16, 4

@@ -41,7 +41,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 @pytest.mark.parametrize("released_by", ["submission", "a parent's end"])
 def test_a_limit_of_two_with_three_workers_runs_two_at_once_never_three(
-    limited_client: TestClient, limited: Settings, tmp_path: Path, released_by: str
+    limited_client: TestClient, limited: Settings, tmp_path: Path, released_by: str, worker_class: str
 ) -> None:
     log = tmp_path / "runs.log"
     # Dependents released together by their parent's end go through the same limit.
@@ -53,7 +53,10 @@ def test_a_limit_of_two_with_three_workers_runs_two_at_once_never_three(
         limited_client.post("/api/tasks", json=body)
     for n in range(4):
         limited_client.post("/api/tasks", json={"id": f"e{n}", "type": "echo"})
-    workers = [rq_worker(str(limited.redis_url), env={"RQFLOW_TYPE_LIMITS": json.dumps(LIMITS)}) for _ in range(3)]
+    workers = [
+        rq_worker(str(limited.redis_url), env={"RQFLOW_TYPE_LIMITS": json.dumps(LIMITS)}, worker_class=worker_class)
+        for _ in range(3)
+    ]
     try:
 
         def all_done() -> bool:

@@ -10,9 +10,15 @@ from app.settings import Settings
 from tests.support import get_task, rq_worker, wait_until
 
 
-def test_sigterm_lets_the_running_task_finish_and_takes_no_new_one(client: TestClient, settings: Settings) -> None:
+def test_sigterm_lets_the_running_task_finish_and_takes_no_new_one(
+    client: TestClient, settings: Settings, worker_class: str
+) -> None:
     client.post("/api/tasks", json={"id": "running", "type": "data_processing", "duration_ms": 2000})
-    worker = rq_worker(str(settings.redis_url), env={"RQFLOW_SHUTDOWN_GRACE_S": "20", "RQFLOW_HEARTBEAT_S": "1"})
+    worker = rq_worker(
+        str(settings.redis_url),
+        env={"RQFLOW_SHUTDOWN_GRACE_S": "20", "RQFLOW_HEARTBEAT_S": "1"},
+        worker_class=worker_class,
+    )
     try:
         wait_until(lambda: get_task(client, "running")["status"] == "RUNNING", timeout=30)
         client.post("/api/tasks", json={"id": "waiting", "type": "echo"})
@@ -25,9 +31,15 @@ def test_sigterm_lets_the_running_task_finish_and_takes_no_new_one(client: TestC
             worker.kill()
 
 
-def test_a_task_cut_off_at_the_end_of_the_grace_period_is_requeued(client: TestClient, settings: Settings) -> None:
+def test_a_task_cut_off_at_the_end_of_the_grace_period_is_requeued(
+    client: TestClient, settings: Settings, worker_class: str
+) -> None:
     client.post("/api/tasks", json={"id": "long", "type": "data_processing", "duration_ms": 30_000})
-    worker = rq_worker(str(settings.redis_url), env={"RQFLOW_SHUTDOWN_GRACE_S": "2", "RQFLOW_HEARTBEAT_S": "1"})
+    worker = rq_worker(
+        str(settings.redis_url),
+        env={"RQFLOW_SHUTDOWN_GRACE_S": "2", "RQFLOW_HEARTBEAT_S": "1"},
+        worker_class=worker_class,
+    )
     try:
         wait_until(lambda: get_task(client, "long")["status"] == "RUNNING", timeout=30)
         worker.send_signal(signal.SIGTERM)

@@ -1,0 +1,278 @@
+"""The worker engine's side of Redis: end a batch of tasks and claim the next ones in one script.
+
+RQ's worker spends 58 commands in 22 round trips on one job (heartbeats, busy/idle flapping, an
+execution record with three indexes, a WATCH before the success write). Here a worker sends the
+tasks its children finished and how many children are free, and one script, in one round trip:
+
+- writes each success exactly as RQ's worker does (status, ended_at, the result stream entry,
+  the finished registry, the expiries), with its history event, and releases its dependents and
+  its concurrency slot in the same atomic step (the functions of app.jobs.release);
+- pops up to that many ready tasks, high priority first, and starts each as RQ's worker does
+  (status, started_at, worker_name, the started registry), counting the attempt.
+
+A started task's entry in RQ's started registry is scored with the worker's lease; the worker
+renews all of its leases with one command per heartbeat. If the worker dies, its entries lapse
+and RQ's registry cleanup (run by every worker's maintenance) retries or fails the tasks, as it
+does for RQ's own workers. No execution record is written: RQ's cleanup does not need one.
+
+Failures, timeouts and cancellations are rare and go through RQ's own failure handling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import zlib
+from base64 import b64encode
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from redis import Redis
+from rq.queue import Queue
+from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.results import Result
+from rq.utils import as_text, utcformat
+
+from app import codec, keys
+from app.defaults import FINISHED_BUCKET_TTL_S
+from app.errors import BadJSON
+from app.history import EventName
+from app.jobs import release
+from app.model import ErrorType
+
+_ENGINE = """
+local worker, lease_score, want, result_ttl_default = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
+local wip_prefix, finished_prefix, results_prefix, worker_key = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
+local started_event, completed_event, bucket, bucket_ttl = ARGV[21], ARGV[22], ARGV[23], ARGV[24]
+local execution_base, now_s = ARGV[25], tonumber(ARGV[26])
+local n_queues = tonumber(ARGV[27])
+local at = 28
+local queues = {unpack(ARGV, at, at + n_queues - 1)}
+at = at + n_queues
+local n_done = tonumber(ARGV[at])
+at = at + 1
+
+-- The ends: id, execution, result (RQ's base64 of its JSON, or ''), started, ended (epoch s).
+local ended, working = 0, 0
+for i = 1, n_done do
+    local id, execution, value, started, finished = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+    at = at + 5
+    local key = job_prefix .. id
+    local f = redis.call('HMGET', key, 'status', 'worker_name', 'origin', 'result_ttl', 'rate_limit_key',
+        'rate_limit_concurrency', 'rqflow_attempts')
+    -- Only a task this worker still runs: one canceled, deleted or given up on meanwhile is left as it is.
+    if f[1] == 'started' and f[2] == worker then
+        local ttl = tonumber(f[4]) or tonumber(result_ttl_default)
+        redis.call('HSET', key, 'status', 'finished', 'ended_at', now, 'last_heartbeat', now)
+        local entry = {'type', '1', 'worker_name', worker}
+        if value ~= '' then
+            entry[#entry + 1] = 'return_value'
+            entry[#entry + 1] = value
+        end
+        for _, kv in ipairs({{'execution_id', execution}, {'execution_started_at', started},
+                {'execution_ended_at', finished}}) do
+            entry[#entry + 1] = kv[1]
+            entry[#entry + 1] = kv[2]
+        end
+        redis.call('XADD', results_prefix .. id, 'MAXLEN', '10', '*', unpack(entry))
+        redis.call('ZREM', wip_prefix .. f[3], id .. ':' .. execution)
+        local history = {'event', completed_event, 'at_ms', tostring(now_ms), 'worker', worker}
+        if tonumber(f[7]) then
+            history[#history + 1] = 'attempt'
+            history[#history + 1] = f[7]
+        end
+        redis.call('XADD', history_prefix .. id, 'MAXLEN', max_events, '*', unpack(history))
+        if ttl and ttl > 0 then
+            redis.call('EXPIRE', results_prefix .. id, ttl)
+            redis.call('EXPIRE', key, ttl)
+            redis.call('EXPIRE', key .. ':dependents', ttl)
+            redis.call('EXPIRE', job_prefix .. ':' .. id .. ':dependencies', ttl)
+            redis.call('EXPIRE', history_prefix .. id, ttl)
+            redis.call('ZADD', finished_prefix .. f[3], now_s + ttl, id)
+        end
+        release(redis.call('SMEMBERS', key .. ':dependents'))
+        if f[5] and f[5] ~= '' and tonumber(f[6]) then free_slot(id, f[5], f[6]) end
+        ended = ended + 1
+        working = working + (tonumber(finished) - tonumber(started))
+    end
+end
+if ended > 0 then
+    redis.call('INCRBY', bucket, ended)
+    redis.call('EXPIRE', bucket, bucket_ttl)
+    redis.call('HINCRBY', worker_key, 'successful_job_count', ended)
+    redis.call('HINCRBYFLOAT', worker_key, 'total_working_time', working)
+end
+
+-- Start a task popped from its queue; false if it is not there to run (canceled or deleted).
+local claimed = {}
+local function start(id)
+    local key = job_prefix .. id
+    local f = redis.call('HMGET', key, 'status', 'origin', 'data', 'timeout', 'rqflow_spec',
+        'success_callback_name', 'failure_callback_name', 'stopped_callback_name')
+    if f[1] ~= 'queued' then return false end
+    redis.call('HSET', key, 'status', 'started', 'started_at', now, 'last_heartbeat', now, 'worker_name', worker)
+    local attempt = redis.call('HINCRBY', key, 'rqflow_attempts', 1)
+    redis.call('PERSIST', key)
+    local execution = execution_base .. '-' .. tostring(#claimed / 7 + 1)
+    redis.call('ZADD', wip_prefix .. f[2], lease_score, id .. ':' .. execution)
+    redis.call('XADD', history_prefix .. id, 'MAXLEN', max_events, '*', 'event', started_event,
+        'at_ms', tostring(now_ms), 'attempt', tostring(attempt), 'worker', worker)
+    local callbacks = (f[6] or '') .. (f[7] or '') .. (f[8] or '')
+    for _, v in ipairs({id, f[2], f[3], f[4] or '', f[5] or '', attempt, execution .. '|' .. callbacks}) do
+        claimed[#claimed + 1] = v
+    end
+    return true
+end
+
+-- Ids the worker popped itself while it waited for work (BLPOP), then the queues in order.
+for i = at + 1, at + tonumber(ARGV[at]) do start(ARGV[i]) end
+for _, queue in ipairs(queues) do
+    while #claimed / 7 < want do
+        local id = redis.call('LPOP', queue_prefix .. queue)
+        if not id then break end
+        start(id)
+    end
+end
+return claimed
+"""
+
+SCRIPT = release.PRELUDE + release.FUNCTIONS + _ENGINE
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A task this worker started: what its handler is called with, and where its run is kept."""
+
+    id: str
+    origin: str
+    execution: str
+    attempt: int
+    max_attempts: int
+    timeout_s: int
+    task_type: str
+    payload: Any
+    duration_ms: int | None
+    refused: str | None
+    """Why the job may not run (it names anything but rqflow's entry point, or callbacks)."""
+    refused_as: str = ErrorType.FORBIDDEN_JOB.value
+    """The error type it then fails with (RQ's DeserializationError for data that does not decode)."""
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A run that returned: its value as JSON text, and when it started and ended (epoch s)."""
+
+    id: str
+    execution: str
+    result_json: bytes
+    started: float
+    ended: float
+
+
+class Engine:
+    """One worker's claims and ends (see the module's doc)."""
+
+    def __init__(self, connection: Redis, queues: Sequence[str], worker_name: str, lease_s: int, result_ttl_s: int):
+        self.connection = connection
+        self.queues = list(queues)
+        self.queue_keys = [Queue.redis_queue_namespace_prefix + q for q in self.queues]
+        self.worker_name = worker_name
+        self.lease_s = lease_s
+        self.result_ttl_s = result_ttl_s
+        self.script = connection.register_script(SCRIPT)
+        self._runs = 0
+        self._fixed = [
+            StartedJobRegistry.key_template.format(""),
+            FinishedJobRegistry.key_template.format(""),
+            Result.get_key(""),
+            f"rq:worker:{worker_name}",
+            EventName.STARTED.value,
+            EventName.COMPLETED.value,
+        ]
+
+    def step(self, ended: Sequence[Ended], want: int, popped: Sequence[str] = ()) -> list[Claimed]:
+        """Write `ended`, then start up to `want` tasks (`popped` first); returns the started ones."""
+        now = datetime.now(timezone.utc)
+        now_s = now.timestamp()
+        self._runs += 1
+        argv: list[Any] = release.args("", ())
+        argv[0] = utcformat(now)
+        argv[1] = int(now_s * 1000)
+        argv += [
+            self.worker_name,
+            now_s + self.lease_s,
+            want,
+            self.result_ttl_s,
+            *self._fixed[:4],
+            *self._fixed[4:],
+            keys.finished_bucket(now_s),
+            FINISHED_BUCKET_TTL_S,
+            f"{self.worker_name}-{self._runs}",
+            now_s,
+            len(self.queues),
+            *self.queues,
+            len(ended),
+        ]
+        for e in ended:
+            # RQ's Result.serialize: the serializer's bytes in base64, absent for None.
+            value = "" if e.result_json == b"null" else b64encode(e.result_json).decode()
+            argv += [e.id, e.execution, value, e.started, e.ended]
+        argv += [len(popped), *popped]
+        flat = self.script(args=argv)
+        return [_claimed(flat[i : i + 7]) for i in range(0, len(flat), 7)]
+
+    def pop(self, timeout_s: float) -> str | None:
+        """Wait for a task in any of the queues (in priority order); its id, taken off its queue.
+        The caller starts it with `step(..., popped=[id])` at once: an id lost in between (the
+        worker dying in that instant) leaves a QUEUED task in no queue, which the repair sweep
+        puts back (app.jobs.repair)."""
+        got = self.connection.blpop(self.queue_keys, timeout=timeout_s)
+        return None if got is None else as_text(got[1])
+
+    def renew(self, running: Sequence[tuple[str, str, str]]) -> None:
+        """Extend the lease of every run of this worker: (origin, task id, execution)."""
+        if not running:
+            return
+        score = datetime.now(timezone.utc).timestamp() + self.lease_s
+        by_origin: dict[str, dict[str, float]] = {}
+        for origin, task_id, execution in running:
+            by_origin.setdefault(origin, {})[f"{task_id}:{execution}"] = score
+        with self.connection.pipeline(transaction=False) as pipe:
+            for origin, members in by_origin.items():
+                pipe.zadd(StartedJobRegistry.key_template.format(origin), members, xx=True)
+            pipe.execute()
+
+
+def _claimed(row: list[Any]) -> Claimed:
+    task_id, origin, data, timeout, spec_raw, attempt, tail = row
+    execution, _, callbacks = as_text(tail).partition("|")
+    task_id, origin = as_text(task_id), as_text(origin)
+    refused = f"job {task_id} names callbacks; rqflow runs no callbacks" if callbacks else None
+    task_type, payload, duration_ms, refused_as = "", None, None, ErrorType.FORBIDDEN_JOB.value
+    try:
+        raw = bytes(data or b"")
+        with contextlib.suppress(zlib.error):
+            raw = zlib.decompress(raw)
+        func_name, instance, args, kwargs = codec.loads(raw)
+        if func_name != keys.ENTRY_POINT or instance is not None or args:
+            refused = f"job {task_id} names {func_name!r}; only {keys.ENTRY_POINT} may run"
+        task_type = str(kwargs.get("task_type", ""))
+        payload = kwargs.get("payload", {})
+        duration_ms = kwargs.get("duration_ms")
+        spec = codec.loads(spec_raw) if spec_raw else {}
+    except (BadJSON, ValueError, TypeError, AttributeError) as error:
+        refused, spec, refused_as = f"job {task_id}'s data does not decode: {error}", {}, "DeserializationError"
+    return Claimed(
+        id=task_id,
+        origin=origin,
+        execution=execution,
+        attempt=int(attempt),
+        max_attempts=int(spec.get("max_attempts") or 1),
+        timeout_s=int(timeout or 0),
+        task_type=task_type,
+        payload=payload,
+        duration_ms=duration_ms,
+        refused=refused,
+        refused_as=refused_as,
+    )

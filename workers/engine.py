@@ -1,0 +1,224 @@
+"""rqflow's own worker: `rq worker -w workers.engine.EngineWorker high default low`.
+
+One worker process keeps `RQFLOW_CONCURRENCY` long-lived children (workers.pool) busy. Its loop
+hands the tasks its children finished to one script that writes their ends and claims as many
+new tasks as there are free children (app.jobs.engine), so a task costs one round trip to start
+and shares one to end; with no work anywhere it blocks on the queues. It is still an RQ worker:
+registered, heartbeating, visible to `rq info` and rq-dashboard, running RQ's maintenance, and
+its tasks are RQ jobs in RQ's registries, which RQ's own cleanup recovers if it dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from rq.executions import Execution
+from rq.job import JobStatus
+from rq.registry import StartedJobRegistry
+from rq.worker import BaseWorker, WorkerStatus
+
+from app import history
+from app.history import EventName
+from app.jobs.engine import Claimed, Ended, Engine
+from app.jobs.job import TaskJob
+from app.model import ErrorType
+from workers.pool import Outcome, Pool
+from workers.worker import TaskQueue, TaskWorkerMixin
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.005
+"""How often a worker with some children busy and some free looks for new work; a worker whose
+children are all free blocks on the queues instead, and one with none free only waits on them."""
+
+SHUTDOWN = "shutdown"
+
+
+class _EngineLoop(BaseWorker):
+    """The loop of an engine worker, in place of RQ's one-job-at-a-time loop."""
+
+    settings: Any
+    pool: Pool | None = None
+
+    def work(  # type: ignore[override]
+        self,
+        burst: bool = False,
+        logging_level: str | None = None,
+        date_format: str = "%H:%M:%S",
+        log_format: str = "%(asctime)s %(message)s",
+        max_jobs: int | None = None,
+        max_idle_time: int | None = None,
+        with_scheduler: bool = False,
+        **_: Any,
+    ) -> bool:
+        self.bootstrap(logging_level, date_format, log_format)
+        self._install_signal_handlers()
+        settings = self.settings
+        lease_s = settings.heartbeat_s + settings.worker_lost_after_s
+        engine = Engine(self.connection, self.queue_names(), self.name, lease_s, settings.result_ttl_s)
+        self.pool = pool = Pool(settings)
+        pool.start()
+        self.set_state(WorkerStatus.BUSY)
+        done = 0
+        ended: list[Ended] = []
+        popped: list[str] = []
+        next_heartbeat = time.monotonic() + settings.heartbeat_s
+        idle_since = time.monotonic()
+        try:
+            while True:
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                stopping = self._stop_requested or (max_jobs is not None and done >= max_jobs)
+                want = 0 if stopping else len(pool.idle)
+                if max_jobs is not None:
+                    want = min(want, max(max_jobs - done - len(pool.busy), 0))
+                claimed: list[Claimed] = []
+                if ended or want or popped:
+                    claimed = engine.step(ended, want, popped)
+                    ended, popped = [], []
+                for task, child in zip(claimed, pool.idle, strict=False):
+                    self._start(task, child, pool)
+                if pool.busy:
+                    idle_since = time.monotonic()
+                elif (
+                    stopping
+                    or (burst and not claimed)
+                    or (max_idle_time is not None and time.monotonic() - idle_since > max_idle_time)
+                ):
+                    break
+                elif not claimed:
+                    got = engine.pop(timeout_s=max(min(next_heartbeat - time.monotonic(), 1.0), 0.05))
+                    if got is not None:
+                        popped = [got]
+                    self._beat(engine, pool, next_heartbeat)
+                    next_heartbeat = self._next_beat(next_heartbeat)
+                    continue
+                free = len(pool.idle) and not stopping
+                timeout = IDLE_POLL_S if free else max(next_heartbeat - time.monotonic(), 0.0)
+                self._cut_off_at_deadline(pool)
+                for outcome in pool.wait(timeout):
+                    done += 1
+                    if outcome.result_json is not None:
+                        ended.append(
+                            Ended(
+                                outcome.task.id,
+                                outcome.task.execution,
+                                outcome.result_json,
+                                outcome.started,
+                                outcome.ended,
+                            )
+                        )
+                    else:
+                        self._end_badly(outcome)
+                for child in pool.overdue():
+                    pool.kill(child, ErrorType.TIMEOUT.value)
+                if time.monotonic() >= next_heartbeat:
+                    self._beat(engine, pool, next_heartbeat)
+                    next_heartbeat = self._next_beat(next_heartbeat)
+            if ended:
+                engine.step(ended, 0)
+        finally:
+            pool.close()
+            self.pool = None
+            self.teardown()
+        return bool(done)
+
+    def _next_beat(self, previous: float) -> float:
+        now = time.monotonic()
+        return previous if previous > now else now + self.settings.heartbeat_s
+
+    def _beat(self, engine: Engine, pool: Pool, due: float) -> None:
+        if time.monotonic() < due:
+            return
+        self.heartbeat()
+        engine.renew([(c.task.origin, c.task.id, c.task.execution) for c in pool.busy if c.task])
+
+    def _start(self, task: Claimed, child: Any, pool: Pool) -> None:
+        if task.refused:
+            log.warning("refusing task %s: %s", task.id, task.refused)
+            now = time.time()
+            self._end_badly(Outcome(child, task, now, now, error_type=task.refused_as, message=task.refused))
+            return
+        pool.run(child, task)
+
+    def _cut_off_at_deadline(self, pool: Pool) -> None:
+        deadline = getattr(self, "_shutdown_deadline", None)
+        if deadline is not None and time.monotonic() >= deadline:
+            for child in pool.busy:
+                if child.stopping is None and child.task is not None:
+                    log.warning("task %s still running at the end of the shutdown grace period", child.task.id)
+                    pool.kill(child, SHUTDOWN)
+
+    def _end_badly(self, outcome: Outcome) -> None:
+        """A failed, timed-out, canceled or cut-off run, through RQ's own failure handling."""
+        task = outcome.task
+        try:
+            job = TaskJob.fetch(task.id, connection=self.connection)
+            assert isinstance(job, TaskJob)
+        except Exception:
+            log.warning("task %s ended (%s) but is gone", task.id, outcome.error_type)
+            return
+        if job.get_status(refresh=False) is not JobStatus.STARTED or job.worker_name != self.name:
+            log.info("task %s ended (%s) after it was taken from this worker", task.id, outcome.error_type)
+            return
+        job.ended_at = datetime.fromtimestamp(outcome.ended, tz=timezone.utc)
+        queue = TaskQueue(job.origin, connection=self.connection, job_class=TaskJob, serializer=job.serializer)
+        execution = Execution(task.execution, task.id, self.connection, worker_name=self.name)
+        execution.created_at = datetime.fromtimestamp(outcome.started, tz=timezone.utc)
+        registry = StartedJobRegistry(job.origin, connection=self.connection, job_class=TaskJob)
+        if outcome.error_type == SHUTDOWN:
+            self._requeue(job, queue, registry, execution)
+            return
+        stopped = outcome.error_type == ErrorType.CANCELED.value
+        if stopped:
+            self._stopped_job_id = job.id
+        else:
+            job.record_error(outcome.error_type or "error", outcome.message)
+        exc_string = outcome.trace or f"{outcome.error_type}: {outcome.message}"
+        self.handle_job_failure(job, queue, registry, exc_string, execution)
+
+    def _requeue(self, job: TaskJob, queue: TaskQueue, registry: StartedJobRegistry, execution: Execution) -> None:
+        """Cut off by a shutdown, not failed: back to the front of its queue, its retries untouched."""
+        with self.connection.pipeline() as pipe:
+            registry.remove_execution(execution, pipeline=pipe)
+            history.record(
+                pipe,
+                job.id,
+                EventName.REQUEUED,
+                attempt=job.attempts,
+                worker=self.name,
+                detail="cut off by the worker's shutdown",
+            )
+            queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            pipe.execute()
+
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: claim nothing more; running tasks finish within the grace period (the
+        mixin sets it), then are cut off and requeued. Never raises, whatever the state."""
+        self._stop_requested = True
+
+    def handle_payload(self, message: Any) -> None:
+        """RQ's commands, with `stop-job` for any of the tasks this worker runs (RQ's knows one)."""
+        from rq.command import parse_payload
+
+        payload = parse_payload(message)
+        pool = self.pool
+        if payload.get("command") == "stop-job" and pool is not None:
+            child = pool.running(str(payload.get("job_id")))
+            if child is not None:
+                pool.kill(child, ErrorType.CANCELED.value)
+            else:
+                log.info("not running task %s; stop ignored", payload.get("job_id"))
+            return
+        super().handle_payload(message)
+
+    def kill_horse(self, sig: Any = None) -> None:
+        """No horse: children are killed one by one (Pool.kill)."""
+
+
+class EngineWorker(TaskWorkerMixin, _EngineLoop):
+    """Runs tasks in long-lived child processes, `RQFLOW_CONCURRENCY` at once, claiming and ending
+    them in batches; a task can be stopped, timed out and isolated as with TaskWorker."""

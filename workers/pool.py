@@ -1,0 +1,271 @@
+"""The engine's children: long-lived processes that run task handlers, one task at a time each.
+
+A child is started with `spawn` (a fresh interpreter: no lock, thread or Redis connection of the
+worker comes along), loads the task registry once, and then takes tasks over a pipe: JSON in,
+JSON out, never pickle. It never touches Redis; its worker does all the bookkeeping. It dies
+with its worker (PR_SET_PDEATHSIG, and the pipe's end), and between tasks it puts back what one
+task could leave for the next: the environment, the random seed.
+
+Killing a child is how its worker stops a task (timeout, cancel, shutdown); the worker then
+starts another in its place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import multiprocessing
+import os
+import random
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from app import codec
+from app.errors import ForbiddenJob, UnknownTaskType
+from app.jobs.engine import Claimed
+from app.model import ErrorType
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_ERROR_TYPES: dict[type[BaseException], str] = {
+    ForbiddenJob: ErrorType.FORBIDDEN_JOB.value,
+    UnknownTaskType: ErrorType.UNKNOWN_TASK_TYPE.value,
+}
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Child:
+    process: Any
+    conn: Connection
+    task: Claimed | None = None
+    started: float = 0.0
+    """When its task started (epoch s)."""
+    deadline: float = 0.0
+    """When its task overruns its timeout (monotonic)."""
+    runs: int = 0
+    stopping: str | None = None
+    """Why its worker is killing it (ErrorType value, or 'shutdown'), if it is."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a child's task came to: a value (JSON), an error, or the child's death."""
+
+    child: Child
+    task: Claimed
+    started: float
+    ended: float
+    result_json: bytes | None = None
+    error_type: str | None = None
+    message: str = ""
+    trace: str = ""
+
+
+class Pool:
+    def __init__(self, settings: Settings) -> None:
+        self.size = settings.concurrency
+        self.max_tasks = settings.child_max_tasks
+        self.max_memory_mb = settings.child_max_memory_mb
+        self.settings_json = settings.model_dump_json()
+        self.context = multiprocessing.get_context("spawn")
+        self.children: list[Child] = []
+
+    def start(self) -> None:
+        self.children = [self._spawn() for _ in range(self.size)]
+
+    def _spawn(self) -> Child:
+        parent_end, child_end = self.context.Pipe()
+        process = self.context.Process(
+            target=child_main, args=(child_end, self.settings_json), daemon=True, name="rqflow-child"
+        )
+        process.start()
+        child_end.close()
+        return Child(process=process, conn=parent_end)
+
+    @property
+    def idle(self) -> list[Child]:
+        return [c for c in self.children if c.task is None]
+
+    @property
+    def busy(self) -> list[Child]:
+        return [c for c in self.children if c.task is not None]
+
+    def run(self, child: Child, task: Claimed) -> None:
+        child.task = task
+        child.started = time.time()
+        child.deadline = time.monotonic() + task.timeout_s if task.timeout_s > 0 else float("inf")
+        message = {
+            "id": task.id,
+            "type": task.task_type,
+            "payload": task.payload,
+            "duration_ms": task.duration_ms,
+            "attempt": task.attempt,
+            "max_attempts": task.max_attempts,
+        }
+        with contextlib.suppress(OSError):  # a dead child: wait() reports it
+            child.conn.send_bytes(codec.dumps(message))
+
+    def kill(self, child: Child, why: str) -> None:
+        """Stop the child's task by killing the child (from any thread)."""
+        child.stopping = why
+        with contextlib.suppress(ProcessLookupError, OSError, ValueError):
+            os.kill(child.process.pid, signal.SIGKILL)
+
+    def running(self, task_id: str) -> Child | None:
+        return next((c for c in self.children if c.task is not None and c.task.id == task_id), None)
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        """The outcomes of tasks that ended within `timeout` (children that died replaced)."""
+        busy = self.busy
+        if not busy:
+            if timeout > 0:
+                time.sleep(timeout)
+            return []
+        waitables: list[Any] = [c.conn for c in busy] + [c.process.sentinel for c in busy]
+        ready = set(wait(waitables, timeout=max(timeout, 0)))
+        outcomes = []
+        for child in busy:
+            if child.conn in ready:
+                outcome = self._receive(child)
+                if outcome is not None:
+                    outcomes.append(outcome)
+                    continue
+            if child.process.sentinel in ready or not child.process.is_alive():
+                outcomes.append(self._died(child))
+        return outcomes
+
+    def _receive(self, child: Child) -> Outcome | None:
+        try:
+            reply = codec.loads(child.conn.recv_bytes())
+        except (EOFError, OSError):
+            return None
+        task = child.task
+        assert task is not None
+        ended = time.time()
+        child.task = None
+        child.runs += 1
+        if child.runs >= self.max_tasks or int(reply.get("rss_mb", 0)) >= self.max_memory_mb:
+            self._replace(child, retire=True)
+        if reply.get("ok"):
+            return Outcome(child, task, child.started, ended, result_json=codec.dumps(reply.get("result")))
+        return Outcome(
+            child,
+            task,
+            child.started,
+            ended,
+            error_type=str(reply.get("type") or "error"),
+            message=str(reply.get("message") or ""),
+            trace=str(reply.get("trace") or ""),
+        )
+
+    def _died(self, child: Child) -> Outcome:
+        task = child.task
+        assert task is not None
+        why = child.stopping
+        code = child.process.exitcode
+        self._replace(child, retire=False)
+        if why == ErrorType.TIMEOUT.value:
+            message = f"task exceeded its timeout of {task.timeout_s} s"
+        elif why is not None:
+            message = why
+        else:
+            why = ErrorType.WORKER_LOST.value
+            message = f"the process running it died (exit code {code})"
+        return Outcome(child, task, child.started, time.time(), error_type=why, message=message)
+
+    def _replace(self, child: Child, retire: bool) -> None:
+        """Put a new child in the place of `child` (asked to exit if it still lives)."""
+        with contextlib.suppress(OSError):
+            child.conn.close()
+        if not retire:
+            child.process.join(timeout=1)
+        else:
+            child.process.join(timeout=0)
+        fresh = self._spawn()
+        index = self.children.index(child)
+        self.children[index] = fresh
+
+    def overdue(self) -> list[Child]:
+        now = time.monotonic()
+        return [c for c in self.busy if c.deadline <= now and c.stopping is None]
+
+    def close(self) -> None:
+        for child in self.children:
+            with contextlib.suppress(OSError):
+                child.conn.close()
+        deadline = time.monotonic() + 2
+        for child in self.children:
+            child.process.join(timeout=max(deadline - time.monotonic(), 0))
+            if child.process.is_alive():
+                child.process.kill()
+                child.process.join(timeout=1)
+        self.children = []
+
+
+def child_main(conn: Connection, settings_json: str) -> None:
+    """A child's life: load the registry, then run one task per message until the pipe closes."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:
+        return  # the worker died before this child got going
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is the worker's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from app.registry import load_registry
+    from workers import entry
+
+    settings = Settings.model_validate_json(settings_json)
+    entry.install(load_registry(settings.task_modules, settings.type_limits), settings)
+    environment = dict(os.environ)
+    while True:
+        try:
+            message = codec.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        reply = _run(message)
+        # What one task may leave behind for the next.
+        if os.environ != environment:
+            os.environ.clear()
+            os.environ.update(environment)
+        random.seed()
+        reply["rss_mb"] = _rss_mb()
+        try:
+            conn.send_bytes(codec.dumps(reply))
+        except (OSError, TypeError, ValueError) as error:
+            conn.send_bytes(codec.dumps({"ok": False, "type": "TypeError", "message": f"result: {error}"}))
+
+
+def _run(message: dict[str, Any]) -> dict[str, Any]:
+    from workers import entry
+
+    try:
+        result = entry.call(
+            message["id"],
+            message["type"],
+            message["payload"],
+            message.get("duration_ms"),
+            int(message["attempt"]),
+            message.get("max_attempts"),
+        )
+        codec.dumps(result)  # a value that is not JSON fails the task, as RQ's serializer would
+        return {"ok": True, "result": result}
+    except Exception as error:
+        error_type = next((name for cls, name in _ERROR_TYPES.items() if isinstance(error, cls)), type(error).__name__)
+        message_text = str(error) or str(error.__cause__ or "") or type(error).__name__
+        return {"ok": False, "type": error_type, "message": message_text[:2000], "trace": traceback.format_exc()}
+
+
+def _rss_mb() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
