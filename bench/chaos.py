@@ -140,6 +140,7 @@ def check(redis: Redis, run: Run) -> dict[str, Any]:
         "acknowledged": len(ids),
         "lost": sum(1 for s in status.values() if s is None),
         "stuck": sum(1 for s in status.values() if s is not None and s not in TERMINAL),
+        "stuck_sample": sorted((i, s) for i, s in status.items() if s is not None and s not in TERMINAL)[:10],
         "order_violations": len(violations),
         "ran_more_than_once": sum(1 for a in attempts.values() if a > 1),
         "completed": sum(1 for s in status.values() if s == "finished"),

@@ -55,6 +55,10 @@ class _EngineLoop(BaseWorker):
         **_: Any,
     ) -> bool:
         self.bootstrap(logging_level, date_format, log_format)
+        if with_scheduler:
+            # RQ's scheduler queues what is due in RQ's scheduled registries (a retry's backoff);
+            # `rq worker-pool` always asks for it.
+            self._start_scheduler(burst, logging_level, date_format, log_format)
         self._install_signal_handlers()
         settings = self.settings
         lease_s = settings.heartbeat_s + settings.worker_lost_after_s

@@ -28,7 +28,8 @@ FAST = {"RQFLOW_WORKER_LOST_AFTER_S": "5", "RQFLOW_MAINTENANCE_S": "2", "RQFLOW_
 
 
 def start_worker(url: str, *, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return rq_worker(url, env=env)
+    """The Procfile's default worker class (the engine)."""
+    return rq_worker(url, env=env, worker_class="workers.engine.EngineWorker")
 
 
 @pytest.fixture
