@@ -15,18 +15,17 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from rq.command import parse_payload
 from rq.executions import Execution
 from rq.job import JobStatus
-from rq.registry import StartedJobRegistry
 from rq.worker import BaseWorker, WorkerStatus
 
-from app import history
-from app.history import EventName
 from app.jobs.engine import Claimed, Ended, Engine
 from app.jobs.job import TaskJob
 from app.model import ErrorType
+from app.settings import Settings
 from workers.pool import Outcome, Pool
-from workers.worker import TaskQueue, TaskWorkerMixin
+from workers.worker import TaskWorkerMixin
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,11 @@ SHUTDOWN = "shutdown"
 class _EngineLoop(BaseWorker):
     """The loop of an engine worker, in place of RQ's one-job-at-a-time loop."""
 
-    settings: Any
+    settings: Settings
     pool: Pool | None = None
+    _shutdown_deadline: float | None
+    _cut_off: str | None
+    """Both kept by TaskWorkerMixin: when a shutdown's grace ends, and the task it cut off."""
 
     def work(  # type: ignore[override]
         self,
@@ -97,8 +99,7 @@ class _EngineLoop(BaseWorker):
                     got = engine.pop(timeout_s=max(min(next_heartbeat - time.monotonic(), 1.0), 0.05))
                     if got is not None:
                         popped = [got]
-                    self._beat(engine, pool, next_heartbeat)
-                    next_heartbeat = self._next_beat(next_heartbeat)
+                    next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
                     continue
                 free = len(pool.idle) and not stopping
                 timeout = IDLE_POLL_S if free else max(next_heartbeat - time.monotonic(), 0.0)
@@ -119,9 +120,7 @@ class _EngineLoop(BaseWorker):
                         self._end_badly(outcome)
                 for child in pool.overdue():
                     pool.kill(child, ErrorType.TIMEOUT.value)
-                if time.monotonic() >= next_heartbeat:
-                    self._beat(engine, pool, next_heartbeat)
-                    next_heartbeat = self._next_beat(next_heartbeat)
+                next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
             if ended:
                 engine.step(ended, 0)
         finally:
@@ -130,15 +129,15 @@ class _EngineLoop(BaseWorker):
             self.teardown()
         return bool(done)
 
-    def _next_beat(self, previous: float) -> float:
+    def _heartbeat_if_due(self, engine: Engine, pool: Pool, due: float) -> float:
+        """The worker's heartbeat and its running tasks' leases, once per interval; returns when
+        the next is due."""
         now = time.monotonic()
-        return previous if previous > now else now + self.settings.heartbeat_s
-
-    def _beat(self, engine: Engine, pool: Pool, due: float) -> None:
-        if time.monotonic() < due:
-            return
+        if now < due:
+            return due
         self.heartbeat()
         engine.renew([(c.task.origin, c.task.id, c.task.execution) for c in pool.busy if c.task])
+        return now + self.settings.heartbeat_s
 
     def _start(self, task: Claimed, child: Any, pool: Pool) -> None:
         if task.refused:
@@ -149,7 +148,7 @@ class _EngineLoop(BaseWorker):
         pool.run(child, task)
 
     def _cut_off_at_deadline(self, pool: Pool) -> None:
-        deadline = getattr(self, "_shutdown_deadline", None)
+        deadline = self._shutdown_deadline
         if deadline is not None and time.monotonic() >= deadline:
             for child in pool.busy:
                 if child.stopping is None and child.task is not None:
@@ -169,35 +168,17 @@ class _EngineLoop(BaseWorker):
             log.info("task %s ended (%s) after it was taken from this worker", task.id, outcome.error_type)
             return
         job.ended_at = datetime.fromtimestamp(outcome.ended, tz=timezone.utc)
-        queue = TaskQueue(job.origin, connection=self.connection, job_class=TaskJob, serializer=job.serializer)
+        queue = next(q for q in self.queues if q.name == job.origin)
         execution = Execution(task.execution, task.id, self.connection, worker_name=self.name)
         execution.created_at = datetime.fromtimestamp(outcome.started, tz=timezone.utc)
-        registry = StartedJobRegistry(job.origin, connection=self.connection, job_class=TaskJob)
         if outcome.error_type == SHUTDOWN:
-            self._requeue(job, queue, registry, execution)
-            return
-        stopped = outcome.error_type == ErrorType.CANCELED.value
-        if stopped:
-            self._stopped_job_id = job.id
+            self._cut_off = job.id  # the mixin's failure handling requeues it, retries untouched
+        elif outcome.error_type == ErrorType.CANCELED.value:
+            self._stopped_job_id = job.id  # RQ's failure handling makes it STOPPED, the mixin CANCELED
         else:
             job.record_error(outcome.error_type or "error", outcome.message)
         exc_string = outcome.trace or f"{outcome.error_type}: {outcome.message}"
-        self.handle_job_failure(job, queue, registry, exc_string, execution)
-
-    def _requeue(self, job: TaskJob, queue: TaskQueue, registry: StartedJobRegistry, execution: Execution) -> None:
-        """Cut off by a shutdown, not failed: back to the front of its queue, its retries untouched."""
-        with self.connection.pipeline() as pipe:
-            registry.remove_execution(execution, pipeline=pipe)
-            history.record(
-                pipe,
-                job.id,
-                EventName.REQUEUED,
-                attempt=job.attempts,
-                worker=self.name,
-                detail="cut off by the worker's shutdown",
-            )
-            queue._enqueue_job(job, pipeline=pipe, at_front=True)
-            pipe.execute()
+        self.handle_job_failure(job, queue, job.started_job_registry, exc_string, execution)
 
     def request_stop(self, signum: int, frame: Any) -> None:
         """SIGTERM/SIGINT: claim nothing more; running tasks finish within the grace period (the
@@ -206,8 +187,6 @@ class _EngineLoop(BaseWorker):
 
     def handle_payload(self, message: Any) -> None:
         """RQ's commands, with `stop-job` for any of the tasks this worker runs (RQ's knows one)."""
-        from rq.command import parse_payload
-
         payload = parse_payload(message)
         pool = self.pool
         if payload.get("command") == "stop-job" and pool is not None:

@@ -21,22 +21,17 @@ import random
 import signal
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from app import codec
-from app.errors import ForbiddenJob, UnknownTaskType
 from app.jobs.engine import Claimed
 from app.model import ErrorType
 from app.settings import Settings
+from workers.worker import describe_error
 
 log = logging.getLogger(__name__)
-
-_ERROR_TYPES: dict[type[BaseException], str] = {
-    ForbiddenJob: ErrorType.FORBIDDEN_JOB.value,
-    UnknownTaskType: ErrorType.UNKNOWN_TASK_TYPE.value,
-}
 
 _PR_SET_PDEATHSIG = 1
 
@@ -53,7 +48,6 @@ class Child:
     runs: int = 0
     stopping: str | None = None
     """Why its worker is killing it (ErrorType value, or 'shutdown'), if it is."""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,9 +139,10 @@ class Pool:
 
     def _receive(self, child: Child) -> Outcome | None:
         try:
-            reply = codec.loads(child.conn.recv_bytes())
+            header, _, result_json = child.conn.recv_bytes().partition(b"\n")
         except (EOFError, OSError):
             return None
+        reply = codec.loads(header)
         task = child.task
         assert task is not None
         ended = time.time()
@@ -156,7 +151,7 @@ class Pool:
         if child.runs >= self.max_tasks or int(reply.get("rss_mb", 0)) >= self.max_memory_mb:
             self._replace(child, retire=True)
         if reply.get("ok"):
-            return Outcome(child, task, child.started, ended, result_json=codec.dumps(reply.get("result")))
+            return Outcome(child, task, child.started, ended, result_json=result_json)
         return Outcome(
             child,
             task,
@@ -230,20 +225,21 @@ def child_main(conn: Connection, settings_json: str) -> None:
             message = codec.loads(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        reply = _run(message)
+        reply, result_json = _run(message)
         # What one task may leave behind for the next.
         if os.environ != environment:
             os.environ.clear()
             os.environ.update(environment)
         random.seed()
         reply["rss_mb"] = _rss_mb()
+        # A header line, then the result's JSON as it goes into Redis (encoded once, here).
         try:
-            conn.send_bytes(codec.dumps(reply))
-        except (OSError, TypeError, ValueError) as error:
-            conn.send_bytes(codec.dumps({"ok": False, "type": "TypeError", "message": f"result: {error}"}))
+            conn.send_bytes(codec.dumps(reply) + b"\n" + result_json)
+        except OSError:
+            return
 
 
-def _run(message: dict[str, Any]) -> dict[str, Any]:
+def _run(message: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     from workers import entry
 
     try:
@@ -255,12 +251,12 @@ def _run(message: dict[str, Any]) -> dict[str, Any]:
             int(message["attempt"]),
             message.get("max_attempts"),
         )
-        codec.dumps(result)  # a value that is not JSON fails the task, as RQ's serializer would
-        return {"ok": True, "result": result}
+        # RQ's JSON serializer, as the other workers store results (app.codec: what JSON cannot
+        # hold is shown as text).
+        return {"ok": True}, codec.dumps(result)
     except Exception as error:
-        error_type = next((name for cls, name in _ERROR_TYPES.items() if isinstance(error, cls)), type(error).__name__)
-        message_text = str(error) or str(error.__cause__ or "") or type(error).__name__
-        return {"ok": False, "type": error_type, "message": message_text[:2000], "trace": traceback.format_exc()}
+        error_type, text = describe_error(error)
+        return {"ok": False, "type": error_type, "message": text, "trace": traceback.format_exc()}, b""
 
 
 def _rss_mb() -> int:

@@ -236,15 +236,21 @@ def record_error(
 ) -> bool:
     """Keep the failed attempt's error on the task as `{type, message}`; let RQ's handlers run on."""
     if isinstance(job, TaskJob):
-        error_type = next((name for cls, name in ERROR_TYPES.items() if isinstance(exc_value, cls)), exc_type.__name__)
         try:
-            message = str(exc_value) or str(exc_value.__cause__ or "") or exc_type.__name__
-            if isinstance(exc_value, AbandonedJobError):
-                message = "the worker running it died or stopped answering"
-            job.record_error(error_type, message[:2000])
+            job.record_error(*describe_error(exc_value))
         except Exception:
             log.exception("could not record the error of task %s", job.id)
     return True
+
+
+def describe_error(error: BaseException) -> tuple[str, str]:
+    """A failed attempt's error as rqflow keeps it: its type (rqflow's name for the errors it
+    knows, else the exception's class) and a message of at most 2,000 characters."""
+    error_type = next((name for cls, name in ERROR_TYPES.items() if isinstance(error, cls)), type(error).__name__)
+    message = str(error) or str(error.__cause__ or "") or type(error).__name__
+    if isinstance(error, AbandonedJobError):
+        message = "the worker running it died or stopped answering"
+    return error_type, message[:2000]
 
 
 class TaskWorker(TaskWorkerMixin, Worker):

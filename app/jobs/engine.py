@@ -32,13 +32,15 @@ from redis import Redis
 from rq.queue import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
-from rq.utils import as_text, utcformat
+from rq.utils import as_text
+from rq.worker import BaseWorker
 
 from app import codec, keys
 from app.defaults import FINISHED_BUCKET_TTL_S
 from app.errors import BadJSON
 from app.history import EventName
 from app.jobs import release
+from app.jobs.job import forbidden
 from app.model import ErrorType
 
 _ENGINE = """
@@ -105,7 +107,7 @@ if ended > 0 then
 end
 
 -- Start a task popped from its queue; false if it is not there to run (canceled or deleted).
-local claimed = {}
+local claimed, n_claimed = {}, 0
 local function start(id)
     local key = job_prefix .. id
     local f = redis.call('HMGET', key, 'status', 'origin', 'data', 'timeout', 'rqflow_spec',
@@ -114,7 +116,8 @@ local function start(id)
     redis.call('HSET', key, 'status', 'started', 'started_at', now, 'last_heartbeat', now, 'worker_name', worker)
     local attempt = redis.call('HINCRBY', key, 'rqflow_attempts', 1)
     redis.call('PERSIST', key)
-    local execution = execution_base .. '-' .. tostring(#claimed / 7 + 1)
+    n_claimed = n_claimed + 1
+    local execution = execution_base .. '-' .. n_claimed
     redis.call('ZADD', wip_prefix .. f[2], lease_score, id .. ':' .. execution)
     redis.call('XADD', history_prefix .. id, 'MAXLEN', max_events, '*', 'event', started_event,
         'at_ms', tostring(now_ms), 'attempt', tostring(attempt), 'worker', worker)
@@ -128,7 +131,7 @@ end
 -- Ids the worker popped itself while it waited for work (BLPOP), then the queues in order.
 for i = at + 1, at + tonumber(ARGV[at]) do start(ARGV[i]) end
 for _, queue in ipairs(queues) do
-    while #claimed / 7 < want do
+    while n_claimed < want do
         local id = redis.call('LPOP', queue_prefix .. queue)
         if not id then break end
         start(id)
@@ -186,7 +189,7 @@ class Engine:
             StartedJobRegistry.key_template.format(""),
             FinishedJobRegistry.key_template.format(""),
             Result.get_key(""),
-            f"rq:worker:{worker_name}",
+            BaseWorker.redis_worker_namespace_prefix + worker_name,
             EventName.STARTED.value,
             EventName.COMPLETED.value,
         ]
@@ -196,16 +199,13 @@ class Engine:
         now = datetime.now(timezone.utc)
         now_s = now.timestamp()
         self._runs += 1
-        argv: list[Any] = release.args("", ())
-        argv[0] = utcformat(now)
-        argv[1] = int(now_s * 1000)
+        argv = release.args("", (), now)
         argv += [
             self.worker_name,
             now_s + self.lease_s,
             want,
             self.result_ttl_s,
-            *self._fixed[:4],
-            *self._fixed[4:],
+            *self._fixed,
             keys.finished_bucket(now_s),
             FINISHED_BUCKET_TTL_S,
             f"{self.worker_name}-{self._runs}",
@@ -255,8 +255,10 @@ def _claimed(row: list[Any]) -> Claimed:
         with contextlib.suppress(zlib.error):
             raw = zlib.decompress(raw)
         func_name, instance, args, kwargs = codec.loads(raw)
-        if func_name != keys.ENTRY_POINT or instance is not None or args:
-            refused = f"job {task_id} names {func_name!r}; only {keys.ENTRY_POINT} may run"
+        # Children call the handler with the kwargs alone, so positional arguments are refused too.
+        refused = forbidden(task_id, func_name, instance) or (
+            f"job {task_id} passes positional arguments to {func_name!r}" if args else refused
+        )
         task_type = str(kwargs.get("task_type", ""))
         payload = kwargs.get("payload", {})
         duration_ms = kwargs.get("duration_ms")

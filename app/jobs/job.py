@@ -41,6 +41,14 @@ RELEASING = frozenset({JobStatus.FINISHED, JobStatus.FAILED})
 canceled on request and becomes CANCELED, which lets none run."""
 
 
+def forbidden(job_id: str, func_name: str | None, instance: Any) -> str | None:
+    """Why a job naming this function (and instance) may not run; None when it may: only
+    rqflow's entry point, never on an instance."""
+    if func_name != keys.ENTRY_POINT or instance is not None:
+        return f"job {job_id} names {func_name!r}; only {keys.ENTRY_POINT} may run"
+    return None
+
+
 class TaskJob(Job):
     """An RQ job that can only ever call `keys.ENTRY_POINT`.
 
@@ -69,8 +77,9 @@ class TaskJob(Job):
 
     @property
     def func(self) -> Any:
-        if self.func_name != keys.ENTRY_POINT or self.instance is not None:
-            raise ForbiddenJob(f"job {self.id} names {self.func_name!r}; only {keys.ENTRY_POINT} may run")
+        refusal = forbidden(self.id, self.func_name, self.instance)
+        if refusal:
+            raise ForbiddenJob(refusal)
         return import_attribute(keys.ENTRY_POINT)
 
     # rqflow registers no callbacks, so any callback name in a job hash was put there by someone else.
@@ -190,7 +199,7 @@ class TaskJob(Job):
         """
         assert self.retries_left
         self.retries_left -= 1
-        backoff = Backoff(**self.spec["backoff"]) if self.spec.get("backoff") else Backoff()
+        backoff: Backoff = spec_fields.decode_one(self.spec, "backoff")
         wait_ms = backoff.delay_ms(max(self.attempts, 1))
         history.record(
             pipeline,

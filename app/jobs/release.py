@@ -153,8 +153,8 @@ _FIXED = (
 )
 
 
-def args(parent: str, children: Sequence[str]) -> list[Any]:
-    now = datetime.now(timezone.utc)
+def args(parent: str, children: Sequence[str], now: datetime | None = None) -> list[Any]:
+    now = now or datetime.now(timezone.utc)
     return [utcformat(now), int(now.timestamp() * 1000), parent, *_FIXED, *children]
 
 

@@ -55,7 +55,7 @@ def _codecs(annotation: Any) -> tuple[Codec | None, Codec | None]:
 
 
 _HINTS = get_type_hints(TaskSpec)
-_FIELDS: tuple[tuple[str, Codec | None, Codec | None], ...] = tuple((n, *_codecs(_HINTS[n])) for n in STORED)
+_CODECS: dict[str, tuple[Codec | None, Codec | None]] = {n: _codecs(_HINTS[n]) for n in STORED}
 
 
 def resolved(spec: TaskSpec, task_type: Any) -> dict[str, Any]:
@@ -70,7 +70,7 @@ def resolved(spec: TaskSpec, task_type: Any) -> dict[str, Any]:
 def encode(values: dict[str, Any]) -> dict[str, Any]:
     """Stored fields (as `resolved` gives them) as the JSON kept in the job hash."""
     out = {}
-    for name, write, _ in _FIELDS:
+    for name, (write, _) in _CODECS.items():
         value = values[name]
         out[name] = value if write is None or value is None else write(value)
     return out
@@ -78,16 +78,21 @@ def encode(values: dict[str, Any]) -> dict[str, Any]:
 
 def encode_one(name: str, value: Any) -> Any:
     """One stored field's JSON (for a change to one field)."""
-    for field_name, write, _ in _FIELDS:
-        if field_name == name:
-            return value if write is None or value is None else write(value)
-    raise KeyError(name)
+    write = _CODECS[name][0]
+    return value if write is None or value is None else write(value)
 
 
 def decode(stored: dict[str, Any]) -> dict[str, Any]:
     """The stored fields of a job hash's spec as values, defaults in place of what is absent."""
     out = {}
-    for name, _, read in _FIELDS:
+    for name, (_, read) in _CODECS.items():
         raw = stored.get(name)
         out[name] = _MISSING[name] if raw is None else raw if read is None else read(raw)
     return out
+
+
+def decode_one(stored: dict[str, Any], name: str) -> Any:
+    """One stored field of a job hash's spec as its value (its default when absent)."""
+    raw = stored.get(name)
+    read = _CODECS[name][1]
+    return _MISSING[name] if raw is None else raw if read is None else read(raw)
