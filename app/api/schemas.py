@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime, timezone
-from enum import Enum
+from operator import attrgetter
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -52,7 +52,7 @@ class DependencyIn(BaseModel):
     allow_failure: Annotated[bool, Field(strict=True)] = False
 
 
-def _one_start_time(value: int | None, info: ValidationInfo) -> int | None:
+def _one_start_json_value(value: int | None, info: ValidationInfo) -> int | None:
     if value is not None and info.data.get("run_at") is not None:
         raise ValueError("give run_at or delay_ms, not both")
     return value
@@ -137,8 +137,8 @@ class TaskIn(TaskTemplateIn):
 
     @field_validator("delay_ms")
     @classmethod
-    def _one_start_time(cls, value: int | None, info: ValidationInfo) -> int | None:
-        return _one_start_time(value, info)
+    def _one_start_json_value(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return _one_start_json_value(value, info)
 
     def to_spec(self) -> TaskSpec:
         return to_domain(self, TaskSpec)
@@ -161,8 +161,8 @@ class TaskUpdateIn(BaseModel):
 
     @field_validator("delay_ms")
     @classmethod
-    def _one_start_time(cls, value: int | None, info: ValidationInfo) -> int | None:
-        return _one_start_time(value, info)
+    def _one_start_json_value(cls, value: int | None, info: ValidationInfo) -> int | None:
+        return _one_start_json_value(value, info)
 
     def to_changes(self) -> TaskChanges:
         return to_domain(self, TaskChanges)
@@ -237,29 +237,33 @@ def schedule_json(schedule: Schedule) -> dict[str, Any]:
         "interval_s": spec.interval_s,
         # Every field of the template, as it is declared: a field added to it shows with no edit here.
         "task": {f.name: _json_value(getattr(template, f.name)) for f in fields(template)},
-        "start_at": _time(spec.start_at),
-        "end_at": _time(spec.end_at),
+        "start_at": _json_value(spec.start_at),
+        "end_at": _json_value(spec.end_at),
         "max_runs": spec.max_runs,
         "paused": spec.paused,
         "runs": schedule.runs,
-        "last_run_at": _time(schedule.last_run_at),
-        "next_run_at": _time(schedule.next_run_at),
+        "last_run_at": _json_value(schedule.last_run_at),
+        "next_run_at": _json_value(schedule.next_run_at),
         "last_error": schedule.last_error,
-        "created_at": _time(schedule.created_at),
-        "updated_at": _time(schedule.updated_at),
+        "created_at": _json_value(schedule.created_at),
+        "updated_at": _json_value(schedule.updated_at),
     }
 
 
+_SHOWN_AS: dict[type, Callable[[Any], Any]] = {
+    datetime: iso,
+    Priority: attrgetter("value"),
+    TaskStatus: attrgetter("value"),
+    Backoff: Backoff.as_dict,
+    TaskError: lambda error: {"type": error.type, "message": error.message},
+}
+"""How values that are not plain JSON are shown, by exact type (a dict lookup: lists of tasks are
+shown a thousand at a time)."""
+
+
 def _json_value(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Backoff):
-        return value.as_dict()
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, TaskError):
-        return {"type": value.type, "message": value.message}
-    return value
+    show = _SHOWN_AS.get(type(value))
+    return value if show is None else show(value)
 
 
 def _dependencies_json(edges: tuple[Edge, ...]) -> list[Any]:
@@ -267,31 +271,19 @@ def _dependencies_json(edges: tuple[Edge, ...]) -> list[Any]:
     return [{"id": e.parent, "allow_failure": True} if e.allow_failure else e.parent for e in edges]
 
 
-_TASK_VALUES: dict[type, Callable[[Any], Any]] = {
-    datetime: iso,
-    Priority: _json_value,
-    TaskStatus: _json_value,
-    Backoff: Backoff.as_dict,
-    TaskError: _json_value,
-    tuple: _dependencies_json,
-}
-"""How a Task's values other than plain JSON are shown, by type (a dict lookup: lists of tasks
-are shown a thousand at a time)."""
-
-_TASK_FIELDS = tuple(f.name for f in fields(Task) if f.name != "waiting_for")
-
-
-def _time(value: datetime | None) -> str | None:
-    return None if value is None else iso(value)
+_TASK_FIELDS = tuple(
+    (f.name, _dependencies_json if f.name == "dependencies" else None) for f in fields(Task) if f.name != "waiting_for"
+)
+"""Every field of Task shown, with its own way of being shown where its type does not say it."""
 
 
 def task_json(task: Task, detailed: bool = False) -> dict[str, Any]:
     """The task as JSON, every field as Task declares it; `detailed` (one task read on its own)
     adds `waiting_for`."""
     body = {}
-    for name in _TASK_FIELDS:
+    for name, own in _TASK_FIELDS:
         value = getattr(task, name)
-        show = _TASK_VALUES.get(type(value))
+        show = own or _SHOWN_AS.get(type(value))
         body[name] = value if show is None else show(value)
     if detailed:
         body["waiting_for"] = task.waiting_for
