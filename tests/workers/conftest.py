@@ -29,12 +29,18 @@ def worker_class(worker_kind: str) -> str:
 
 
 @pytest.fixture
-def work(redis: Redis, settings: Settings, worker_kind: str):  # type: ignore[no-untyped-def]
+def worker_type(worker_kind: str) -> Any:
+    """The worker class of this test's kind, to run in this process."""
+    return IN_PROCESS[worker_kind]
+
+
+@pytest.fixture
+def work(redis: Redis, settings: Settings, worker_type: Any):  # type: ignore[no-untyped-def]
     """Run every queued task (burst mode) on this test's worker class, then return."""
     worker_settings = settings.model_copy(update={"concurrency": 2})
 
     def run(with_scheduler: bool = False) -> bool:
-        worker = IN_PROCESS[worker_kind](["high", "default", "low"], connection=redis, settings=worker_settings)
+        worker = worker_type(["high", "default", "low"], connection=redis, settings=worker_settings)
         return bool(worker.work(burst=True, with_scheduler=with_scheduler))
 
     return run

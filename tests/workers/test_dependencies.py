@@ -107,13 +107,15 @@ def test_a_task_whose_dependency_already_failed_is_canceled_at_once(client: Test
     assert get(client, "later")["status"] == "CANCELED"
 
 
-def test_waiting_for_names_the_unfinished_dependencies(client: TestClient, redis: Redis, settings: Settings) -> None:
+def test_waiting_for_names_the_unfinished_dependencies(
+    client: TestClient, redis: Redis, settings: Settings, worker_type: Any
+) -> None:
     post(client, {"id": "p1", "type": "echo"})
     post(client, {"id": "p2", "type": "echo", "priority": "low"})
     post(client, {"id": "kid", "type": "echo", "dependencies": ["p1", "p2"]})
     assert get(client, "kid")["waiting_for"] == {"dependencies": ["p1", "p2"]}
     assert get(client, "p2")["waiting_for"] == {"worker": {"queue": "low", "queued": 1}}
-    TaskSimpleWorker(["default"], connection=redis, settings=settings).work(burst=True)
+    worker_type(["default"], connection=redis, settings=settings).work(burst=True)
     assert get(client, "kid")["waiting_for"] == {"dependencies": ["p2"]}
     post(client, {"id": "t", "type": "echo", "run_at": "2999-01-01T00:00:00Z"})
     assert get(client, "t")["waiting_for"] == {"time": "2999-01-01T00:00:00.000Z"}
@@ -223,3 +225,12 @@ def test_a_parent_failed_by_the_cleanup_of_a_dead_worker_releases_allowed_childr
     assert get(client, "tolerant")["status"] == "QUEUED"
     assert redis.lrange("rq:queue:default", 0, -1).count(b"tolerant") == 1
     assert get(client, "later")["status"] == "SCHEDULED"  # its time has not come
+
+
+def test_a_parent_that_retries_has_not_ended(client: TestClient, work: Any) -> None:
+    post(client, {"id": "A", "type": "flaky", "payload": {"succeed_on": 2}})
+    post(client, {"id": "C", "type": "echo", "dependencies": ["A"]})
+    work()
+    a, c = client.get("/api/tasks/A").json(), client.get("/api/tasks/C").json()
+    assert (a["status"], a["attempts"], c["status"]) == ("COMPLETED", 2, "COMPLETED")
+    assert c["queued_at"] >= a["finished_at"]

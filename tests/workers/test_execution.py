@@ -12,7 +12,6 @@ from starlette.testclient import TestClient
 from tests.support import get_task as get
 from tests.support import post_task as post
 from tests.support import wait_until
-from workers.worker import TaskSimpleWorker
 
 
 def test_a_task_completes_with_its_result(client: TestClient, work: Any) -> None:
@@ -68,12 +67,14 @@ def test_max_attempts_one_means_no_retry(client: TestClient, work: Any) -> None:
     assert (get(client, "f3")["status"], get(client, "f3")["attempts"]) == ("FAILED", 1)
 
 
-def test_waiting_for_a_retry_backoff_is_scheduled(client: TestClient, redis: Redis, settings: Any) -> None:
+def test_waiting_for_a_retry_backoff_is_scheduled(
+    client: TestClient, redis: Redis, settings: Any, worker_type: Any
+) -> None:
     post(
         client,
         {"id": "b1", "type": "flaky", "payload": {"succeed_on": 2}, "backoff": {"initial_ms": 2000, "jitter": False}},
     )
-    worker = TaskSimpleWorker(["default"], connection=redis, settings=settings)
+    worker = worker_type(["default"], connection=redis, settings=settings)
     worker.work(burst=True, max_jobs=1)
     task = get(client, "b1")
     assert (task["status"], task["attempts"]) == ("SCHEDULED", 1)
@@ -116,15 +117,15 @@ def test_a_task_whose_parents_already_completed_is_queued_at_once(client: TestCl
     assert post(client, {"id": "C", "type": "echo", "dependencies": ["P"]})["status"] == "QUEUED"
 
 
-def test_many_parents_all_must_complete(client: TestClient, redis: Redis, settings: Any) -> None:
+def test_many_parents_all_must_complete(client: TestClient, redis: Redis, settings: Any, worker_type: Any) -> None:
     post(client, {"id": "p1", "type": "echo"})
     post(client, {"id": "p2", "type": "echo", "priority": "low"})
     post(client, {"id": "join", "type": "echo", "dependencies": ["p1", "p2"]})
-    worker = TaskSimpleWorker(["default"], connection=redis, settings=settings)
+    worker = worker_type(["default"], connection=redis, settings=settings)
     worker.work(burst=True)
     assert get(client, "p1")["status"] == "COMPLETED"
     assert get(client, "join")["status"] == "PENDING"
-    TaskSimpleWorker(["high", "default", "low"], connection=redis, settings=settings).work(burst=True)
+    worker_type(["high", "default", "low"], connection=redis, settings=settings).work(burst=True)
     assert get(client, "join")["status"] == "COMPLETED"
 
 

@@ -19,7 +19,7 @@ def rq_env(settings: Settings) -> dict[str, str]:
     return {**os.environ, "RQFLOW_TASK_MODULES": ",".join(settings.task_modules), "PYTHONPATH": str(ROOT)}
 
 
-def test_the_standard_rq_worker_command_runs_tasks(client: TestClient, settings: Settings) -> None:
+def test_the_standard_rq_worker_command_runs_tasks(client: TestClient, settings: Settings, worker_class: str) -> None:
     client.post("/api/tasks", json={"id": "cli-1", "type": "echo", "payload": {"via": "rq worker"}})
     client.post("/api/tasks", json={"id": "cli-2", "type": "data_processing", "dependencies": ["cli-1"]})
     worker = subprocess.run(
@@ -28,7 +28,7 @@ def test_the_standard_rq_worker_command_runs_tasks(client: TestClient, settings:
             "worker",
             "--burst",
             "-w",
-            "workers.worker.TaskWorker",
+            worker_class,
             "--url",
             str(settings.redis_url),
             "high",
@@ -48,7 +48,7 @@ def test_the_standard_rq_worker_command_runs_tasks(client: TestClient, settings:
     assert tasks["cli-2"]["status"] == "COMPLETED"
 
 
-def test_rq_info_lists_our_queues_and_workers(client: TestClient, settings: Settings) -> None:
+def test_rq_info_lists_our_queues_and_workers(client: TestClient, settings: Settings, worker_class: str) -> None:
     for n in range(3):
         client.post("/api/tasks", json={"type": "echo", "priority": "low", "name": f"n{n}"})
     client.post("/api/tasks", json={"id": "served", "type": "echo"})
@@ -57,7 +57,7 @@ def test_rq_info_lists_our_queues_and_workers(client: TestClient, settings: Sett
             RQ,
             "worker",
             "-w",
-            "workers.worker.TaskWorker",
+            worker_class,
             "--url",
             str(settings.redis_url),
             "--name",

@@ -15,6 +15,7 @@ from app.graph import Verdict
 from app.jobs import dependencies, tasks
 from app.jobs.job import TaskJob
 from app.jobs.tasks import TaskService
+from tests.support import post_task as post
 from tests.support import wait_until
 
 
@@ -48,10 +49,8 @@ def test_two_parents_ending_in_the_same_instant_queue_their_child_once(
     client: TestClient, redis: Redis, second: str, b_ends: JobStatus
 ) -> None:
     for task_id in ("A", "B"):
-        client.post("/api/tasks", json={"id": task_id, "type": "echo"})
-    client.post(
-        "/api/tasks", json={"id": "C", "type": "echo", "dependencies": ["A", {"id": "B", "allow_failure": True}]}
-    )
+        post(client, {"id": task_id, "type": "echo"})
+    post(client, {"id": "C", "type": "echo", "dependencies": ["A", {"id": "B", "allow_failure": True}]})
     a, b = start(redis, "A", "B")
     # Both ends are prepared before either commits: neither saw the other end, the classic race.
     ends = {"A": end_transaction(redis, a, JobStatus.FINISHED), "B": end_transaction(redis, b, b_ends)}
@@ -67,8 +66,8 @@ def test_a_parent_ending_failed_releases_nothing_through_an_edge_that_needs_it(
     client: TestClient, redis: Redis
 ) -> None:
     for task_id in ("A", "B"):
-        client.post("/api/tasks", json={"id": task_id, "type": "echo"})
-    client.post("/api/tasks", json={"id": "C", "type": "echo", "dependencies": ["A", "B"]})
+        post(client, {"id": task_id, "type": "echo"})
+    post(client, {"id": "C", "type": "echo", "dependencies": ["A", "B"]})
     a, b = start(redis, "A", "B")
     end_transaction(redis, a, JobStatus.FINISHED).execute()
     end_transaction(redis, b, JobStatus.FAILED).execute()
@@ -79,8 +78,8 @@ def test_a_parent_ending_failed_releases_nothing_through_an_edge_that_needs_it(
 def test_a_timed_child_whose_parent_ends_while_its_timer_fires_is_queued(
     client: TestClient, redis: Redis, service: TaskService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client.post("/api/tasks", json={"id": "A", "type": "echo"})
-    client.post("/api/tasks", json={"id": "C", "type": "echo", "dependencies": ["A"], "delay_ms": 50})
+    post(client, {"id": "A", "type": "echo"})
+    post(client, {"id": "C", "type": "echo", "dependencies": ["A"], "delay_ms": 50})
     (a,) = start(redis, "A")
     due_ms = TaskJob.fetch("C", connection=redis).spec["due_ms"]
     wait_until(lambda: time.time() * 1000 > due_ms, timeout=5, what="C's start time")
@@ -100,8 +99,8 @@ def test_a_timed_child_whose_parent_ends_while_its_timer_fires_is_queued(
 def test_a_task_retried_while_its_parent_ends_is_queued(
     client: TestClient, redis: Redis, service: TaskService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    client.post("/api/tasks", json={"id": "A", "type": "echo"})
-    client.post("/api/tasks", json={"id": "C", "type": "echo", "dependencies": ["A"]})
+    post(client, {"id": "A", "type": "echo"})
+    post(client, {"id": "C", "type": "echo", "dependencies": ["A"]})
     (a,) = start(redis, "A")
     client.post("/api/tasks/C/cancel")
     real_judge_now: Callable[..., Verdict] = dependencies.judge_now
@@ -115,12 +114,3 @@ def test_a_task_retried_while_its_parent_ends_is_queued(
     assert client.post("/api/tasks/C/retry").status_code == 200
     assert redis.hget("rq:job:C", "status") == b"queued"
     assert redis.lrange("rq:queue:default", 0, -1).count(b"C") == 1
-
-
-def test_a_parent_that_retries_has_not_ended(client: TestClient, work: Callable[[], bool]) -> None:
-    client.post("/api/tasks", json={"id": "A", "type": "flaky", "payload": {"succeed_on": 2}})
-    client.post("/api/tasks", json={"id": "C", "type": "echo", "dependencies": ["A"]})
-    work()
-    a, c = client.get("/api/tasks/A").json(), client.get("/api/tasks/C").json()
-    assert (a["status"], a["attempts"], c["status"]) == ("COMPLETED", 2, "COMPLETED")
-    assert c["queued_at"] >= a["finished_at"]

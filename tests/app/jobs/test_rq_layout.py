@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import Job
@@ -15,6 +16,8 @@ from starlette.testclient import TestClient
 
 from app import keys
 from app.jobs.job import TaskJob
+from app.settings import Settings
+from workers.engine import EngineWorker
 from workers.worker import TaskSimpleWorker
 
 OWN_FIELDS = {keys.FIELD_ATTEMPTS, keys.FIELD_ERROR, keys.FIELD_FINGERPRINT, keys.FIELD_SPEC}
@@ -69,7 +72,10 @@ def where(redis: Redis, job_id: str, queue: str) -> dict[str, bool]:
     }
 
 
-def test_rqflow_writes_what_rqs_own_enqueue_and_worker_write(client: TestClient, redis: Redis, work: Any) -> None:
+@pytest.mark.parametrize("worker_type", [TaskSimpleWorker, EngineWorker], ids=["rq", "engine"])
+def test_rqflow_writes_what_rqs_own_enqueue_and_worker_write(
+    client: TestClient, redis: Redis, settings: Settings, worker_type: Any
+) -> None:
     client.post("/api/tasks", json={"id": "p", "type": "echo"})
     client.post("/api/tasks", json={"id": "c", "type": "echo", "dependencies": ["p"]})
     ttl, timeout_s = 604800, client.get("/api/tasks/p").json()["timeout_ms"] // 1000
@@ -96,7 +102,7 @@ def test_rqflow_writes_what_rqs_own_enqueue_and_worker_write(client: TestClient,
     assert TaskJob.dependencies_key_for("rc") == rq_dependencies_key
 
     # The parent run by each worker: the child released (by rqflow's script, by RQ's own two steps).
-    TaskSimpleWorker(["default"], connection=redis).work(burst=True, max_jobs=1)
+    worker_type(["default"], connection=redis, settings=settings).work(burst=True, max_jobs=1)
     SimpleWorker([queue], connection=redis, serializer=JSONSerializer).work(burst=True, max_jobs=1)
     assert layout(job_hash(redis, "p"), *renames, ids=ids) == layout(job_hash(redis, "rp"))
     assert layout(job_hash(redis, "c"), *renames, ids=ids) == layout(job_hash(redis, "rc"))

@@ -8,9 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from app.api.schemas import task_json
 from app.jobs import spec as spec_fields
-from app.model import CALL_FIELDS, TYPE_DEFAULTS, Backoff, Edge, Priority, Task, TaskChanges, TaskSpec, TaskStatus
+from app.model import CALL_FIELDS, TYPE_DEFAULTS, Backoff, Edge, Priority, Task, TaskChanges, TaskSpec
 from app.registry import TaskType
 
 EVERY_FIELD_SET = TaskSpec(
@@ -73,30 +72,3 @@ def test_a_field_without_a_stored_form_is_refused_when_declared() -> None:
     with pytest.raises(TypeError, match="Unknown"):
         spec_fields._codecs(Unknown)
     assert spec_fields._codecs(int | None) == (None, None)
-
-
-def test_task_json_shows_every_field_task_declares() -> None:
-    now = datetime(2030, 1, 1, tzinfo=timezone.utc)
-    values = {f.name: None for f in fields(Task)}
-    task = Task(
-        **{
-            **values,
-            "id": "a",
-            "type": "t",
-            "name": "t",
-            "payload": {},
-            "dependencies": (Edge("p"),),
-            "priority": Priority.LOW,
-            "max_attempts": 1,
-            "backoff": Backoff(),
-            "timeout_ms": 1,
-            "status": TaskStatus.QUEUED,
-            "attempts": 0,
-            "created_at": now,
-            "updated_at": now,
-        }
-    )
-    body = task_json(task, detailed=True)
-    assert set(body) == {f.name for f in fields(Task)}
-    assert body["created_at"] == "2030-01-01T00:00:00.000Z"
-    assert body["priority"] == "low" and body["dependencies"] == ["p"]
