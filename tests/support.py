@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -156,3 +157,16 @@ def wait_for_status(
         interval=interval,
         what=what or f"task {task_id} to be {status}",
     )
+
+
+def nested_lists(levels: int) -> list[Any]:
+    """`levels` lists, each in the one before, the innermost empty (JSON nested that deep)."""
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON text: unlike ==, tells -0.0 from 0 and an integer from the float of its value."""
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

@@ -41,7 +41,8 @@ def test_a_held_task_whose_timer_was_lost_is_released(
 ) -> None:
     client.post("/api/tasks", json={"id": "held", "type": "echo", "delay_ms": 100})
     redis.delete("rq:scheduler:scheduled_jobs")  # the timer is gone
-    due_ms = float(redis.zscore(keys.HELD, "held") or 0)
+    due_ms = redis.zscore(keys.HELD, "held")
+    assert due_ms is not None
     wait_until(lambda: time.time() * 1000 > due_ms, timeout=5)
     monkeypatch.setattr(repair, "LOST_AFTER_S", 0)
     assert repair.repair(service, ["default"])["held_released"] == 1
