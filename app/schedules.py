@@ -235,10 +235,6 @@ class ScheduleService:
             schedule = self.get(schedule_id)
         except ScheduleNotFound:
             return
-        except UnreadableRecord as unreadable:
-            # Raising would make the scheduler exit and fire this timer again forever.
-            log.error("schedule %s cannot fire: %s", schedule_id, unreadable.detail)
-            return
         if schedule.spec.paused or schedule.next_run_at is None or schedule.next_run_ms != at_ms:
             return
         at = schedule.next_run_at

@@ -20,6 +20,7 @@ from rq.job import Job
 from rq.queue import Queue
 
 from app.defaults import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S, TIMER_MAX_EARLY_S
+from app.errors import DomainError
 from app.jobs.tasks import TaskService
 from app.jobs.timers import Timer, TimerJob
 from app.registry import load_registry
@@ -68,8 +69,13 @@ class FireQueue(Queue):
         except (KeyError, ValueError, TypeError):
             log.warning("dropping job %s from the timer set: it is not an rqflow timer", job.id)
             return job
-        # An exception propagates: rq-scheduler then exits without removing the timer, the
-        # process manager restarts it, and the timer fires again.
-        fire(timer, *services())
+        # Redis going away propagates: rq-scheduler then exits without removing the timer, the
+        # process manager restarts it, and the timer fires again. A domain error (a damaged record,
+        # a definition that can no longer fire) would only come back each time: it is logged and
+        # the timer dropped.
+        try:
+            fire(timer, *services())
+        except DomainError as error:
+            log.error("timer %s cannot fire: %s", job.id, error)
         self.connection.delete(job.key)
         return job

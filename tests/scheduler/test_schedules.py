@@ -11,6 +11,7 @@ import pytest
 from redis import Redis
 from starlette.testclient import TestClient
 
+from app import keys
 from app.api.main import create_app
 from app.clock import iso
 from app.settings import Settings
@@ -49,6 +50,20 @@ def test_an_interval_schedule_runs_max_runs_times(
     work()
     assert {t["status"] for t in runs(client, "tick")} == {"COMPLETED"}
     assert {t["result"]["payload"]["from"] for t in runs(client, "tick")} == {"tick"}
+
+
+def test_a_damaged_schedule_drops_its_timer_and_the_others_fire(
+    clocked_client: TestClient, clock: Any, fire_due: Any, redis: Redis
+) -> None:
+    client = clocked_client
+    for schedule_id in ("good", "bad"):
+        create(client, {"id": schedule_id, "interval_s": 1, "max_runs": 1, "task": {"type": "echo"}})
+    spec = redis.hget("rqflow:schedule:bad", "spec")
+    redis.hset("rqflow:schedule:bad", "spec", spec.replace(b'"payload":{}', b'"payload":{"x":NaN}'))
+    clock.advance(1)
+    fire_due()  # rq-scheduler's pass does not stop at the damaged one (it would fire it forever)
+    assert len(runs(client, "good")) == 1
+    assert not [t for t in redis.zrange(keys.TIMERS, 0, -1) if b"schedule-bad" in t]
 
 
 def test_a_run_never_starts_before_its_fire_time(client: TestClient, fire_timers: Any) -> None:
