@@ -39,11 +39,18 @@ def edges_from_spec(raw: Iterable[object]) -> tuple[Edge, ...]:
 
 @dataclass(frozen=True)
 class Verdict:
-    met: bool | None
-    """True: every edge is met. False: one never will be. None: some are still open."""
     blocking: Edge | None = None
+    """The edge that will never be met, if one is."""
     blocking_status: TaskStatus | None = None
     open: tuple[str, ...] = ()
+    """The parents not decided yet."""
+
+    @property
+    def met(self) -> bool | None:
+        """True: every edge is met. False: one never will be. None: some are still open."""
+        if self.blocking is not None:
+            return False
+        return None if self.open else True
 
 
 def judge(edges: Sequence[Edge], statuses: Sequence[TaskStatus | None]) -> Verdict:
@@ -51,10 +58,10 @@ def judge(edges: Sequence[Edge], statuses: Sequence[TaskStatus | None]) -> Verdi
     for edge, status in zip(edges, statuses, strict=True):
         met = edge_met(status, edge.allow_failure)
         if met is False:
-            return Verdict(False, blocking=edge, blocking_status=status)
+            return Verdict(blocking=edge, blocking_status=status)
         if met is None:
             open_parents.append(edge.parent)
-    return Verdict(None, open=tuple(open_parents)) if open_parents else Verdict(True)
+    return Verdict(open=tuple(open_parents))
 
 
 def dependency_failed_error(parent: str, status: TaskStatus | None) -> dict[str, str]:

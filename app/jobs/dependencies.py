@@ -157,7 +157,7 @@ def sweep(connection: Redis, queue_names: Iterable[str]) -> tuple[list[str], lis
             if not isinstance(job, TaskJob) or job.get_status(refresh=False) not in WAITING:
                 continue
             verdict = judge_now(connection, job.edges)
-            if verdict.met is False and verdict.blocking is not None:
+            if verdict.blocking is not None:
                 if cancel_dependent(job, verdict.blocking.parent, verdict.blocking_status):
                     canceled += [job.id, *cascade(connection, job.id)]
             elif verdict.met is True and not job.is_held_by_time():

@@ -86,7 +86,7 @@ class TaskService:
                             self.connection.zrem(keys.HELD, task_id)
                         return  # deleted, rescheduled or already settled: a stale timer
                     verdict = judge_now(self.connection, job.edges)
-                    if verdict.met is False and verdict.blocking is not None:
+                    if verdict.blocking is not None:
                         pipe.unwatch()
                         if cancel_dependent(job, verdict.blocking.parent, verdict.blocking_status):
                             cascade(self.connection, job.id)
@@ -247,7 +247,7 @@ class TaskService:
                 f"only a FAILED or CANCELED task can be retried; {task_id!r} is {task_status(status).value}"
             )
         verdict = judge_now(self.connection, job.edges)
-        if verdict.met is False and verdict.blocking is not None:
+        if verdict.blocking is not None:
             raise TaskConflict(f"its dependency {verdict.blocking.parent!r} has not completed; retry that one first")
         with self.connection.pipeline() as pipe:
             pipe.multi()
