@@ -171,12 +171,15 @@ class ScheduleService:
         spec = replace(spec, id=schedule_id)
 
         def write(pipe: Pipeline) -> None:
+            raw = pipe.hgetall(keys.schedule_key(schedule_id))  # read under the transaction's WATCH
+            if not raw:
+                raise ScheduleNotFound(schedule_id)
             try:
-                current = self.get(schedule_id)
+                current = _schedule(schedule_id, raw)
                 runs, created = current.runs, current.created_at
             except UnreadableRecord:
                 # A new definition is how a damaged one is mended; what can be kept of it is.
-                runs, created = _salvage(pipe.hgetall(keys.schedule_key(schedule_id)))
+                runs, created = _salvage(raw, self.clock())
             pipe.multi()
             self._store(pipe, spec, runs=runs, created=created)
             pipe.srem(keys.UNREADABLE, f"schedule:{schedule_id}")
@@ -277,12 +280,13 @@ def _from_ms(raw: bytes | str | None) -> datetime | None:
     return from_ms(int(text)) if text else None
 
 
-def _salvage(raw: dict[Any, Any]) -> tuple[int, datetime]:
-    """Run count and creation time of a damaged schedule hash, where they still read."""
+def _salvage(raw: dict[Any, Any], now: datetime) -> tuple[int, datetime]:
+    """Run count and creation time of a damaged schedule hash, where they still read (`now` for
+    a creation time that does not)."""
     fields = {codec.text(k): codec.text(v) for k, v in raw.items()}
     runs = int(fields["runs"]) if fields.get("runs", "").isdigit() else 0
     created = fields.get("created_ms", "")
-    return runs, from_ms(int(created)) if created.isdigit() and len(created) <= 15 else now()
+    return runs, from_ms(int(created)) if created.isdigit() and len(created) <= 15 else now
 
 
 def _dump_spec(spec: ScheduleSpec) -> str:
