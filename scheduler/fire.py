@@ -19,8 +19,9 @@ from typing import Any
 from rq.job import Job
 from rq.queue import Queue
 
-from app.defaults import REDIS_CONNECT_TIMEOUT_S, REDIS_SOCKET_TIMEOUT_S, TIMER_MAX_EARLY_S
+from app.defaults import TIMER_MAX_EARLY_S
 from app.errors import DomainError
+from app.jobs.store import connect
 from app.jobs.tasks import TaskService
 from app.jobs.timers import Timer, TimerJob
 from app.registry import load_registry
@@ -35,14 +36,8 @@ log = logging.getLogger(__name__)
 @lru_cache(maxsize=1)
 def services() -> tuple[TaskService, ScheduleService]:
     """Built once per scheduler process from its settings (this module is its entry point)."""
-    from redis import Redis
-
     settings = get_settings()
-    connection = Redis.from_url(
-        settings.effective_redis_url,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-    )
+    connection = connect(settings)
     tasks = TaskService(connection, load_registry(settings.task_modules, settings.type_limits), settings.result_ttl_s)
     return tasks, ScheduleService(connection, tasks)
 

@@ -7,7 +7,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis import Redis
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
@@ -20,21 +19,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.problems import HANDLERS, problem
 from app.api.routes import BATCH_PATH, ROUTES
 from app.clock import Clock, now
-from app.defaults import REDIS_CONNECT_TIMEOUT_S, REDIS_HEALTH_CHECK_S, REDIS_SOCKET_TIMEOUT_S
+from app.jobs.store import connect
 from app.jobs.tasks import TaskService
 from app.registry import load_registry
 from app.schedules import ScheduleService
 from app.settings import Settings
-
-
-def connect(settings: Settings) -> Redis:
-    """A client that fails fast instead of hanging when Redis is away, so requests get a 503."""
-    return Redis.from_url(
-        settings.effective_redis_url,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        health_check_interval=REDIS_HEALTH_CHECK_S,
-    )
 
 
 class BearerAuth(BaseHTTPMiddleware):

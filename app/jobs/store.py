@@ -1,4 +1,5 @@
-"""Reading tasks out of Redis in bulk, and the list index's member format."""
+"""The connection rqflow's processes use, reading tasks out of Redis in bulk, and the list
+index's member format."""
 
 from __future__ import annotations
 
@@ -13,13 +14,26 @@ from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from app import codec, keys
+from app.defaults import REDIS_CONNECT_TIMEOUT_S, REDIS_HEALTH_CHECK_S, REDIS_SOCKET_TIMEOUT_S
 from app.errors import UnreadableRecord
 from app.jobs.job import TaskJob
 from app.model import Priority
+from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Loaded = tuple[TaskJob, Result | None]
+
+
+def connect(settings: Settings) -> Redis:
+    """A client that fails fast instead of hanging when Redis is away (requests get a 503, the
+    scheduler exits and is restarted), and checks a connection idle for a while before using it."""
+    return Redis.from_url(
+        settings.effective_redis_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        health_check_interval=REDIS_HEALTH_CHECK_S,
+    )
 
 
 def queues(connection: Redis) -> dict[Priority, Queue]:
