@@ -34,6 +34,11 @@ CANCEL_RETRY_S = 0.005
 """How long the API waits, without holding a thread, before asking again to cancel a task a worker
 took from its queue that instant (it is STARTED within milliseconds)."""
 
+TAKEN_WAIT_S = 1.0
+"""How long the API keeps asking (every CANCEL_RETRY_S) before a task taken from its queue is
+given up on with a 409; its own budget, not CANCEL_ATTEMPTS, which bounds the reads inside one
+cancel."""
+
 DELETE_WAIT_S = 10.0
 """How long `DELETE` of a running task waits for it to stop before removing its record anyway."""
 

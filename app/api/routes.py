@@ -19,7 +19,7 @@ from app import codec
 from app.api.problems import parse_json
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
 from app.clock import iso
-from app.defaults import CANCEL_ATTEMPTS, CANCEL_RETRY_S, DELETE_POLL_S, DELETE_WAIT_S, MAX_BATCH, MAX_LIST_LIMIT
+from app.defaults import CANCEL_RETRY_S, DELETE_POLL_S, DELETE_WAIT_S, MAX_BATCH, MAX_LIST_LIMIT, TAKEN_WAIT_S
 from app.errors import FieldError, InvalidInput, TaskConflict
 from app.jobs import stats
 from app.jobs.reads import TaskReader
@@ -143,7 +143,7 @@ async def cancel_task(request: Request) -> Response:
 async def _until_not_taken(step: Callable[[str], Cancellation], task_id: str) -> Cancellation:
     """Run a cancel (or delete) step again while a worker is between taking the task from its
     queue and starting it (milliseconds), waiting on the event loop, never in a thread."""
-    for _ in range(CANCEL_ATTEMPTS):
+    for _ in range(round(TAKEN_WAIT_S / CANCEL_RETRY_S)):
         outcome = await run_in_threadpool(step, task_id)
         if outcome is not Cancellation.TAKEN:
             return outcome
