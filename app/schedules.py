@@ -222,14 +222,15 @@ class ScheduleService:
             for schedule_id in ids:
                 reads.hgetall(keys.schedule_key(schedule_id))
             raws = reads.execute()
-        schedules = []
+        schedules, unreadable = [], []
         for schedule_id, raw in zip(ids, raws, strict=True):
             if not raw:
                 continue
             try:
                 schedules.append(_schedule(schedule_id, raw))
-            except UnreadableRecord as unreadable:
-                store.note_unreadable(self.connection, unreadable)
+            except UnreadableRecord as record:
+                unreadable.append(record)
+        store.note_unreadable(self.connection, unreadable)
         return schedules
 
     def fire(self, schedule_id: str, at_ms: int) -> None:

@@ -139,7 +139,7 @@ class TaskReader:
             wanted = self._matching(ids, status)
             loaded = self._load([i for i, ok in zip(ids, wanted, strict=True) if ok])
             loaded_by_id = {job.id: (job, latest) for job, latest in filter(None, loaded)}
-            stale = []
+            stale, unreadable = [], []
             for member, task_id, ok in zip(members, ids, wanted, strict=True):
                 upper = "(" + member
                 scanned += 1
@@ -149,14 +149,15 @@ class TaskReader:
                     job, latest = loaded_by_id[task_id]
                     try:
                         task = job.to_task(latest)
-                    except UnreadableRecord as unreadable:
-                        store.note_unreadable(self.connection, unreadable)
+                    except UnreadableRecord as record:
+                        unreadable.append(record)
                         continue
                     if wanted_type and task.type != wanted_type:
                         continue
                     found.append(task)
                     if len(found) == limit:
                         break
+            store.note_unreadable(self.connection, unreadable)
             if stale:
                 # Jobs RQ expired after their result TTL; their index entries go with them.
                 self.connection.zrem(index, *stale)

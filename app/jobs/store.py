@@ -88,10 +88,14 @@ def load(connection: Redis, ids: Sequence[str]) -> list[Loaded | None]:
     return loaded
 
 
-def note_unreadable(connection: Redis, unreadable: UnreadableRecord) -> None:
-    """Log a record a list leaves out, and keep it for `/api/stats`, so it is seen, not just missing."""
-    log.warning("left out of a list: %s", unreadable.detail)
-    connection.sadd(keys.UNREADABLE, f"{unreadable.kind}:{unreadable.record_id}")
+def note_unreadable(connection: Redis, records: Sequence[UnreadableRecord]) -> None:
+    """Log the records a list leaves out, and keep them for `/api/stats` (one SADD), so they are
+    seen, not just missing."""
+    if not records:
+        return
+    for record in records:
+        log.warning("left out of a list: %s", record.detail)
+    connection.sadd(keys.UNREADABLE, *(f"{r.kind}:{r.record_id}" for r in records))
 
 
 def index_member(created_at: datetime, task_id: str) -> str:
