@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -170,3 +171,8 @@ def nested_lists(levels: int) -> list[Any]:
 def same_json(a: Any, b: Any) -> bool:
     """Equal as JSON text: unlike ==, tells -0.0 from 0 and an integer from the float of its value."""
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def api_time(stamp: str) -> datetime:
+    """A time as the API shows it (RFC 3339 with "Z", which Python 3.10's fromisoformat refuses)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

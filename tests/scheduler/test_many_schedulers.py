@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from app.settings import Settings
 from deploy.launch import read_procfile
-from tests.support import ROOT, output_file, wait_until
+from tests.support import ROOT, api_time, output_file, wait_until
 
 RUNS = 20
 
@@ -63,5 +63,5 @@ def test_three_schedulers_make_each_run_exactly_once(client: TestClient, setting
     assert client.get("/api/schedules/every-second").json()["runs"] == RUNS
     for task in tasks:
         fire = datetime.strptime(task["id"].rsplit("-", 1)[1], "%Y%m%dT%H%M%S000Z").replace(tzinfo=timezone.utc)
-        created = datetime.fromisoformat(task["created_at"].replace("Z", "+00:00"))
+        created = api_time(task["created_at"])
         assert created >= fire, f"{task['id']} was made before its time"

@@ -11,9 +11,9 @@ from starlette.testclient import TestClient
 
 from app.settings import Settings
 from tests.app.api.test_tasks import assert_problem
+from tests.support import api_time, wait_until
 from tests.support import get_task as get
 from tests.support import post_task as post
-from tests.support import wait_until
 from workers.worker import TaskSimpleWorker
 
 
@@ -22,7 +22,7 @@ def at(seconds: float) -> str:
 
 
 def epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    return api_time(stamp).timestamp()
 
 
 def test_run_at_holds_the_task_until_its_time(client: TestClient, fire_timers: Any, work: Any) -> None:

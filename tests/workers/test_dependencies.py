@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +10,9 @@ from redis import Redis
 from starlette.testclient import TestClient
 
 from app.settings import Settings
+from tests.support import api_time, rq_worker, wait_until
 from tests.support import get_task as get
 from tests.support import post_task as post
-from tests.support import rq_worker, wait_until
 from workers.worker import TaskSimpleWorker
 
 
@@ -160,10 +159,6 @@ def test_a_parent_failed_by_the_cleanup_of_a_dead_worker_cancels_its_children(
     assert waiting["error"]["type"] == "dependency_failed"
 
 
-def at(iso: str) -> datetime:
-    return datetime.fromisoformat(iso.replace("Z", "+00:00"))  # Python 3.10 reads no "Z"
-
-
 def test_with_many_workers_no_child_waits_for_a_maintenance_pass(
     client: TestClient, redis: Redis, settings: Settings, worker_class: str
 ) -> None:
@@ -200,9 +195,9 @@ def test_with_many_workers_no_child_waits_for_a_maintenance_pass(
     release_gaps, start_gaps = [], []
     for task_id, ups in parents.items():
         if ups:
-            last_end = max(at(tasks[p]["finished_at"]) for p in ups)
-            release_gaps.append((at(tasks[task_id]["queued_at"]) - last_end).total_seconds())
-            start_gaps.append((at(tasks[task_id]["started_at"]) - last_end).total_seconds())
+            last_end = max(api_time(tasks[p]["finished_at"]) for p in ups)
+            release_gaps.append((api_time(tasks[task_id]["queued_at"]) - last_end).total_seconds())
+            start_gaps.append((api_time(tasks[task_id]["started_at"]) - last_end).total_seconds())
     assert max(release_gaps) < 1, sorted(release_gaps)[-5:]
     assert max(start_gaps) < 5, sorted(start_gaps)[-5:]
     assert client.get("/api/stats").json()["repairs"] == {}

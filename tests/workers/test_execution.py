@@ -9,9 +9,9 @@ from typing import Any
 from redis import Redis
 from starlette.testclient import TestClient
 
+from tests.support import api_time, wait_until
 from tests.support import get_task as get
 from tests.support import post_task as post
-from tests.support import wait_until
 
 
 def test_a_task_completes_with_its_result(client: TestClient, work: Any) -> None:
@@ -154,7 +154,6 @@ def test_delay_runs_the_task_no_earlier_than_its_time(client: TestClient, work: 
     wait_until(ran, timeout=10, interval=0.05, what="delayed task to run")
     task = get(client, "later")
     assert task["status"] == "COMPLETED"
-    from datetime import datetime
 
-    started = datetime.fromisoformat(task["started_at"].replace("Z", "+00:00")).timestamp()
+    started = api_time(task["started_at"]).timestamp()
     assert started >= submitted + 1.5
