@@ -61,10 +61,12 @@ class Settings(BaseSettings):
     """Which Procfile processes `make run` starts (add `dashboard` for rq-dashboard)."""
     scheduler_interval_s: float = Field(default=0.25, gt=0, le=1)
     """How often `rqscheduler` looks for due timers (the Procfile passes it as --interval)."""
-    heartbeat_s: int = Field(default=5, ge=1, le=60)
-    """How often a busy worker proves it is alive (RQ's job monitoring interval)."""
-    worker_lost_after_s: int = Field(default=15, ge=5)
-    """A running task whose worker stopped proving it is alive this long is re-run (or failed)."""
+    heartbeat_s: int = Field(default=2, ge=1, le=60)
+    """How often a busy worker proves it is alive (RQ's job monitoring interval). One heartbeat
+    renews the leases of all of an engine worker's tasks at once, so a short one is cheap."""
+    worker_lost_after_s: int = Field(default=5, ge=3)
+    """A running task whose worker stopped proving it is alive this long is re-run (or failed):
+    with the defaults, an engine worker's tasks are back in play at most 8 s after it died."""
     maintenance_s: int = Field(default=10, ge=1)
     """How often workers run RQ's maintenance and rqflow's repairs (RQ's default is 600 s)."""
     shutdown_grace_s: int = Field(default=25, ge=0)

@@ -18,20 +18,26 @@ from typing import Any
 from rq.command import parse_payload
 from rq.executions import Execution
 from rq.job import JobStatus
-from rq.worker import BaseWorker, WorkerStatus
+from rq.worker import BaseWorker
 
-from app.jobs.engine import Claimed, Ended, Engine
+from app.jobs.engine import Claimed, Ended, Engine, Running
 from app.jobs.job import TaskJob
 from app.model import ErrorType
 from app.settings import Settings
 from workers.pool import Outcome, Pool
-from workers.worker import TaskWorkerMixin
+from workers.worker import TaskStartedJobRegistry, TaskWorkerMixin
 
 log = logging.getLogger(__name__)
 
+LEASE_SWEEP_S = 1.0
+"""How often each engine worker looks for runs whose lease lapsed (one cheap read per queue)."""
+
 IDLE_POLL_S = 0.005
-"""How often a worker with some children busy and some free looks for new work; a worker whose
-children are all free blocks on the queues instead, and one with none free only waits on them."""
+IDLE_POLL_MAX_S = 0.05
+"""How often a worker with some children busy and some free looks for new work: every 5 ms while
+it finds some, backing off to every 50 ms while the queues stay empty (a worker with one long
+task must not hammer Redis). A worker whose children are all free blocks on the queues instead,
+and one with none free only waits on its children."""
 
 SHUTDOWN = "shutdown"
 
@@ -67,16 +73,21 @@ class _EngineLoop(BaseWorker):
         engine = Engine(self.connection, self.queue_names(), self.name, lease_s, settings.result_ttl_s)
         self.pool = pool = Pool(settings)
         pool.start()
-        self.set_state(WorkerStatus.BUSY)
+        self._published: set[str] = set()
         done = 0
         ended: list[Ended] = []
         popped: list[str] = []
-        next_heartbeat = time.monotonic() + settings.heartbeat_s
+        next_heartbeat = time.monotonic()
+        next_sweep = time.monotonic() + LEASE_SWEEP_S
         idle_since = time.monotonic()
+        poll_s = IDLE_POLL_S
         try:
             while True:
                 if self.should_run_maintenance_tasks:
                     self.run_maintenance_tasks()
+                if time.monotonic() >= next_sweep:
+                    self._recover_lapsed(engine)
+                    next_sweep = time.monotonic() + LEASE_SWEEP_S
                 stopping = self._stop_requested or (max_jobs is not None and done >= max_jobs)
                 want = 0 if stopping else len(pool.idle)
                 if max_jobs is not None:
@@ -84,7 +95,11 @@ class _EngineLoop(BaseWorker):
                 claimed: list[Claimed] = []
                 if ended or want or popped:
                     claimed = engine.step(ended, want, popped)
+                    found = bool(claimed or ended)
+                    poll_s = IDLE_POLL_S if found else min(poll_s * 2, IDLE_POLL_MAX_S)
                     ended, popped = [], []
+                if not stopping:
+                    pool.replace_spent()  # after the step: their tasks' ends are written first
                 for task, child in zip(claimed, pool.idle, strict=False):
                     self._start(task, child, pool)
                 if pool.busy:
@@ -102,10 +117,12 @@ class _EngineLoop(BaseWorker):
                     next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
                     continue
                 free = len(pool.idle) and not stopping
-                timeout = IDLE_POLL_S if free else max(next_heartbeat - time.monotonic(), 0.0)
+                timeout = poll_s if free else max(next_heartbeat - time.monotonic(), 0.0)
                 self._cut_off_at_deadline(pool)
                 for outcome in pool.wait(timeout):
                     done += 1
+                    published = outcome.task.execution in self._published
+                    self._published.discard(outcome.task.execution)
                     if outcome.result_json is not None:
                         ended.append(
                             Ended(
@@ -114,6 +131,7 @@ class _EngineLoop(BaseWorker):
                                 outcome.result_json,
                                 outcome.started,
                                 outcome.ended,
+                                published,
                             )
                         )
                     else:
@@ -135,9 +153,24 @@ class _EngineLoop(BaseWorker):
         now = time.monotonic()
         if now < due:
             return due
-        self.heartbeat()
-        engine.renew([(c.task.origin, c.task.id, c.task.execution) for c in pool.busy if c.task])
+        running = [Running(c.task.origin, c.task.id, c.task.execution, c.started) for c in pool.busy if c.task]
+        engine.heartbeat(self, running, busy=bool(running))
+        self._published.update(run.execution for run in running)
         return now + self.settings.heartbeat_s
+
+    def _recover_lapsed(self, engine: Engine) -> None:
+        """Retry or fail the runs whose worker died (their lease lapsed), as RQ's maintenance would,
+        but within a second instead of at its next pass; under the same per-queue lock as it."""
+        lapsed = set(engine.lapsed())
+        for queue in self.queues:
+            if queue.name in lapsed and queue.acquire_maintenance_lock():
+                try:
+                    registry = TaskStartedJobRegistry(
+                        queue.name, connection=self.connection, job_class=self.job_class, serializer=self.serializer
+                    )
+                    registry.cleanup(exception_handlers=self._exc_handlers)
+                finally:
+                    queue.release_maintenance_lock()
 
     def _start(self, task: Claimed, child: Any, pool: Pool) -> None:
         if task.refused:

@@ -48,6 +48,8 @@ class Child:
     runs: int = 0
     stopping: str | None = None
     """Why its worker is killing it (ErrorType value, or 'shutdown'), if it is."""
+    spent: bool = False
+    """Dead or due for recycling: `Pool.replace_spent` puts a new child in its place."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ class Pool:
 
     @property
     def idle(self) -> list[Child]:
-        return [c for c in self.children if c.task is None]
+        return [c for c in self.children if c.task is None and not c.spent]
 
     @property
     def busy(self) -> list[Child]:
@@ -149,7 +151,7 @@ class Pool:
         child.task = None
         child.runs += 1
         if child.runs >= self.max_tasks or int(reply.get("rss_mb", 0)) >= self.max_memory_mb:
-            self._replace(child, retire=True)
+            child.spent = True
         if reply.get("ok"):
             return Outcome(child, task, child.started, ended, result_json=result_json)
         return Outcome(
@@ -166,8 +168,10 @@ class Pool:
         task = child.task
         assert task is not None
         why = child.stopping
+        child.process.join(timeout=1)
         code = child.process.exitcode
-        self._replace(child, retire=False)
+        child.task = None
+        child.spent = True
         if why == ErrorType.TIMEOUT.value:
             message = f"task exceeded its timeout of {task.timeout_s} s"
         elif why is not None:
@@ -177,17 +181,16 @@ class Pool:
             message = f"the process running it died (exit code {code})"
         return Outcome(child, task, child.started, time.time(), error_type=why, message=message)
 
-    def _replace(self, child: Child, retire: bool) -> None:
-        """Put a new child in the place of `child` (asked to exit if it still lives)."""
-        with contextlib.suppress(OSError):
-            child.conn.close()
-        if not retire:
-            child.process.join(timeout=1)
-        else:
-            child.process.join(timeout=0)
-        fresh = self._spawn()
-        index = self.children.index(child)
-        self.children[index] = fresh
+    def replace_spent(self) -> None:
+        """New children in the places of the dead and the retired. The worker calls it after it
+        has written what their tasks came to, so that starting an interpreter never delays the
+        end of a task (a cancel shows within a second however loaded the machine)."""
+        for index, child in enumerate(self.children):
+            if child.spent:
+                with contextlib.suppress(OSError):
+                    child.conn.close()
+                child.process.join(timeout=0)  # a retired child exits when its pipe closes
+                self.children[index] = self._spawn()
 
     def overdue(self) -> list[Child]:
         now = time.monotonic()

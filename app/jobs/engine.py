@@ -11,9 +11,12 @@ tasks its children finished and how many children are free, and one script, in o
   (status, started_at, worker_name, the started registry), counting the attempt.
 
 A started task's entry in RQ's started registry is scored with the worker's lease; the worker
-renews all of its leases with one command per heartbeat. If the worker dies, its entries lapse
-and RQ's registry cleanup (run by every worker's maintenance) retries or fails the tasks, as it
-does for RQ's own workers. No execution record is written: RQ's cleanup does not need one.
+renews all of its leases in one round trip per heartbeat. If the worker dies, its entries lapse
+and RQ's registry cleanup retries or fails the tasks, as it does for RQ's own workers; every
+engine worker looks for lapsed leases each second (`lapsed`), so that happens within seconds.
+A run gets RQ's execution record (what `rq info`, rq-dashboard and `/api/workers` show as a
+worker's current jobs) only once a heartbeat finds it still running: tasks of milliseconds,
+the bulk, never pay for one.
 
 Failures, timeouts and cancellations are rare and go through RQ's own failure handling.
 """
@@ -29,11 +32,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from redis import Redis
+from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.queue import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text
-from rq.worker import BaseWorker
+from rq.worker import BaseWorker, WorkerStatus
 
 from app import codec, keys
 from app.defaults import FINISHED_BUCKET_TTL_S
@@ -48,21 +52,27 @@ local worker, lease_score, want, result_ttl_default = ARGV[13], tonumber(ARGV[14
 local wip_prefix, finished_prefix, results_prefix, worker_key = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 local started_event, completed_event, bucket, bucket_ttl = ARGV[21], ARGV[22], ARGV[23], ARGV[24]
 local execution_base, now_s = ARGV[25], tonumber(ARGV[26])
-local n_queues = tonumber(ARGV[27])
-local at = 28
+local execution_prefix, executions_key = ARGV[27], ARGV[28]
+local n_queues = tonumber(ARGV[29])
+local at = 30
 local queues = {unpack(ARGV, at, at + n_queues - 1)}
 at = at + n_queues
 local n_done = tonumber(ARGV[at])
 at = at + 1
 
--- The ends: id, execution, result (RQ's base64 of its JSON, or ''), started, ended (epoch s).
+-- The ends: id, execution, result (RQ's base64 of its JSON, or ''), started, ended (epoch s),
+-- and '1' if a heartbeat published the run as an RQ execution (which then goes).
 local ended, working = 0, 0
 for i = 1, n_done do
     local id, execution, value, started, finished = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
-    at = at + 5
+    if ARGV[at + 5] == '1' then
+        redis.call('DEL', execution_prefix .. id .. ':' .. execution)
+        redis.call('SREM', executions_key, id .. ':' .. execution)
+    end
+    at = at + 6
     local key = job_prefix .. id
     local f = redis.call('HMGET', key, 'status', 'worker_name', 'origin', 'result_ttl', 'rate_limit_key',
-        'rate_limit_concurrency', 'rqflow_attempts')
+        'rate_limit_concurrency', 'rqflow_attempts', 'dependency_ids')
     -- Only a task this worker still runs: one canceled, deleted or given up on meanwhile is left as it is.
     if f[1] == 'started' and f[2] == worker then
         local ttl = tonumber(f[4]) or tonumber(result_ttl_default)
@@ -85,15 +95,20 @@ for i = 1, n_done do
             history[#history + 1] = f[7]
         end
         redis.call('XADD', history_prefix .. id, 'MAXLEN', max_events, '*', unpack(history))
+        local dependents = redis.call('SMEMBERS', key .. ':dependents')
         if ttl and ttl > 0 then
             redis.call('EXPIRE', results_prefix .. id, ttl)
             redis.call('EXPIRE', key, ttl)
-            redis.call('EXPIRE', key .. ':dependents', ttl)
-            redis.call('EXPIRE', job_prefix .. ':' .. id .. ':dependencies', ttl)
+            -- The dependency keys exist only for a task with dependents or dependencies (most
+            -- have neither: two commands saved per task).
+            if #dependents > 0 then redis.call('EXPIRE', key .. ':dependents', ttl) end
+            if f[8] and f[8] ~= '' and f[8] ~= '[]' then
+                redis.call('EXPIRE', job_prefix .. ':' .. id .. ':dependencies', ttl)
+            end
             redis.call('EXPIRE', history_prefix .. id, ttl)
             redis.call('ZADD', finished_prefix .. f[3], now_s + ttl, id)
         end
-        release(redis.call('SMEMBERS', key .. ':dependents'))
+        release(dependents)
         if f[5] and f[5] ~= '' and tonumber(f[6]) then free_slot(id, f[5], f[6]) end
         ended = ended + 1
         working = working + (tonumber(finished) - tonumber(started))
@@ -171,6 +186,19 @@ class Ended:
     result_json: bytes
     started: float
     ended: float
+    published: bool = False
+    """A heartbeat published it as an RQ execution (`Engine.heartbeat`)."""
+
+
+@dataclass(frozen=True)
+class Running:
+    """A run in progress, as a heartbeat renews it: its lease, and its RQ execution record."""
+
+    origin: str
+    id: str
+    execution: str
+    started: float
+    """Epoch s."""
 
 
 class Engine:
@@ -193,6 +221,10 @@ class Engine:
             EventName.STARTED.value,
             EventName.COMPLETED.value,
         ]
+        self._executions = [
+            Execution("", "", connection).key.removesuffix(":"),
+            WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name),
+        ]
 
     def step(self, ended: Sequence[Ended], want: int, popped: Sequence[str] = ()) -> list[Claimed]:
         """Write `ended`, then start up to `want` tasks (`popped` first); returns the started ones."""
@@ -210,6 +242,7 @@ class Engine:
             FINISHED_BUCKET_TTL_S,
             f"{self.worker_name}-{self._runs}",
             now_s,
+            *self._executions,
             len(self.queues),
             *self.queues,
             len(ended),
@@ -217,7 +250,7 @@ class Engine:
         for e in ended:
             # RQ's Result.serialize: the serializer's bytes in base64, absent for None.
             value = "" if e.result_json == b"null" else b64encode(e.result_json).decode()
-            argv += [e.id, e.execution, value, e.started, e.ended]
+            argv += [e.id, e.execution, value, e.started, e.ended, "1" if e.published else ""]
         argv += [len(popped), *popped]
         flat = self.script(args=argv)
         return [_claimed(flat[i : i + 7]) for i in range(0, len(flat), 7)]
@@ -230,18 +263,36 @@ class Engine:
         got = self.connection.blpop(self.queue_keys, timeout=timeout_s)
         return None if got is None else as_text(got[1])
 
-    def renew(self, running: Sequence[tuple[str, str, str]]) -> None:
-        """Extend the lease of every run of this worker: (origin, task id, execution)."""
-        if not running:
-            return
-        score = datetime.now(timezone.utc).timestamp() + self.lease_s
+    def heartbeat(self, worker: BaseWorker, running: Sequence[Running], busy: bool) -> None:
+        """The worker's heartbeat, in one round trip: its own (RQ's), its state, and for every run
+        in progress the lease in RQ's started registry and RQ's execution record, so that anyone
+        reading the worker (`rq info`, rq-dashboard, `/api/workers`) sees all it runs."""
+        now_s = datetime.now(timezone.utc).timestamp()
+        score = now_s + self.lease_s
         by_origin: dict[str, dict[str, float]] = {}
-        for origin, task_id, execution in running:
-            by_origin.setdefault(origin, {})[f"{task_id}:{execution}"] = score
         with self.connection.pipeline(transaction=False) as pipe:
+            worker.heartbeat(pipeline=pipe)
+            worker.set_state(WorkerStatus.BUSY if busy else WorkerStatus.IDLE, pipeline=pipe)
+            for run in running:
+                composite = f"{run.id}:{run.execution}"
+                by_origin.setdefault(run.origin, {})[composite] = score
+                record = Execution(run.execution, run.id, self.connection, worker_name=self.worker_name)
+                record.created_at = datetime.fromtimestamp(run.started, tz=timezone.utc)
+                pipe.hset(record.key, mapping=record.serialize())
+                pipe.expire(record.key, self.lease_s)
+                pipe.sadd(record.worker_executions_key, composite)
             for origin, members in by_origin.items():
                 pipe.zadd(StartedJobRegistry.key_template.format(origin), members, xx=True)
             pipe.execute()
+
+    def lapsed(self) -> list[str]:
+        """The queues with a run whose lease lapsed (its worker died or stopped answering)."""
+        now_s = datetime.now(timezone.utc).timestamp()
+        with self.connection.pipeline(transaction=False) as pipe:
+            for queue in self.queues:
+                pipe.zrangebyscore(StartedJobRegistry.key_template.format(queue), "-inf", now_s, start=0, num=1)
+            found = pipe.execute()
+        return [queue for queue, ids in zip(self.queues, found, strict=True) if ids]
 
 
 def _claimed(row: list[Any]) -> Claimed:

@@ -96,7 +96,8 @@ def unreadable(connection: Redis) -> dict[str, Any]:
 def workers(connection: Redis) -> list[dict[str, Any]]:
     found = []
     for worker in Worker.all(connection=connection):
-        current = worker.get_current_job_id()
+        # RQ's execution index: every task the worker runs (an engine worker runs several).
+        running = sorted({execution.job_id for execution in worker.get_current_executions()})
         found.append(
             {
                 "name": worker.name,
@@ -104,7 +105,8 @@ def workers(connection: Redis) -> list[dict[str, Any]]:
                 "pid": worker.pid,
                 "state": as_text(worker.get_state()) if worker.get_state() else None,
                 "queues": worker.queue_names(),
-                "current_task": current,
+                "current_task": running[0] if running else None,
+                "current_tasks": running,
                 "successful": worker.successful_job_count,
                 "failed": worker.failed_job_count,
                 "birth": worker.birth_date.isoformat() if worker.birth_date else None,

@@ -37,37 +37,36 @@ def worker_env(settings: Settings) -> dict[str, str]:
     return FAST
 
 
-def test_a_task_whose_worker_is_killed_completes_on_another(
-    client: TestClient, settings: Settings, worker_env: dict[str, str]
-) -> None:
+def test_a_killed_workers_task_runs_again_on_another_within_10_s(client: TestClient, settings: Settings) -> None:
+    """With the default settings, a dead worker's task is back in play within 10 s."""
     url = str(settings.redis_url)
     client.post(
         "/api/tasks",
         json={"id": "victim", "type": "data_processing", "duration_ms": 3000, "backoff": {"initial_ms": 0}},
     )
-    first = start_worker(url, env=worker_env)
+    first = start_worker(url, env={})
     try:
         wait_for_status(client, "victim", "RUNNING", timeout=30)
-        second = start_worker(url, env=worker_env)
+        second = start_worker(url, env={})
         try:
+            wait_until(
+                lambda: len(client.get("/api/workers").json()) == 2, timeout=30, what="the second worker to start"
+            )
             killed_at = time.monotonic()
             kill_tree(first.pid)
             first.wait(10)
-            wait_for_status(
-                client,
-                "victim",
-                "COMPLETED",
-                timeout=40,
-                interval=0.2,
-                what="the task to complete on the other worker",
-            )
+
+            def running_again() -> bool:
+                task = client.get("/api/tasks/victim").json()
+                return task["attempts"] == 2 and task["status"] in ("RUNNING", "COMPLETED")
+
+            wait_until(running_again, timeout=40, interval=0.1, what="the task to run on the other worker")
             took = time.monotonic() - killed_at
-            task = client.get("/api/tasks/victim").json()
-            assert task["attempts"] == 2
+            assert took <= 10, f"back in play after {took:.1f} s"
+            wait_for_status(client, "victim", "COMPLETED", timeout=30)
             events = client.get("/api/tasks/victim/history").json()
             lost = [e for e in events if e["event"] == "retrying"]
             assert lost and lost[0]["error"]["type"] == "worker_lost"
-            assert took < 5 + 2 + 1 + 3 + 10  # lost-after + maintenance + heartbeat + the rerun, with slack
         finally:
             second.terminate()
             second.wait(30)

@@ -16,7 +16,8 @@ def test_sigterm_lets_the_running_task_finish_and_takes_no_new_one(
     client.post("/api/tasks", json={"id": "running", "type": "data_processing", "duration_ms": 2000})
     worker = rq_worker(
         str(settings.redis_url),
-        env={"RQFLOW_SHUTDOWN_GRACE_S": "20", "RQFLOW_HEARTBEAT_S": "1"},
+        # One child: "waiting" can only start after "running" ends, which is after the SIGTERM.
+        env={"RQFLOW_SHUTDOWN_GRACE_S": "20", "RQFLOW_HEARTBEAT_S": "1", "RQFLOW_CONCURRENCY": "1"},
         worker_class=worker_class,
     )
     try:

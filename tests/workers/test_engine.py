@@ -1,0 +1,54 @@
+"""What only the engine worker has: several tasks at once on one worker, shown as such."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from redis import Redis
+from rq.registry import StartedJobRegistry
+from starlette.testclient import TestClient
+
+from app.settings import Settings
+from bench.procs import kill_tree
+from tests.support import rq_worker, wait_for_status, wait_until
+
+RQ = str(Path(sys.executable).parent / "rq")
+
+
+def test_every_task_an_engine_worker_runs_is_shown_on_it_until_it_ends(
+    client: TestClient, redis: Redis, settings: Settings
+) -> None:
+    ids = ["slow-1", "slow-2", "slow-3"]
+    for task_id in ids:
+        client.post("/api/tasks", json={"id": task_id, "type": "data_processing", "duration_ms": 2500})
+    worker = rq_worker(
+        str(settings.redis_url),
+        "--name",
+        "many",
+        env={"RQFLOW_CONCURRENCY": "3", "RQFLOW_HEARTBEAT_S": "1"},
+        worker_class="workers.engine.EngineWorker",
+    )
+    try:
+
+        def shown() -> list[str]:
+            listed = [w for w in client.get("/api/workers").json() if w["name"] == "many"]
+            return listed[0]["current_tasks"] if listed else []
+
+        wait_until(lambda: shown() == ids, timeout=30, interval=0.1, what="all three tasks on the worker")
+        listed = next(w for w in client.get("/api/workers").json() if w["name"] == "many")
+        assert listed["state"] == "busy" and listed["current_task"] == "slow-1"
+        # What rq-dashboard and `rq info` read: RQ's started registry, and RQ's worker record.
+        assert sorted(StartedJobRegistry("default", connection=redis).get_job_ids(cleanup=False)) == ids
+        info = subprocess.run(
+            [RQ, "info", "--url", str(settings.redis_url), "--only-workers"], capture_output=True, text=True, timeout=30
+        ).stdout
+        assert "many" in info and "busy" in info
+        for task_id in ids:
+            wait_for_status(client, task_id, "COMPLETED", timeout=30)
+        # Ended in the same step that removed them from the worker: never shown as running after.
+        assert shown() == []
+    finally:
+        kill_tree(worker.pid)
+        worker.wait(10)
