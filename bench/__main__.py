@@ -147,13 +147,12 @@ def timed_run(redis: Redis, n: int, submit: Callable[[], None]) -> dict[str, Any
     }
 
 
-def submit_batches(port: int, n: int, size: int = 1000) -> None:
-    """n no-op tasks through `POST /api/tasks/batch`, `size` at a time."""
+def submit_batches(port: int, n: int, size: int = 1000, task: dict[str, Any] | None = None, prefix: str = "b") -> None:
+    """n tasks (no-op unless `task` says) through `POST /api/tasks/batch`, `size` at a time."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    task = task or {"type": "data_processing", "duration_ms": 0}
     for start in range(0, n, size):
-        tasks = [
-            {"id": f"b{i}", "type": "data_processing", "duration_ms": 0} for i in range(start, min(start + size, n))
-        ]
+        tasks = [{"id": f"{prefix}{i}", **task} for i in range(start, min(start + size, n))]
         headers = {"Content-Type": "application/json", "Prefer": "return=minimal"}
         conn.request("POST", "/api/tasks/batch", json.dumps({"tasks": tasks}), headers)
         response = conn.getresponse()

@@ -10,3 +10,10 @@ def sleep(ms: int) -> None:
     import time
 
     time.sleep(ms / 1000)
+
+
+def stamp() -> float:
+    """The plain-RQ baseline's `stamp` (bench.tasks)."""
+    import time
+
+    return time.time()

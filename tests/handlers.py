@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -44,3 +46,30 @@ def mark(payload: dict[str, Any], ctx: TaskContext) -> float:
 def plain(**kwargs: Any) -> dict[str, Any]:
     """A plain RQ job function (no task type), for jobs RQ's own Queue and Worker handle end to end."""
     return kwargs
+
+
+@task_type("crash", max_attempts=2, backoff=Backoff(initial_ms=0, jitter=False))
+def crash(payload: dict[str, Any], ctx: TaskContext) -> int:
+    """Kills its own process on the attempts listed in `payload.on` (default: the first): by
+    `os._exit` or, with `payload.how = "segv"`, a segmentation fault."""
+    if ctx.attempt in payload.get("on", [1]):
+        if payload.get("how") == "segv":
+            import ctypes
+
+            ctypes.string_at(0)
+        os._exit(3)
+    return os.getpid()
+
+
+@task_type("meddle", max_attempts=1)
+def meddle(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """Reports what an earlier task may have left in its process, then leaves some itself: an
+    environment variable, a fixed random seed, and `payload.mb` megabytes kept alive."""
+    seen = {"env": os.environ.get("RQFLOW_TEST_LEFT"), "random": random.random(), "pid": os.getpid()}
+    os.environ["RQFLOW_TEST_LEFT"] = ctx.task_id
+    random.seed(42)
+    _KEPT.append(bytearray(int(payload.get("mb", 0)) * 1024 * 1024))
+    return seen
+
+
+_KEPT: list[bytearray] = []

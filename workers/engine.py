@@ -106,11 +106,11 @@ class _EngineLoop(BaseWorker):
                     idle_since = time.monotonic()
                 elif (
                     stopping
-                    or (burst and not claimed)
+                    or (burst and want and not claimed)
                     or (max_idle_time is not None and time.monotonic() - idle_since > max_idle_time)
                 ):
                     break
-                elif not claimed:
+                elif want and not claimed:
                     got = engine.pop(timeout_s=max(min(next_heartbeat - time.monotonic(), 1.0), 0.05))
                     if got is not None:
                         popped = [got]
