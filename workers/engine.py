@@ -141,6 +141,7 @@ class _EngineLoop(BaseWorker):
                 next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
             if ended:
                 engine.step(ended, 0)
+            engine.heartbeat(self, [], busy=False)  # the counts since the last one
         finally:
             pool.close()
             self.pool = None

@@ -49,12 +49,12 @@ from app.model import ErrorType
 
 _ENGINE = """
 local worker, lease_score, want, result_ttl_default = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
-local wip_prefix, finished_prefix, results_prefix, worker_key = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
+local wip_prefix, finished_prefix, results_prefix, executions_key = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
 local started_event, completed_event, bucket, bucket_ttl = ARGV[21], ARGV[22], ARGV[23], ARGV[24]
 local execution_base, now_s = ARGV[25], tonumber(ARGV[26])
-local execution_prefix, executions_key = ARGV[27], ARGV[28]
-local n_queues = tonumber(ARGV[29])
-local at = 30
+local execution_prefix = ARGV[27]
+local n_queues = tonumber(ARGV[28])
+local at = 29
 local queues = {unpack(ARGV, at, at + n_queues - 1)}
 at = at + n_queues
 local n_done = tonumber(ARGV[at])
@@ -114,23 +114,23 @@ for i = 1, n_done do
         working = working + (tonumber(finished) - tonumber(started))
     end
 end
-if ended > 0 then
-    redis.call('INCRBY', bucket, ended)
+-- The minute's count of finished tasks gets its expiry when the first end creates it. The
+-- worker's own counts (RQ's successful_job_count, total_working_time) go with its heartbeat.
+if ended > 0 and redis.call('INCRBY', bucket, ended) == ended then
     redis.call('EXPIRE', bucket, bucket_ttl)
-    redis.call('HINCRBY', worker_key, 'successful_job_count', ended)
-    redis.call('HINCRBYFLOAT', worker_key, 'total_working_time', working)
 end
 
 -- Start a task popped from its queue; false if it is not there to run (canceled or deleted).
-local claimed, n_claimed = {}, 0
+local claimed, n_claimed = {ended, tostring(working)}, 0
 local function start(id)
     local key = job_prefix .. id
     local f = redis.call('HMGET', key, 'status', 'origin', 'data', 'timeout', 'rqflow_spec',
         'success_callback_name', 'failure_callback_name', 'stopped_callback_name')
     if f[1] ~= 'queued' then return false end
+    -- No PERSIST: a queued task's job never has an expiry (rqflow sets no RQ `ttl`, and a retry
+    -- of a finished task persists it, app.jobs.tasks).
     redis.call('HSET', key, 'status', 'started', 'started_at', now, 'last_heartbeat', now, 'worker_name', worker)
     local attempt = redis.call('HINCRBY', key, 'rqflow_attempts', 1)
-    redis.call('PERSIST', key)
     n_claimed = n_claimed + 1
     local execution = execution_base .. '-' .. n_claimed
     redis.call('ZADD', wip_prefix .. f[2], lease_score, id .. ':' .. execution)
@@ -213,18 +213,20 @@ class Engine:
         self.result_ttl_s = result_ttl_s
         self.script = connection.register_script(SCRIPT)
         self._runs = 0
+        self.successful = 0
+        self.working_s = 0.0
+        """Tasks ended well and their run time since the last heartbeat, which adds them to RQ's
+        counts on the worker."""
         self._fixed = [
             StartedJobRegistry.key_template.format(""),
             FinishedJobRegistry.key_template.format(""),
             Result.get_key(""),
-            BaseWorker.redis_worker_namespace_prefix + worker_name,
+            WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name),
             EventName.STARTED.value,
             EventName.COMPLETED.value,
         ]
-        self._executions = [
-            Execution("", "", connection).key.removesuffix(":"),
-            WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name),
-        ]
+        # RQ's execution records are "rq:execution:<job id>:<execution id>".
+        self._execution_prefix = Execution("", "", connection).key.removesuffix(":")
 
     def step(self, ended: Sequence[Ended], want: int, popped: Sequence[str] = ()) -> list[Claimed]:
         """Write `ended`, then start up to `want` tasks (`popped` first); returns the started ones."""
@@ -242,7 +244,7 @@ class Engine:
             FINISHED_BUCKET_TTL_S,
             f"{self.worker_name}-{self._runs}",
             now_s,
-            *self._executions,
+            self._execution_prefix,
             len(self.queues),
             *self.queues,
             len(ended),
@@ -253,7 +255,9 @@ class Engine:
             argv += [e.id, e.execution, value, e.started, e.ended, "1" if e.published else ""]
         argv += [len(popped), *popped]
         flat = self.script(args=argv)
-        return [_claimed(flat[i : i + 7]) for i in range(0, len(flat), 7)]
+        self.successful += int(flat[0])
+        self.working_s += float(flat[1])
+        return [_claimed(flat[i : i + 7]) for i in range(2, len(flat), 7)]
 
     def pop(self, timeout_s: float) -> str | None:
         """Wait for a task in any of the queues (in priority order); its id, taken off its queue.
@@ -273,6 +277,10 @@ class Engine:
         with self.connection.pipeline(transaction=False) as pipe:
             worker.heartbeat(pipeline=pipe)
             worker.set_state(WorkerStatus.BUSY if busy else WorkerStatus.IDLE, pipeline=pipe)
+            if self.successful:
+                pipe.hincrby(worker.key, "successful_job_count", self.successful)
+                pipe.hincrbyfloat(worker.key, "total_working_time", self.working_s)
+                self.successful, self.working_s = 0, 0.0
             for run in running:
                 composite = f"{run.id}:{run.execution}"
                 by_origin.setdefault(run.origin, {})[composite] = score

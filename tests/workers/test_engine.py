@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from app.settings import Settings
 from bench.procs import kill_tree
 from tests.support import rq_worker, wait_for_status, wait_until
+from workers.engine import EngineWorker
 
 RQ = str(Path(sys.executable).parent / "rq")
 
@@ -52,3 +53,12 @@ def test_every_task_an_engine_worker_runs_is_shown_on_it_until_it_ends(
     finally:
         kill_tree(worker.pid)
         worker.wait(10)
+
+
+def test_an_engine_worker_counts_what_it_ran_as_rq_does(client: TestClient, redis: Redis, settings: Settings) -> None:
+    for n in range(5):
+        client.post("/api/tasks", json={"id": f"counted-{n}", "type": "echo"})
+    worker = EngineWorker(["default"], connection=redis, settings=settings.model_copy(update={"concurrency": 2}))
+    assert worker.work(burst=True)
+    counts = redis.hmget(worker.key, "successful_job_count", "total_working_time")
+    assert int(counts[0]) == 5 and float(counts[1]) > 0
