@@ -19,11 +19,12 @@ import multiprocessing
 import os
 import random
 import resource
+import select
 import signal
 import time
 import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 from app import codec
@@ -77,6 +78,8 @@ class Pool:
         self.settings_json = settings.model_dump_json()
         self.context = multiprocessing.get_context("spawn")
         self.children: list[Child] = []
+        self._poller = select.poll()
+        self._by_fd: dict[int, Child] = {}
 
     def start(self, timeout_s: float = 60.0) -> None:
         """Start the children and wait until they are ready (or dead: they get replaced)."""
@@ -92,7 +95,20 @@ class Pool:
         )
         process.start()
         child_end.close()
-        return Child(process=process, conn=parent_end)
+        child = Child(process=process, conn=parent_end)
+        for fd in (parent_end.fileno(), process.sentinel):
+            self._poller.register(fd, select.POLLIN)
+            self._by_fd[fd] = child
+        return child
+
+    def _spend(self, child: Child) -> None:
+        """Take it out of service: out of the poll (a dead child's pipe would wake it for ever)
+        and due for replacement."""
+        child.spent = True
+        for fd in (child.conn.fileno(), child.process.sentinel):
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._poller.unregister(fd)
+            self._by_fd.pop(fd, None)
 
     @property
     def idle(self) -> list[Child]:
@@ -127,34 +143,43 @@ class Pool:
         return next((c for c in self.children if c.task is not None and c.task.id == task_id), None)
 
     def wait(self, timeout: float) -> list[Outcome]:
-        """The outcomes of tasks that ended within `timeout` (children that died replaced); a
-        child that finished starting meanwhile becomes idle."""
-        busy = self.busy
-        booting = [c for c in self.children if not c.ready and not c.spent]
-        if not busy and not booting:
+        """The outcomes of tasks that ended within `timeout` (a child that died is marked spent);
+        a child that finished starting meanwhile becomes idle.
+
+        One poll object lives as long as the pool, every child's pipe and process sentinel in it:
+        multiprocessing's wait() builds a selector of all of them on every call, which with 16
+        children cost more than the tasks' own bookkeeping."""
+        if not any(not c.spent and (c.task is not None or not c.ready) for c in self.children):
             if timeout > 0:
                 time.sleep(timeout)
             return []
-        watched = busy + booting
-        waitables: list[Any] = [c.conn for c in watched] + [c.process.sentinel for c in watched]
-        ready = set(wait(waitables, timeout=max(timeout, 0)))
+        events = self._poller.poll(max(timeout, 0.0) * 1000)
+        touched: dict[int, Child] = {}
+        for fd, _ in events:
+            child = self._by_fd.get(fd)
+            if child is not None:
+                touched[id(child)] = child
         outcomes = []
-        for child in booting:
-            if child.conn in ready:
+        for child in touched.values():
+            if child.spent:
+                continue
+            if not child.ready:
                 with contextlib.suppress(EOFError, OSError):
-                    child.conn.recv_bytes()  # its one message before any task: "ready"
-                    child.ready = True
-            if not child.ready and (child.process.sentinel in ready or not child.process.is_alive()):
-                log.error("a child process died while starting (exit code %s)", child.process.exitcode)
-                child.spent = True
-        for child in busy:
-            if child.conn in ready:
+                    if child.conn.poll():
+                        child.conn.recv_bytes()  # its one message before any task: "ready"
+                        child.ready = True
+                        continue
+            elif child.task is not None and child.conn.poll():
                 outcome = self._receive(child)
                 if outcome is not None:
                     outcomes.append(outcome)
                     continue
-            if child.process.sentinel in ready or not child.process.is_alive():
-                outcomes.append(self._died(child))
+            if not child.process.is_alive():
+                if child.task is not None:
+                    outcomes.append(self._died(child))
+                else:
+                    log.error("a child process died %s", "while starting" if not child.ready else "between tasks")
+                    self._spend(child)
         return outcomes
 
     def _receive(self, child: Child) -> Outcome | None:
@@ -169,7 +194,7 @@ class Pool:
         child.task = None
         child.runs += 1
         if child.runs >= self.max_tasks or int(reply.get("rss_mb", 0)) >= self.max_memory_mb:
-            child.spent = True
+            self._spend(child)
         if reply.get("ok"):
             return Outcome(child, task, child.started, ended, result_json=result_json)
         return Outcome(
@@ -189,7 +214,7 @@ class Pool:
         child.process.join(timeout=1)
         code = child.process.exitcode
         child.task = None
-        child.spent = True
+        self._spend(child)
         if why == ErrorType.TIMEOUT.value:
             message = f"task exceeded its timeout of {task.timeout_s} s"
         elif why is not None:
