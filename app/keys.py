@@ -101,3 +101,11 @@ REPAIR_CURSOR = f"{PREFIX}:repair:cursor"
 UNREADABLE = f"{PREFIX}:unreadable"
 """Set of `task:<id>` and `schedule:<id>` records a read found undecodable (and left out of a list):
 counted in /api/stats so that a damaged record is seen, not silently missing."""
+
+
+def wake_key(queue: str) -> str:
+    """A queue's doorbell: a sorted set of one member, added whenever a task is pushed onto the
+    queue, which an idle engine worker waits on (BZPOPMIN) instead of popping the queue itself.
+    Waiting on the queue with BLPOP took the task out of Redis before it was started, and a
+    worker killed in that instant lost it; the doorbell can be lost, the task cannot."""
+    return f"{PREFIX}:wake:{queue}"

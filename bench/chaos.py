@@ -31,7 +31,6 @@ from rq.utils import as_text
 from bench.procs import find, kill_tree
 from tests.support import ROOT, free_port, wait_until
 
-FAST = {"RQFLOW_WORKER_LOST_AFTER_S": "5", "RQFLOW_MAINTENANCE_S": "2", "RQFLOW_HEARTBEAT_S": "1"}
 TERMINAL = {"finished", "failed", "canceled", "stopped"}
 
 
@@ -41,6 +40,8 @@ class Run:
     redis_port: int
     acknowledged: dict[str, list[str]] = field(default_factory=dict)  # id -> parents
     recoveries: list[float] = field(default_factory=list)
+    recovered: list[tuple[str, float]] = field(default_factory=list)
+    """What was killed, and how long until a fresh task completed."""
     kills: dict[str, int] = field(default_factory=dict)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -150,6 +151,7 @@ def check(redis: Redis, run: Run) -> dict[str, Any]:
         "recovery_p50_s": finite[len(finite) // 2] if finite else None,
         "recovery_p99_s": finite[min(len(finite) - 1, int(len(finite) * 0.99))] if finite else None,
         "recoveries_that_never_came": sum(1 for r in run.recoveries if r == float("inf")),
+        "recovery_by_kill": run.recovered,
     }
 
 
@@ -167,7 +169,6 @@ def run_chaos(
     run = Run(port=free_port(), redis_port=free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith("RQFLOW_")}
     env.update(
-        FAST,
         RQFLOW_PORT=str(run.port),
         RQFLOW_VAR_DIR=str(var_dir),
         RQFLOW_EMBEDDED_REDIS_PORT=str(run.redis_port),
@@ -197,6 +198,7 @@ def run_chaos(
             run.kills[kind] = run.kills.get(kind, 0) + 1
             n += 1
             run.recoveries.append(recovery(run, f"{n}-{kind}"))
+            run.recovered.append((kind, round(run.recoveries[-1], 2)))
         run.stop.set()
         feeder.join(120)
         redis = Redis(port=run.redis_port, socket_timeout=10)

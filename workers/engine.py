@@ -76,7 +76,7 @@ class _EngineLoop(BaseWorker):
         self._published: set[str] = set()
         done = 0
         ended: list[Ended] = []
-        popped: list[str] = []
+        woken = False
         next_heartbeat = time.monotonic()
         next_sweep = time.monotonic() + LEASE_SWEEP_S
         idle_since = time.monotonic()
@@ -93,11 +93,11 @@ class _EngineLoop(BaseWorker):
                 if max_jobs is not None:
                     want = min(want, max(max_jobs - done - len(pool.busy), 0))
                 claimed: list[Claimed] = []
-                if ended or want or popped:
-                    claimed = engine.step(ended, want, popped)
+                if ended or want:
+                    claimed = engine.step(ended, want, woken)
                     found = bool(claimed or ended)
                     poll_s = IDLE_POLL_S if found else min(poll_s * 2, IDLE_POLL_MAX_S)
-                    ended, popped = [], []
+                    ended, woken = [], False
                 if not stopping:
                     pool.replace_spent()  # after the step: their tasks' ends are written first
                 for task, child in zip(claimed, pool.idle, strict=False):
@@ -111,9 +111,7 @@ class _EngineLoop(BaseWorker):
                 ):
                     break
                 elif want and not claimed:
-                    got = engine.pop(timeout_s=max(min(next_heartbeat - time.monotonic(), 1.0), 0.05))
-                    if got is not None:
-                        popped = [got]
+                    woken = engine.wait(timeout_s=max(min(next_heartbeat - time.monotonic(), 1.0), 0.05))
                     next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
                     continue
                 free = len(pool.idle) and not stopping

@@ -39,6 +39,7 @@ from app.history import EventName
 from app.jobs.dependencies import cascade
 from app.jobs.job import TaskJob
 from app.jobs.repair import repair
+from app.jobs.store import WakingQueue
 from app.jobs.tasks import TaskService
 from app.model import ErrorType
 from app.registry import load_registry
@@ -46,6 +47,8 @@ from app.settings import Settings, get_settings
 from workers import entry
 
 log = logging.getLogger(__name__)
+
+RECONNECT_MAX_S = 4.0
 
 ERROR_TYPES: dict[type[BaseException], str] = {
     JobTimeoutException: ErrorType.TIMEOUT.value,
@@ -55,7 +58,7 @@ ERROR_TYPES: dict[type[BaseException], str] = {
 }
 
 
-class TaskQueue(Queue):
+class TaskQueue(WakingQueue):
     """RQ's queue, but dependents are released by rqflow, and the lock that lets one worker clean the
     registries lasts `MAINTENANCE_LOCK_S`, not RQ's 899 s."""
 
@@ -127,7 +130,9 @@ class TaskWorkerMixin(BaseWorker):
                 time.sleep(delay)
             except StopRequested:
                 return False
-            delay = min(delay * 2, 30)
+            # Capped low: a retry costs Redis one connection attempt, and a worker that waited
+            # 30 s after Redis came back (RQ's habit) left the queues unserved that long.
+            delay = min(delay * 2, RECONNECT_MAX_S)
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                 self.register_death()  # so that its next birth is not refused
 

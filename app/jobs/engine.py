@@ -33,7 +33,6 @@ from typing import Any
 
 from redis import Redis
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
-from rq.queue import Queue
 from rq.registry import FinishedJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text
@@ -48,13 +47,14 @@ from app.jobs.job import forbidden
 from app.model import ErrorType
 
 _ENGINE = """
-local worker, lease_score, want, result_ttl_default = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15]), ARGV[16]
-local wip_prefix, finished_prefix, results_prefix, executions_key = ARGV[17], ARGV[18], ARGV[19], ARGV[20]
-local started_event, completed_event, bucket, bucket_ttl = ARGV[21], ARGV[22], ARGV[23], ARGV[24]
-local execution_base, now_s = ARGV[25], tonumber(ARGV[26])
-local execution_prefix = ARGV[27]
-local n_queues = tonumber(ARGV[28])
-local at = 29
+local worker, lease_score, want = ARGV[B + 1], tonumber(ARGV[B + 2]), tonumber(ARGV[B + 3])
+local result_ttl_default = ARGV[B + 4]
+local wip_prefix, finished_prefix, results_prefix, executions_key = ARGV[B + 5], ARGV[B + 6], ARGV[B + 7], ARGV[B + 8]
+local started_event, completed_event, bucket, bucket_ttl = ARGV[B + 9], ARGV[B + 10], ARGV[B + 11], ARGV[B + 12]
+local execution_base, now_s = ARGV[B + 13], tonumber(ARGV[B + 14])
+local execution_prefix, woken = ARGV[B + 15], ARGV[B + 16] == '1'
+local n_queues = tonumber(ARGV[B + 17])
+local at = B + 18
 local queues = {unpack(ARGV, at, at + n_queues - 1)}
 at = at + n_queues
 local n_done = tonumber(ARGV[at])
@@ -143,19 +143,22 @@ local function start(id)
     return true
 end
 
--- Ids the worker popped itself while it waited for work (BLPOP), then the queues in order.
-for i = at + 1, at + tonumber(ARGV[at]) do start(ARGV[i]) end
+-- The queues in priority order. A worker woken by a queue's doorbell rings it again for the
+-- next idle worker when it leaves tasks behind.
 for _, queue in ipairs(queues) do
     while n_claimed < want do
         local id = redis.call('LPOP', queue_prefix .. queue)
         if not id then break end
         start(id)
     end
+    if woken and redis.call('LLEN', queue_prefix .. queue) > 0 then
+        redis.call('ZADD', wake_prefix .. queue, 0, 'w')
+    end
 end
 return claimed
 """
 
-SCRIPT = release.PRELUDE + release.FUNCTIONS + _ENGINE
+SCRIPT = release.PRELUDE + release.FUNCTIONS + f"local B = {release.ARGC}\n" + _ENGINE
 
 
 @dataclass(frozen=True)
@@ -207,7 +210,7 @@ class Engine:
     def __init__(self, connection: Redis, queues: Sequence[str], worker_name: str, lease_s: int, result_ttl_s: int):
         self.connection = connection
         self.queues = list(queues)
-        self.queue_keys = [Queue.redis_queue_namespace_prefix + q for q in self.queues]
+        self.wake_keys = [keys.wake_key(q) for q in self.queues]
         self.worker_name = worker_name
         self.lease_s = lease_s
         self.result_ttl_s = result_ttl_s
@@ -228,8 +231,9 @@ class Engine:
         # RQ's execution records are "rq:execution:<job id>:<execution id>".
         self._execution_prefix = Execution("", "", connection).key.removesuffix(":")
 
-    def step(self, ended: Sequence[Ended], want: int, popped: Sequence[str] = ()) -> list[Claimed]:
-        """Write `ended`, then start up to `want` tasks (`popped` first); returns the started ones."""
+    def step(self, ended: Sequence[Ended], want: int, woken: bool = False) -> list[Claimed]:
+        """Write `ended`, then start up to `want` tasks; returns the started ones. `woken`: the
+        worker was woken by a doorbell (`wait`), which it rings again if it leaves work behind."""
         now = datetime.now(timezone.utc)
         now_s = now.timestamp()
         self._runs += 1
@@ -245,6 +249,7 @@ class Engine:
             f"{self.worker_name}-{self._runs}",
             now_s,
             self._execution_prefix,
+            "1" if woken else "",
             len(self.queues),
             *self.queues,
             len(ended),
@@ -253,19 +258,17 @@ class Engine:
             # RQ's Result.serialize: the serializer's bytes in base64, absent for None.
             value = "" if e.result_json == b"null" else b64encode(e.result_json).decode()
             argv += [e.id, e.execution, value, e.started, e.ended, "1" if e.published else ""]
-        argv += [len(popped), *popped]
         flat = self.script(args=argv)
         self.successful += int(flat[0])
         self.working_s += float(flat[1])
         return [_claimed(flat[i : i + 7]) for i in range(2, len(flat), 7)]
 
-    def pop(self, timeout_s: float) -> str | None:
-        """Wait for a task in any of the queues (in priority order); its id, taken off its queue.
-        The caller starts it with `step(..., popped=[id])` at once: an id lost in between (the
-        worker dying in that instant) leaves a QUEUED task in no queue, which the repair sweep
-        puts back (app.jobs.repair)."""
-        got = self.connection.blpop(self.queue_keys, timeout=timeout_s)
-        return None if got is None else as_text(got[1])
+    def wait(self, timeout_s: float) -> bool:
+        """Wait for a doorbell of any of the queues (app.keys.wake_key); True if one rang. Nothing
+        is taken off a queue here: the next `step` claims, atomically, whatever is there. Tasks
+        queued by RQ's own code ring no doorbell: an idle worker finds them when its wait times
+        out (at most a second)."""
+        return self.connection.bzpopmin(self.wake_keys, timeout=timeout_s) is not None
 
     def heartbeat(self, worker: BaseWorker, running: Sequence[Running], busy: bool) -> None:
         """The worker's heartbeat, in one round trip: its own (RQ's), its state, and for every run

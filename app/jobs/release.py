@@ -42,7 +42,7 @@ PRELUDE = """
 local now, now_ms, parent = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local job_prefix, deferred_prefix, queue_prefix, queues_key, rl_prefix, rl_keys, history_prefix, max_events =
     ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local queued_event = ARGV[12]
+local queued_event, wake_prefix = ARGV[12], ARGV[13]
 """
 """The script's arguments (`args`), which a script built on FUNCTIONS starts with."""
 
@@ -66,6 +66,7 @@ end
 local function push(id, origin)
     redis.call('SADD', queues_key, queue_prefix .. origin)
     redis.call('RPUSH', queue_prefix .. origin, id)
+    redis.call('ZADD', wake_prefix .. origin, 0, 'w')
     redis.call('HSET', job_prefix .. id, 'status', 'queued', 'enqueued_at', now)
 end
 
@@ -150,7 +151,12 @@ _FIXED = (
     keys.history_key(""),
     str(MAX_EVENTS),
     EventName.QUEUED.value,
+    keys.wake_key(""),
 )
+
+ARGC = 3 + len(_FIXED)
+"""How many arguments `args` starts a script's ARGV with (a script built on PRELUDE reads its
+own from ARGV[ARGC + 1] on)."""
 
 
 def args(parent: str, children: Sequence[str], now: datetime | None = None) -> list[Any]:

@@ -83,6 +83,7 @@ def _requeue_lost(service: TaskService) -> int:
                 continue
             pipe.multi()
             pipe.lpush(queue_key, task_id)
+            pipe.zadd(keys.wake_key(as_text(origin)), {"w": 0})
             history.record(pipe, task_id, EventName.QUEUED, detail="found in no queue (its worker died); queued again")
             pipe.execute()
         requeued += 1

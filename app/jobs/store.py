@@ -36,8 +36,19 @@ def connect(settings: Settings) -> Redis:
     )
 
 
+class WakingQueue(Queue):
+    """RQ's queue, ringing the queue's doorbell (app.keys.wake_key) with every push it makes, in
+    the same pipeline, so that an idle engine worker starts the task at once."""
+
+    def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
+        super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
+        (pipeline if pipeline is not None else self.connection).zadd(keys.wake_key(self.name), {"w": 0})
+
+
 def queues(connection: Redis) -> dict[Priority, Queue]:
-    return {p: Queue(p.value, connection=connection, job_class=TaskJob, serializer=JSONSerializer) for p in Priority}
+    return {
+        p: WakingQueue(p.value, connection=connection, job_class=TaskJob, serializer=JSONSerializer) for p in Priority
+    }
 
 
 def fetch(connection: Redis, task_id: str) -> TaskJob | None:

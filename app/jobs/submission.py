@@ -243,7 +243,7 @@ class Submission:
                 # dependency order, after every job is written.
                 status, queued_at = JobStatus.QUEUED, created_at
                 target.execute_command("HSET", TaskJob.key_for(p.task_id), *shapes.fields(p, status))
-                pushes.setdefault(self.queues[p.spec.priority].key, []).append(p.task_id)
+                pushes.setdefault(self.queues[p.spec.priority].name, []).append(p.task_id)
             placed.append((p, (status, created_at, queued_at, error)))
             member = index_prefix + p.task_id
             everything[member] = 0
@@ -252,9 +252,11 @@ class Submission:
                 indexes.setdefault(keys.schedule_runs_index(p.spec.schedule_id), {})[member] = 0
         for index, members in indexes.items():
             target.zadd(index, members)
-        for queue_key, ids in pushes.items():
+        for queue_name, ids in pushes.items():
+            queue_key = Queue.redis_queue_namespace_prefix + queue_name
             target.sadd(Queue.redis_queues_keys, queue_key)
             target.rpush(queue_key, *ids)
+            target.zadd(keys.wake_key(queue_name), {"w": 0})
         target.zrem(keys.CLAIMS, *(p.task_id for p in plan))
         return placed
 

@@ -10,6 +10,7 @@ from redis import Redis
 from rq.registry import StartedJobRegistry
 from starlette.testclient import TestClient
 
+from app.jobs.engine import Engine
 from app.settings import Settings
 from bench.procs import kill_tree
 from tests.support import rq_worker, wait_for_status, wait_until
@@ -62,3 +63,22 @@ def test_an_engine_worker_counts_what_it_ran_as_rq_does(client: TestClient, redi
     assert worker.work(burst=True)
     counts = redis.hmget(worker.key, "successful_job_count", "total_working_time")
     assert int(counts[0]) == 5 and float(counts[1]) > 0
+
+
+def test_a_worker_that_dies_while_waiting_for_work_takes_no_task_with_it(
+    client: TestClient, redis: Redis, settings: Settings
+) -> None:
+    """An idle engine worker waits on the queues' doorbell, not on the queues: woken and killed
+    before it claims, it leaves the task where it was, for the next worker to start at once
+    (waiting with BLPOP took the task out of Redis first, and it sat lost for 30 s and more)."""
+    doomed = Engine(redis, ["high", "default", "low"], "doomed", lease_s=7, result_ttl_s=60)
+    client.post("/api/tasks", json={"id": "survivor", "type": "echo"})
+    assert doomed.wait(timeout_s=1.0)  # woken by the submission ... and never heard from again
+    assert client.get("/api/tasks/survivor").json()["status"] == "QUEUED"
+    worker = rq_worker(str(settings.redis_url), worker_class="workers.engine.EngineWorker")
+    try:
+        wait_for_status(client, "survivor", "COMPLETED", timeout=20)
+        assert client.get("/api/tasks/survivor").json()["attempts"] == 1
+    finally:
+        kill_tree(worker.pid)
+        worker.wait(10)
