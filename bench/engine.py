@@ -38,6 +38,7 @@ from bench.__main__ import BIN, api, finished, procfile_processes, stopping, sub
 from tests.support import ROOT, RedisServer, wait_until
 
 DRAMATIQ = shutil.which("dramatiq", path=str(BIN))
+HUEY = shutil.which("huey_consumer", path=str(BIN))
 
 
 def counters(redis: Redis) -> dict[str, int]:
@@ -141,6 +142,37 @@ def dramatiq(url: str, base: dict[str, str], n: int, threads: int, actor: str, *
         return timed(redis, n, lambda: submit(n), drained)
 
 
+def huey(
+    url: str, base: dict[str, str], n: int, workers: int, task: str, *args: Any, kind: str = "process"
+) -> dict[str, Any]:
+    """Huey's consumer with `workers` workers of `kind` (process or thread); done when it holds a
+    result for every task."""
+    assert HUEY is not None
+    redis = Redis.from_url(url)
+    redis.flushall()
+    consumer = subprocess.Popen(
+        [HUEY, "bench.peer_huey.huey", "-w", str(workers), "-k", kind, "-q"],
+        cwd=ROOT,
+        env={**base, "BENCH_REDIS_URL": url},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    with stopping([consumer]):
+        os.environ["BENCH_REDIS_URL"] = url
+        from bench import peer_huey
+
+        call = getattr(peer_huey, task)
+
+        def submit(count: int) -> None:
+            for _ in range(count):
+                call(*args)
+
+        results = peer_huey.huey.storage.result_key
+        submit(WARM_UP)
+        wait_until(lambda: redis.hlen(results) >= WARM_UP, timeout=120, what="Huey's warm-up")
+        return timed(redis, n, lambda: submit(n), lambda: redis.hlen(results) >= n + WARM_UP)
+
+
 def chain(url: str, base: dict[str, str], n: int, plain: bool) -> dict[str, Any]:
     """n tasks, each depending on the one before, all submitted before the workers start."""
     redis = Redis.from_url(url)
@@ -190,7 +222,8 @@ def main() -> None:
     base["PYTHONPATH"] = str(ROOT)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"Redis with AOF everysec; 2 worker processes each; Dramatiq {'present' if DRAMATIQ else 'absent'}"
+        f"Redis with AOF everysec; 2 worker processes each; Dramatiq {'present' if DRAMATIQ else 'absent'}, "
+        f"Huey {'present' if HUEY else 'absent'}"
     )
     results: dict[str, Any] = {}
     noop = {"type": "data_processing", "duration_ms": 0}
@@ -203,14 +236,24 @@ def main() -> None:
             simple = plain_rq(url, base, args.tasks, "rq.worker.SimpleWorker", "bench.noop.noop")
             fork = plain_rq(url, base, args.fork_tasks, "rq.worker.Worker", "bench.noop.noop")
             peer = dramatiq(url, base, args.tasks, 8, "noop") if DRAMATIQ else None
-            results["noop"] = {"rqflow": ours, "rq_simple": simple, "rq_fork": fork, "dramatiq": peer}
+            huey_noop = huey(url, base, args.tasks, 2, "noop") if HUEY else None
+            results["noop"] = {
+                "rqflow": ours,
+                "rq_simple": simple,
+                "rq_fork": fork,
+                "dramatiq": peer,
+                "huey": huey_noop,
+            }
             print(row("rqflow engine (batch over HTTP)", ours["per_s"], unit="tasks/s"))
             print(row("plain RQ SimpleWorker (enqueue)", simple["per_s"], ours["per_s"], "tasks/s"))
             print(row("plain RQ forking Worker (enqueue)", fork["per_s"], ours["per_s"], "tasks/s"))
             if peer:
                 print(row("Dramatiq 2 proc x 8 threads (send)", peer["per_s"], ours["per_s"], "tasks/s"))
+            if huey_noop:
+                print(row("Huey 2 processes (call)", huey_noop["per_s"], ours["per_s"], "tasks/s"))
             print("  (ratio: the peer's speed as a fraction of rqflow's)")
-            for label, r in (("rqflow", ours), ("RQ SimpleWorker", simple), ("RQ Worker", fork), ("Dramatiq", peer)):
+            measured = (("rqflow", ours), ("RQ SimpleWorker", simple), ("RQ Worker", fork), ("Dramatiq", peer))
+            for label, r in (*measured, ("Huey", huey_noop)):
                 if r:
                     print(
                         f"  {label:18} {r['commands_per_task']:5.1f} Redis commands, "
@@ -224,11 +267,19 @@ def main() -> None:
             ours_sleep = rqflow(url, base, args.sleep_tasks, sleepy, RQFLOW_CONCURRENCY="16")
             simple_sleep = plain_rq(url, base, args.sleep_tasks // 5, "rq.worker.SimpleWorker", "bench.noop.sleep", 10)
             peer_sleep = dramatiq(url, base, args.sleep_tasks, 16, "sleep", 10) if DRAMATIQ else None
-            results["sleep_10ms"] = {"rqflow": ours_sleep, "rq_simple": simple_sleep, "dramatiq": peer_sleep}
+            huey_sleep = huey(url, base, args.sleep_tasks, 32, "sleep", 10, kind="thread") if HUEY else None
+            results["sleep_10ms"] = {
+                "rqflow": ours_sleep,
+                "rq_simple": simple_sleep,
+                "dramatiq": peer_sleep,
+                "huey": huey_sleep,
+            }
             print(row("rqflow engine, 2 workers x 16 children", ours_sleep["per_s"], unit="tasks/s"))
             print(row("plain RQ SimpleWorker x 2", simple_sleep["per_s"], ours_sleep["per_s"], "tasks/s"))
             if peer_sleep:
                 print(row("Dramatiq 2 proc x 16 threads", peer_sleep["per_s"], ours_sleep["per_s"], "tasks/s"))
+            if huey_sleep:
+                print(row("Huey 32 threads", huey_sleep["per_s"], ours_sleep["per_s"], "tasks/s"))
 
             print(f"\n[a chain of {args.chain}: from one handler to the next]")
             ours_chain = chain(url, base, args.chain, plain=False)
