@@ -417,6 +417,13 @@ def run_batch_and_listing(url: str, env: dict[str, str], batch: int, stored: int
     return result
 
 
+def save(name: str, results: dict[str, Any]) -> None:
+    """A bench's figures, as JSON, in bench/results/<name>.json."""
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(results, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=5000)
@@ -513,9 +520,7 @@ def main() -> None:
                 )
         finally:
             server.kill()
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(results, indent=2))
+    save("throughput", results)
 
 
 if __name__ == "__main__":

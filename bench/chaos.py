@@ -28,6 +28,7 @@ from typing import Any
 from redis import Redis
 from rq.utils import as_text
 
+from bench.__main__ import save
 from bench.procs import find, kill_tree
 from tests.support import ROOT, free_port, wait_until
 
@@ -234,9 +235,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as var_dir:
         report = run_chaos(args.duration, Path(var_dir), seed=args.seed, every=tuple(args.every))
     print(json.dumps(report, indent=2))
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "chaos.json").write_text(json.dumps(report, indent=2))
+    save("chaos", report)
 
 
 if __name__ == "__main__":

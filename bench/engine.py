@@ -34,7 +34,7 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from bench.__main__ import BIN, api, finished, procfile_processes, stopping, submit_batches, workers
+from bench.__main__ import BIN, api, finished, procfile_processes, save, stopping, submit_batches, workers
 from tests.support import ROOT, RedisServer, wait_until
 
 DRAMATIQ = shutil.which("dramatiq", path=str(BIN))
@@ -206,9 +206,16 @@ def chain(url: str, base: dict[str, str], n: int, plain: bool) -> dict[str, Any]
     }
 
 
-def row(label: str, value: float, base: float | None = None, unit: str = "") -> str:
-    ratio = f"{value / base:>8.2f}x" if base else ""
-    return f"  {label:44}{value:>10.1f} {unit:8}{ratio}"
+def compare(results: dict[str, Any], section: str, runs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+    """Keep a section's runs (key, label, result; rqflow's first, a peer not installed None) and
+    print each one's speed, the peers' as a fraction of rqflow's."""
+    results[section] = {key: result for key, _, result in runs}
+    ours = runs[0][2]
+    assert ours is not None
+    for n, (_, label, result) in enumerate(runs):
+        if result:
+            ratio = f"{result['per_s'] / ours['per_s']:>8.2f}x" if n else ""
+            print(f"  {label:44}{result['per_s']:>10.1f} tasks/s {ratio}")
 
 
 def main() -> None:
@@ -237,20 +244,17 @@ def main() -> None:
             fork = plain_rq(url, base, args.fork_tasks, "rq.worker.Worker", "bench.noop.noop")
             peer = dramatiq(url, base, args.tasks, 8, "noop") if DRAMATIQ else None
             huey_noop = huey(url, base, args.tasks, 2, "noop") if HUEY else None
-            results["noop"] = {
-                "rqflow": ours,
-                "rq_simple": simple,
-                "rq_fork": fork,
-                "dramatiq": peer,
-                "huey": huey_noop,
-            }
-            print(row("rqflow engine (batch over HTTP)", ours["per_s"], unit="tasks/s"))
-            print(row("plain RQ SimpleWorker (enqueue)", simple["per_s"], ours["per_s"], "tasks/s"))
-            print(row("plain RQ forking Worker (enqueue)", fork["per_s"], ours["per_s"], "tasks/s"))
-            if peer:
-                print(row("Dramatiq 2 proc x 8 threads (send)", peer["per_s"], ours["per_s"], "tasks/s"))
-            if huey_noop:
-                print(row("Huey 2 processes (call)", huey_noop["per_s"], ours["per_s"], "tasks/s"))
+            compare(
+                results,
+                "noop",
+                [
+                    ("rqflow", "rqflow engine (batch over HTTP)", ours),
+                    ("rq_simple", "plain RQ SimpleWorker (enqueue)", simple),
+                    ("rq_fork", "plain RQ forking Worker (enqueue)", fork),
+                    ("dramatiq", "Dramatiq 2 proc x 8 threads (send)", peer),
+                    ("huey", "Huey 2 processes (call)", huey_noop),
+                ],
+            )
             print("  (ratio: the peer's speed as a fraction of rqflow's)")
             measured = (("rqflow", ours), ("RQ SimpleWorker", simple), ("RQ Worker", fork), ("Dramatiq", peer))
             for label, r in (*measured, ("Huey", huey_noop)):
@@ -268,18 +272,16 @@ def main() -> None:
             simple_sleep = plain_rq(url, base, args.sleep_tasks // 5, "rq.worker.SimpleWorker", "bench.noop.sleep", 10)
             peer_sleep = dramatiq(url, base, args.sleep_tasks, 16, "sleep", 10) if DRAMATIQ else None
             huey_sleep = huey(url, base, args.sleep_tasks, 32, "sleep", 10, kind="thread") if HUEY else None
-            results["sleep_10ms"] = {
-                "rqflow": ours_sleep,
-                "rq_simple": simple_sleep,
-                "dramatiq": peer_sleep,
-                "huey": huey_sleep,
-            }
-            print(row("rqflow engine, 2 workers x 16 children", ours_sleep["per_s"], unit="tasks/s"))
-            print(row("plain RQ SimpleWorker x 2", simple_sleep["per_s"], ours_sleep["per_s"], "tasks/s"))
-            if peer_sleep:
-                print(row("Dramatiq 2 proc x 16 threads", peer_sleep["per_s"], ours_sleep["per_s"], "tasks/s"))
-            if huey_sleep:
-                print(row("Huey 32 threads", huey_sleep["per_s"], ours_sleep["per_s"], "tasks/s"))
+            compare(
+                results,
+                "sleep_10ms",
+                [
+                    ("rqflow", "rqflow engine, 2 workers x 16 children", ours_sleep),
+                    ("rq_simple", "plain RQ SimpleWorker x 2", simple_sleep),
+                    ("dramatiq", "Dramatiq 2 proc x 16 threads", peer_sleep),
+                    ("huey", "Huey 32 threads", huey_sleep),
+                ],
+            )
 
             print(f"\n[a chain of {args.chain}: from one handler to the next]")
             ours_chain = chain(url, base, args.chain, plain=False)
@@ -292,9 +294,7 @@ def main() -> None:
                 )
         finally:
             server.kill()
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "engine.json").write_text(json.dumps(results, indent=2))
+    save("engine", results)
 
 
 if __name__ == "__main__":
