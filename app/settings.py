@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     """`redis://`, `rediss://` or `unix://` URL. Unset: the embedded Redis that `make run` starts."""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    api_processes: int = Field(default=1, ge=1, le=64)
+    """API processes serving the port (uvicorn's workers). The API waits on Redis more than it
+    computes, so a second process pays where cores are to spare."""
     workers: int = Field(default=2, ge=1)
     api_keys: Annotated[list[str], NoDecode] = []
     allow_public_without_keys: bool = False

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import uvicorn
+from starlette.applications import Starlette
 
 from app.api.main import create_app
 from app.settings import get_settings
@@ -21,8 +23,17 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": settings.log_level.lower()}
+    if settings.api_processes > 1:
+        # uvicorn's workers each build the app from the environment, as this process did.
+        uvicorn.run("app.api.__main__:app_from_environment", factory=True, workers=settings.api_processes, **common)
+    else:
+        uvicorn.run(create_app(settings), **common)
     return 0
+
+
+def app_from_environment() -> Starlette:
+    return create_app(get_settings())
 
 
 if __name__ == "__main__":

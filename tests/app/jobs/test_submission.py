@@ -46,3 +46,46 @@ def test_a_claim_cut_off_by_a_crash_holds_its_ids_only_until_it_lapses(service: 
     redis.zadd(keys.CLAIMS, {"x": 1})  # ... and its claim has lapsed
     task, created = service.submit(TaskSpec(type="echo", id="x"))
     assert created and task.status.value == "QUEUED"
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"priority": "high"}, {"run_at": "2099-01-01T00:00:00+00:00"}, {"max_attempts": 5, "timeout_ms": 2000}],
+)
+def test_a_task_alone_is_stored_as_the_same_task_in_a_batch(
+    service: TaskService, redis: Redis, extra: dict[str, object]
+) -> None:
+    """One task takes its own round trip (one script); in a batch it goes through the transaction.
+    Whatever the path, Redis must hold the same thing."""
+    from app.api.schemas import TaskIn
+
+    def spec(task_id: str) -> TaskSpec:
+        return TaskIn.model_validate({"id": task_id, "type": "echo", **extra}).to_spec()
+
+    service.submit(spec("alone"))
+    service.submit_batch([spec("batched"), spec("other")])
+
+    def shape(task_id: str) -> dict[str, object]:
+        found: dict[str, object] = {}
+        for raw in redis.scan_iter(match=f"*{task_id}*"):
+            name = raw.decode().replace(task_id, "<id>")
+            kind = redis.type(raw).decode()
+            if kind == "hash":
+                found[name] = sorted(k.decode() for k in redis.hkeys(raw))
+            elif kind == "stream":
+                found[name] = [e[1].get(b"event") for e in redis.xrange(raw)]
+            else:
+                found[name] = kind
+        for index in redis.scan_iter():
+            kind = redis.type(index).decode()
+            member = lambda m: task_id in m.decode()  # noqa: E731
+            if kind == "zset" and any(member(m) for m in redis.zrange(index, 0, -1)):
+                found[f"in {index.decode()}"] = True
+            if kind == "list" and any(member(m) for m in redis.lrange(index, 0, -1)):
+                found[f"in {index.decode()}"] = True
+        return found
+
+    alone = shape("alone")
+    assert len(alone) >= 4, alone  # the job, its history, the indexes, a queue or a timer
+    assert alone == shape("batched")
+    assert redis.zcard(keys.CLAIMS) == 0
