@@ -12,9 +12,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from app import codec
+from app.api.responses import JsonResponse
 from app.errors import (
     BadJSON,
     DomainError,
@@ -61,7 +62,7 @@ place domain errors meet HTTP."""
 FALLBACK = Problem(400, "Request failed")
 
 
-class ProblemResponse(JSONResponse):
+class ProblemResponse(JsonResponse):
     media_type = "application/problem+json"
 
 

@@ -12,11 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from app import codec
 from app.api.problems import parse_json
+from app.api.responses import JsonResponse
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
 from app.clock import iso
 from app.defaults import CANCEL_RETRY_S, DELETE_POLL_S, DELETE_WAIT_S, MAX_BATCH, MAX_LIST_LIMIT, TAKEN_WAIT_S
@@ -57,7 +58,7 @@ async def submit_task(request: Request) -> Response:
     body = TaskIn.model_validate(parse_json(await request.body()))
     task, created = await run_in_threadpool(_service(request).submit, body.to_spec())
     headers = {"Location": str(request.url_for("get_task", task_id=task.id).path)}
-    return JSONResponse(task_json(task), status_code=201 if created else 200, headers=headers)
+    return JsonResponse(task_json(task), status_code=201 if created else 200, headers=headers)
 
 
 async def submit_batch(request: Request) -> Response:
@@ -118,18 +119,18 @@ async def list_tasks(request: Request) -> Response:
     if page.next_cursor:
         next_url = request.url.include_query_params(cursor=page.next_cursor)
         headers["Link"] = f'<{next_url.path}?{next_url.query}>; rel="next"'
-    return JSONResponse([task_json(t) for t in page.tasks], headers=headers)
+    return JsonResponse([task_json(t) for t in page.tasks], headers=headers)
 
 
 async def get_task(request: Request) -> Response:
     task = await run_in_threadpool(_reads(request).get, request.path_params["task_id"])
-    return JSONResponse(task_json(task, detailed=True))
+    return JsonResponse(task_json(task, detailed=True))
 
 
 async def update_task(request: Request) -> Response:
     body = TaskUpdateIn.model_validate(parse_json(await request.body()))
     task = await run_in_threadpool(_service(request).update, request.path_params["task_id"], body.to_changes())
-    return JSONResponse(task_json(task, detailed=True))
+    return JsonResponse(task_json(task, detailed=True))
 
 
 async def cancel_task(request: Request) -> Response:
@@ -137,7 +138,7 @@ async def cancel_task(request: Request) -> Response:
     outcome = await _until_not_taken(_service(request).cancel, task_id)
     task = await run_in_threadpool(_reads(request).get, task_id)
     # 202: a running task was told to stop; it is CANCELED within moments.
-    return JSONResponse(task_json(task, detailed=True), status_code=200 if outcome is Cancellation.CANCELED else 202)
+    return JsonResponse(task_json(task, detailed=True), status_code=200 if outcome is Cancellation.CANCELED else 202)
 
 
 async def _until_not_taken(step: Callable[[str], Cancellation], task_id: str) -> Cancellation:
@@ -153,7 +154,7 @@ async def _until_not_taken(step: Callable[[str], Cancellation], task_id: str) ->
 
 async def retry_task(request: Request) -> Response:
     task = await run_in_threadpool(_service(request).retry, request.path_params["task_id"])
-    return JSONResponse(task_json(task, detailed=True))
+    return JsonResponse(task_json(task, detailed=True))
 
 
 async def delete_task(request: Request) -> Response:
@@ -172,7 +173,7 @@ async def delete_task(request: Request) -> Response:
 
 async def task_history(request: Request) -> Response:
     events = await run_in_threadpool(_reads(request).history, request.path_params["task_id"])
-    return JSONResponse(
+    return JsonResponse(
         [
             {
                 "event": e.event,
@@ -188,17 +189,17 @@ async def task_history(request: Request) -> Response:
 
 
 async def get_stats(request: Request) -> Response:
-    return JSONResponse(await run_in_threadpool(stats.stats, request.app.state.redis))
+    return JsonResponse(await run_in_threadpool(stats.stats, request.app.state.redis))
 
 
 async def get_workers(request: Request) -> Response:
-    return JSONResponse(await run_in_threadpool(stats.workers, request.app.state.redis))
+    return JsonResponse(await run_in_threadpool(stats.workers, request.app.state.redis))
 
 
 async def get_task_status(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     status = await run_in_threadpool(_reads(request).get_status, task_id)
-    return JSONResponse({"id": task_id, "status": status.value})
+    return JsonResponse({"id": task_id, "status": status.value})
 
 
 def _schedules(request: Request) -> ScheduleService:
@@ -210,17 +211,17 @@ async def create_schedule(request: Request) -> Response:
     body = ScheduleIn.model_validate(parse_json(await request.body()))
     schedule, created = await run_in_threadpool(_schedules(request).create, body.to_spec())
     headers = {"Location": str(request.url_for("get_schedule", schedule_id=schedule.id).path)}
-    return JSONResponse(schedule_json(schedule), status_code=201 if created else 200, headers=headers)
+    return JsonResponse(schedule_json(schedule), status_code=201 if created else 200, headers=headers)
 
 
 async def list_schedules(request: Request) -> Response:
     schedules = await run_in_threadpool(_schedules(request).list_schedules)
-    return JSONResponse([schedule_json(s) for s in schedules])
+    return JsonResponse([schedule_json(s) for s in schedules])
 
 
 async def get_schedule(request: Request) -> Response:
     schedule = await run_in_threadpool(_schedules(request).get, request.path_params["schedule_id"])
-    return JSONResponse(schedule_json(schedule))
+    return JsonResponse(schedule_json(schedule))
 
 
 async def replace_schedule(request: Request) -> Response:
@@ -229,7 +230,7 @@ async def replace_schedule(request: Request) -> Response:
     if body.id is not None and body.id != schedule_id:
         raise InvalidInput("the id in the body differs from the one in the path", [FieldError("id", "mismatch")])
     schedule = await run_in_threadpool(_schedules(request).replace, schedule_id, body.to_spec(schedule_id))
-    return JSONResponse(schedule_json(schedule))
+    return JsonResponse(schedule_json(schedule))
 
 
 async def delete_schedule(request: Request) -> Response:
@@ -239,7 +240,7 @@ async def delete_schedule(request: Request) -> Response:
 
 async def list_types(request: Request) -> Response:
     registry: Registry = request.app.state.registry
-    return JSONResponse(
+    return JsonResponse(
         [
             {
                 "name": t.name,
@@ -257,7 +258,7 @@ async def list_types(request: Request) -> Response:
 async def health(request: Request) -> Response:
     redis: Redis = request.app.state.redis
     report = await run_in_threadpool(_persistence, redis)
-    return JSONResponse({"status": "ok", "redis": report})
+    return JsonResponse({"status": "ok", "redis": report})
 
 
 def _persistence(redis: Redis) -> dict[str, Any]:
