@@ -35,6 +35,7 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.submit
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.dag
 	$(BIN)/python -m bench.chaos --duration 600
