@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api.problems import HANDLERS, problem
 from app.api.routes import BATCH_PATH, ROUTES
 from app.clock import Clock, now
-from app.jobs.store import connect
+from app.jobs.store import connect, connect_async
 from app.jobs.tasks import TaskService
 from app.registry import load_registry
 from app.schedules import ScheduleService
@@ -106,12 +106,14 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(settings)
         app.state.redis = redis
+        app.state.redis_async = connect_async(settings)
         app.state.tasks = TaskService(redis, registry, result_ttl_s=settings.result_ttl_s)
         app.state.schedules = ScheduleService(redis, app.state.tasks, clock)
         try:
             yield
         finally:
             redis.close()
+            await app.state.redis_async.aclose()
 
     middleware = [
         Middleware(ServerTiming),

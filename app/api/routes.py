@@ -56,7 +56,11 @@ def _reads(request: Request) -> TaskReader:
 
 async def submit_task(request: Request) -> Response:
     body = TaskIn.model_validate(parse_json(await request.body()))
-    task, created = await run_in_threadpool(_service(request).submit, body.to_spec())
+    spec = body.to_spec()
+    service = _service(request)
+    # On the event loop where one script does it all; else (dependencies, limits) off it.
+    done = await service.submit_async(request.app.state.redis_async, spec)
+    task, created = done if done is not None else await run_in_threadpool(service.submit, spec)
     # The path alone: request.url_for builds the absolute URL first (a tenth of a submission's CPU).
     headers = {"Location": str(request.app.url_path_for("get_task", task_id=task.id))}
     return JsonResponse(task_json(task), status_code=201 if created else 200, headers=headers)

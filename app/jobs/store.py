@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from rq.queue import Queue
 from rq.results import Result
 from rq.serializers import JSONSerializer
@@ -43,6 +44,16 @@ class WakingQueue(Queue):
     def push_job_id(self, job_id: str, pipeline: Any = None, at_front: bool = False) -> None:
         super().push_job_id(job_id, pipeline=pipeline, at_front=at_front)
         (pipeline if pipeline is not None else self.connection).zadd(keys.wake_key(self.name), {"w": 0})
+
+
+def connect_async(settings: Settings) -> AsyncRedis:
+    """The asyncio twin of `connect`, for what the API runs on its event loop."""
+    return AsyncRedis.from_url(
+        settings.effective_redis_url,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        health_check_interval=REDIS_HEALTH_CHECK_S,
+    )
 
 
 def queues(connection: Redis) -> dict[Priority, Queue]:

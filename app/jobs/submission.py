@@ -14,12 +14,14 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any
 from uuid import uuid4
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq.job import JobStatus
@@ -102,6 +104,8 @@ class Submission:
         self.factory = Factory(queues, result_ttl_s)
         self._reserve = connection.register_script(RESERVE)
         self._write_one = connection.register_script(WRITE_ONE)
+        self._write_one_async: dict[int, Any] = {}
+        """WRITE_ONE registered on each asyncio connection it was run on."""
 
     def submit(self, specs: Sequence[TaskSpec], *, batch: bool, dry_run: bool = False) -> tuple[list[Task], bool]:
         """Store every task or none; returns them in request order, and whether they were created
@@ -151,6 +155,29 @@ class Submission:
     def _submit_one(self, p: Planned) -> tuple[list[Task], bool] | None:
         """One task in one round trip (WRITE_ONE); None if its writes need more than plain
         commands (a script of their own), and the general path must take it."""
+        one = self._prepare_one(p)
+        if one is None:
+            return None
+        taken = self._write_one(keys=one.keys, args=one.words)
+        if taken == STORED:
+            return self._repeat([p]), False
+        return [one.written(taken)], True
+
+    async def submit_one(self, connection: AsyncRedis, spec: TaskSpec) -> tuple[Task, bool] | None:
+        """`submit` of one task on an asyncio connection, for the API's event loop: no thread hop
+        and no blocked loop while Redis runs the script. None where the general path must take it
+        (dependencies, a limit, or an id already stored, whose repeat needs reads)."""
+        p = self._plan([spec], batch=False)[0]
+        one = None if p.spec.dependencies or p.task_type.concurrency else self._prepare_one(p)
+        if one is None:
+            return None
+        script = self._write_one_async.get(id(connection))
+        if script is None:
+            script = self._write_one_async[id(connection)] = connection.register_script(WRITE_ONE)
+        taken = await script(keys=one.keys, args=one.words)
+        return None if taken == STORED else (one.written(taken), True)
+
+    def _prepare_one(self, p: Planned) -> _OneWrite | None:
         recorder = _Recorder(self.connection)
         placed = self._write_all([p], {}, recorder, dry_run=False)
         words: list[Any] = [int(time.time() * 1000), p.task_id]
@@ -158,17 +185,7 @@ class Submission:
             if args[0] in ("EVAL", "EVALSHA"):
                 return None
             words += [len(args), *args]
-        taken = self._write_one(keys=[keys.CLAIMS, TaskJob.key_for(p.task_id)], args=words)
-        if taken == STORED:
-            return self._repeat([p]), False
-        if taken == CLAIMED:
-            raise SubmissionInProgress(
-                "another submission of this id is being written (or was cut off by a crash "
-                f"less than {CLAIM_TTL_MS // 1000} s ago); send this one again shortly"
-            )
-        tasks: dict[str, Task] = {}
-        self._answer(placed, tasks)
-        return [tasks[p.task_id]], True
+        return _OneWrite(self, placed, [keys.CLAIMS, TaskJob.key_for(p.task_id)], words)
 
     def _write(self, plan: list[Planned], outside: list[str], batch: bool, dry_run: bool) -> dict[str, Task]:
         with FastTransaction.on(self.connection) as pipe:
@@ -405,6 +422,27 @@ def _due(spec: TaskSpec, now: datetime) -> datetime | None:
 
 def _where(batch: bool, index: int, field: str) -> str:
     return f"tasks.{index}.{field}" if batch else field
+
+
+@dataclass(frozen=True)
+class _OneWrite:
+    """One task's check and writes, ready for WRITE_ONE, and what to answer once it ran."""
+
+    submission: Submission
+    placed: list[tuple[Planned, Placement]]
+    keys: list[str]
+    words: list[Any]
+
+    def written(self, taken: Any) -> Task:
+        if taken == CLAIMED:
+            raise SubmissionInProgress(
+                "another submission of this id is being written (or was cut off by a crash "
+                f"less than {CLAIM_TTL_MS // 1000} s ago); send this one again shortly"
+            )
+        tasks: dict[str, Task] = {}
+        self.submission._answer(self.placed, tasks)
+        (task,) = tasks.values()
+        return task
 
 
 class _Recorder(Pipeline):

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq.command import send_stop_job_command
@@ -66,6 +67,11 @@ class TaskService:
         """Store and enqueue one task; returns it and whether it was created (False: an idempotent repeat)."""
         tasks, created = self.submission.submit([spec], batch=False)
         return tasks[0], created
+
+    async def submit_async(self, connection: AsyncRedis, spec: TaskSpec) -> tuple[Task, bool] | None:
+        """`submit` on an asyncio connection where one script does it all; None where the caller
+        must run `submit` (off its event loop)."""
+        return await self.submission.submit_one(connection, spec)
 
     def submit_batch(self, specs: Sequence[TaskSpec], dry_run: bool = False) -> tuple[list[Task], bool]:
         """A whole DAG, all or nothing; dependencies may point inside the batch in any order."""

@@ -229,3 +229,21 @@ def test_health_reports_persistence(client: TestClient) -> None:
     assert body["redis"]["ok"] is True
     assert body["redis"]["aof_enabled"] is False  # the test server runs without AOF...
     assert any("AOF" in w for w in body["redis"]["warnings"])  # ...and health says so
+
+
+def test_a_single_task_claimed_by_a_batch_in_flight_is_refused_until_the_claim_lapses(
+    client: TestClient, redis: Redis
+) -> None:
+    """The one-script path of a single POST honours the claims of batches being written."""
+    from app import keys
+
+    redis.zadd(keys.CLAIMS, {"held": 2**50})  # a batch holding "held" is being written
+    problem = assert_problem(post(client, {"id": "held", "type": "echo"}), 409)
+    assert "being written" in problem["detail"]
+    assert redis.exists("rq:job:held") == 0 and redis.llen("rq:queue:default") == 0
+    redis.zadd(keys.CLAIMS, {"held": 1})  # ... whose writer died long ago
+    assert post(client, {"id": "held", "type": "echo"}).status_code == 201
+    again = post(client, {"id": "held", "type": "echo"})  # a repeat: the same task, not a new one
+    assert again.status_code == 200 and again.json()["id"] == "held"
+    assert redis.llen("rq:queue:default") == 1
+    assert_problem(post(client, {"id": "held", "type": "echo", "priority": "high"}), 409)
