@@ -20,18 +20,27 @@ from app.api.problems import parse_json
 from app.api.responses import JsonResponse
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
 from app.clock import iso
-from app.defaults import CANCEL_RETRY_S, DELETE_POLL_S, DELETE_WAIT_S, MAX_BATCH, MAX_LIST_LIMIT, TAKEN_WAIT_S
-from app.errors import FieldError, InvalidInput, TaskConflict
+from app.defaults import (
+    CANCEL_RETRY_S,
+    DELETE_POLL_S,
+    DELETE_WAIT_S,
+    MAX_BATCH,
+    MAX_LIST_LIMIT,
+    MAX_NDJSON_BATCH,
+    TAKEN_WAIT_S,
+)
+from app.errors import DomainError, FieldError, InvalidInput, TaskConflict
 from app.jobs import stats
 from app.jobs.reads import TaskReader
 from app.jobs.submission import gc_paused
 from app.jobs.tasks import Cancellation, TaskService
-from app.model import TaskSpec, TaskStatus
+from app.model import Task, TaskSpec, TaskStatus
 from app.registry import Registry
 from app.schedules import ScheduleService
 
 BATCH_PATH = "/api/tasks/batch"
 BATCH_MEMBERS = TypeAdapter(list[TaskIn])
+NDJSON = "application/x-ndjson"
 """Validates a whole batch in one call into pydantic's core, not one call per member."""
 
 
@@ -70,10 +79,71 @@ async def submit_batch(request: Request) -> Response:
     dry_run = request.query_params.get("dry_run", "false").lower() in ("1", "true", "yes")
     # RFC 7240: a client that needs only ids and statuses back spares both sides the echo of
     # every task (5 MB for 10,000).
-    minimal = "return=minimal" in request.headers.get("prefer", "").replace(" ", "").lower().split(",")
+    prefer = request.headers.get("prefer", "").replace(" ", "").lower().split(",")
+    minimal = "return=minimal" in prefer
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() == NDJSON:
+        return await _submit_ndjson(request, dry_run, full="return=representation" in prefer)
     status, content = await run_in_threadpool(_submit_batch, _service(request), await request.body(), dry_run, minimal)
     headers = {"Preference-Applied": "return=minimal"} if minimal else None
     return Response(content, status_code=status, media_type="application/json", headers=headers)
+
+
+async def _submit_ndjson(request: Request, dry_run: bool, full: bool) -> Response:
+    """A batch of up to MAX_NDJSON_BATCH tasks, one JSON object a line, all or nothing like any
+    batch. The body is validated as it arrives, a chunk at a time off the event loop, and never
+    held whole; the answer is a summary (counts by status) unless `Prefer: return=representation`
+    asks for every task."""
+    specs: list[TaskSpec] = []
+    errors: list[FieldError] = []
+    pending = b""
+    line = 0
+    async for chunk in request.stream():
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        line = await run_in_threadpool(_ndjson_lines, lines, line, specs, errors)
+    await run_in_threadpool(_ndjson_lines, [pending], line, specs, errors)
+    if errors:
+        raise InvalidInput("; ".join(f"{e.loc}: {e.message}" for e in errors[:20]), errors[:100])
+    if not 1 <= len(specs) <= MAX_NDJSON_BATCH:
+        raise InvalidInput(
+            f"an NDJSON batch holds 1 to {MAX_NDJSON_BATCH} tasks", [FieldError("tasks", f"{len(specs)} tasks")]
+        )
+    tasks, created = await run_in_threadpool(_store_batch, _service(request), specs, dry_run)
+    status = 200 if dry_run or not created else 201
+    if full:
+        content = codec.dumps({"dry_run": dry_run, "tasks": [task_json(t) for t in tasks]})
+        return Response(content, status_code=status, media_type="application/json")
+    counts: dict[str, int] = {}
+    for task in tasks:
+        counts[task.status.value] = counts.get(task.status.value, 0) + 1
+    summary = {"dry_run": dry_run, "created": created, "count": len(tasks), "statuses": counts}
+    return JsonResponse(summary, status_code=status, headers={"Preference-Applied": "return=minimal"})
+
+
+def _store_batch(service: TaskService, specs: list[TaskSpec], dry_run: bool) -> tuple[list[Task], bool]:
+    with gc_paused():
+        return service.submit_batch(specs, dry_run)
+
+
+def _ndjson_lines(lines: list[bytes], line: int, specs: list[TaskSpec], errors: list[FieldError]) -> int:
+    """Validate NDJSON lines (numbered from `line` + 1), appending tasks or errors; returns the
+    number of the last line. Blank lines are skipped."""
+    for raw in lines:
+        line += 1
+        if not raw.strip():
+            continue
+        if len(specs) + len(errors) >= MAX_NDJSON_BATCH:
+            errors.append(FieldError(f"line {line}", f"more than {MAX_NDJSON_BATCH} tasks"))
+            break
+        try:
+            specs.append(TaskIn.model_validate(parse_json(raw)).to_spec())
+        except ValidationError as invalid:
+            for e in invalid.errors():
+                where = ".".join(str(part) for part in e["loc"])
+                errors.append(FieldError(f"line {line}" + (f".{where}" if where else ""), e["msg"]))
+        except DomainError as bad:  # not JSON, or not an object
+            errors.append(FieldError(f"line {line}", bad.detail))
+    return line
 
 
 def _submit_batch(service: TaskService, raw: bytes, dry_run: bool, minimal: bool) -> tuple[int, bytes]:

@@ -194,3 +194,69 @@ def test_prefer_return_minimal_answers_ids_and_statuses_only(client: TestClient)
     assert full.status_code == 200  # the same batch again: nothing new
     assert "preference-applied" not in full.headers
     assert full.json()["tasks"][0]["dependencies"] == ["a"]  # the whole task, as by default
+
+
+def ndjson(tasks: list[dict[str, Any]]) -> bytes:
+    import json
+
+    return b"\n".join(json.dumps(t).encode() for t in tasks) + b"\n"
+
+
+NDJSON_HEADERS = {"Content-Type": "application/x-ndjson"}
+
+
+def test_an_ndjson_batch_larger_than_a_json_batch_is_stored_whole_and_answered_with_a_summary(
+    client: TestClient, redis: Redis
+) -> None:
+    # 20,000 tasks (twice what a JSON batch may hold), children before their parents.
+    tasks = [
+        {"id": f"n{i}", "type": "echo"} | ({"dependencies": [f"n{i + 1}"]} if i % 2 == 0 else {}) for i in range(20_000)
+    ]
+    response = client.post("/api/tasks/batch", content=ndjson(tasks), headers=NDJSON_HEADERS)
+    assert response.status_code == 201, response.text[:500]
+    assert response.json() == {
+        "dry_run": False,
+        "created": True,
+        "count": 20_000,
+        "statuses": {"QUEUED": 10_000, "PENDING": 10_000},
+    }
+    assert redis.zcard("rqflow:tasks") == 20_000 and redis.llen("rq:queue:default") == 10_000
+    again = client.post("/api/tasks/batch", content=ndjson(tasks), headers=NDJSON_HEADERS)
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert redis.zcard("rqflow:tasks") == 20_000
+
+
+def test_an_ndjson_batch_with_bad_lines_stores_nothing_and_names_each_line(client: TestClient, redis: Redis) -> None:
+    body = (
+        b'{"id": "ok-1", "type": "echo"}\n'
+        b"\n"  # blank lines are skipped
+        b'{"id": "ok-2", "type": "echo", "dependencies": ["ok-1"]}\n'
+        b"{not json\n"
+        b'{"id": "bad", "type": "echo", "priority": "urgent"}\n'
+        b"[1, 2]\n"
+        b'{"id": "ok-3", "type": "echo"}'  # no newline at the end
+    )
+    response = client.post("/api/tasks/batch", content=body, headers=NDJSON_HEADERS)
+    problem = assert_problem(response, 422)
+    fields = [e["field"] for e in problem["errors"]]
+    assert fields[0] == "line 4" and fields[1].startswith("line 5.priority") and fields[2].startswith("line 6")
+    assert redis.exists("rq:job:ok-1") == 0 and redis.zcard("rqflow:tasks") == 0
+
+
+def test_an_ndjson_batch_with_a_cycle_stores_nothing(client: TestClient, redis: Redis) -> None:
+    tasks = [{"id": "a", "type": "echo", "dependencies": ["b"]}, {"id": "b", "type": "echo", "dependencies": ["a"]}]
+    assert_problem(client.post("/api/tasks/batch", content=ndjson(tasks), headers=NDJSON_HEADERS), 422)
+    assert redis.zcard("rqflow:tasks") == 0
+
+
+def test_an_ndjson_batch_echoes_every_task_when_asked(client: TestClient) -> None:
+    tasks = [{"id": "e1", "type": "echo"}, {"id": "e2", "type": "echo", "dependencies": ["e1"]}]
+    response = client.post(
+        "/api/tasks/batch", content=ndjson(tasks), headers={**NDJSON_HEADERS, "Prefer": "return=representation"}
+    )
+    assert response.status_code == 201
+    assert [(t["id"], t["status"]) for t in response.json()["tasks"]] == [("e1", "QUEUED"), ("e2", "PENDING")]
+    dry = client.post(
+        "/api/tasks/batch?dry_run=true", content=ndjson([{"id": "e3", "type": "echo"}]), headers=NDJSON_HEADERS
+    )
+    assert dry.status_code == 200 and dry.json()["dry_run"] is True and dry.json()["count"] == 1
