@@ -336,19 +336,24 @@ def run_lateness_plain(url: str, env: dict[str, str], n: int, spread_s: float) -
     return {**percentiles(late), "early": sum(1 for v in late if v < 0)}
 
 
-def run_batch_and_listing(url: str, env: dict[str, str], batch: int, stored: int) -> dict[str, Any]:
+def run_batch_and_listing(
+    url: str, env: dict[str, str], batch: int, stored: int, ndjson_tasks: int = 100_000
+) -> dict[str, Any]:
     """A `batch`-task DAG submitted over HTTP (server time from the Server-Timing header, and the
     client's wall time), next to plain RQ's `enqueue_many` of the same jobs in-process; then list
     latency with `stored` tasks in Redis."""
     redis = Redis.from_url(url)
 
-    def dag(prefix: str) -> list[dict[str, Any]]:
+    def dag_of(size: int, prefix: str) -> list[dict[str, Any]]:
         # Not a flat list: every task but the first ten depends on the one ten places back.
         return [
             {"id": f"{prefix}{i}", "type": "data_processing", "duration_ms": 0}
             | ({"dependencies": [f"{prefix}{i - 10}"]} if i >= 10 else {})
-            for i in range(batch)
+            for i in range(size)
         ]
+
+    def dag(prefix: str) -> list[dict[str, Any]]:
+        return dag_of(batch, prefix)
 
     def rq_enqueue_many(prefix: str, dependencies: bool) -> float:
         redis.flushall()
@@ -370,7 +375,17 @@ def run_batch_and_listing(url: str, env: dict[str, str], batch: int, stored: int
     # One round: RQ checks each dependent job's parents in a round trip of its own.
     result["rq_dag_s"] = rq_enqueue_many("d-", dependencies=True)
     with api(url, env) as port:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        redis.flushall()
+        lines = (json.dumps(task).encode() for task in dag_of(ndjson_tasks, "nd-"))
+        started = time.perf_counter()
+        conn.request("POST", "/api/tasks/batch", b"\n".join(lines), {"Content-Type": "application/x-ndjson"})
+        response = conn.getresponse()
+        summary = json.loads(response.read())
+        assert response.status == 201 and summary["count"] == ndjson_tasks, summary
+        result["ndjson_tasks"] = ndjson_tasks
+        result["ndjson_wall_s"] = time.perf_counter() - started
+        result["ndjson_server_s"] = float(response.headers["Server-Timing"].partition("dur=")[2]) / 1000
         for label, headers in (("", {}), ("minimal_", {"Prefer": "return=minimal"})):
             server, wall = [], []
             for round_ in range(5):
@@ -495,6 +510,10 @@ def main() -> None:
                     f"({manage['batch_minimal_wall_s'] * 1000:.0f} ms)\n"
                     f"[plain RQ enqueue_many of the same jobs, in-process]: "
                     f"{manage['rq_flat_s'] * 1000:.0f} ms flat, {manage['rq_dag_s'] * 1000:.0f} ms as a DAG"
+                )
+                print(
+                    f"[one NDJSON batch of {manage['ndjson_tasks']} tasks (a DAG), summary answer]: server time "
+                    f"{manage['ndjson_server_s']:.2f} s (client wall {manage['ndjson_wall_s']:.2f} s)"
                 )
                 print(f"[with {manage['stored']} tasks stored, median of 20 requests over HTTP]")
                 for key in (
