@@ -30,6 +30,8 @@ from app.jobs.status import task_status
 from app.model import CALL_FIELDS, Task, TaskError, TaskSpec
 from app.registry import TaskType
 
+MAX_TEMPLATES = 1024
+
 OWN_FIELDS = frozenset(
     {
         "created_at",
@@ -101,6 +103,9 @@ class Factory:
     def __init__(self, queues: dict[Any, Queue], result_ttl_s: int) -> None:
         self.queues = queues
         self.result_ttl_s = result_ttl_s
+        self.templates: dict[tuple[Any, ...], list[Any]] = {}
+        """Shapes.fields' templates, kept across submissions: they hold no time or id, and one
+        task alone would otherwise build an RQ job to make one each time."""
 
     def build(self, p: Planned, created_at: datetime, status: JobStatus) -> TaskJob:
         """The task as an RQ job object, not yet saved, for RQ's own methods to write."""
@@ -173,7 +178,9 @@ class Shapes:
         self.factory = factory
         self.created_at = created_at
         self.created = utcformat(created_at)
-        self.templates: dict[tuple[Any, ...], list[Any]] = {}
+        if len(factory.templates) > MAX_TEMPLATES:  # timeouts and attempts are the client's to vary
+            factory.templates.clear()
+        self.templates = factory.templates
 
     def fields(self, p: Planned, status: JobStatus) -> list[Any]:
         """The hash RQ would write for `p` as a new DEFERRED or QUEUED job (queued: enqueued at

@@ -79,20 +79,45 @@ return 0
 
 # One task with nothing to read first (no dependencies, no concurrency limit): the check of its id
 # and all of its writes in one script, one round trip instead of the reservation's and the
-# transaction's. KEYS: the claims set, the job key. ARGV: now (ms), the id, then the writes, each
-# as its number of words followed by the words. Returns STORED, CLAIMED, or 0 once written.
+# transaction's. KEYS: the claims set, the job key. ARGV: now (ms), the id, and the writes framed
+# in one argument (`_frame`: each word as `<length>:<bytes>`; each write as its number of words
+# followed by the words), so that a client packs three arguments, not forty. Returns STORED,
+# CLAIMED, or 0 once written.
 WRITE_ONE = """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end  -- STORED
 local claimed = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if claimed and tonumber(claimed) > tonumber(ARGV[1]) then return 2 end  -- CLAIMED
-local i = 3
-while i <= #ARGV do
-    local n = tonumber(ARGV[i])
-    redis.call(unpack(ARGV, i + 1, i + n))
+local blob, at, words = ARGV[3], 1, {}
+while at <= #blob do
+    local colon = string.find(blob, ':', at, true)
+    local n = tonumber(string.sub(blob, at, colon - 1))
+    words[#words + 1] = string.sub(blob, colon + 1, colon + n)
+    at = colon + n + 1
+end
+local i = 1
+while i <= #words do
+    local n = tonumber(words[i])
+    redis.call(unpack(words, i + 1, i + n))
     i = i + n + 1
 end
 return 0
 """
+
+
+def _frame(words: list[Any]) -> bytes:
+    """Words as WRITE_ONE reads them, each encoded as redis-py would send it."""
+    parts: list[bytes] = []
+    for word in words:
+        if isinstance(word, bytes | bytearray | memoryview):
+            raw = bytes(word)
+        elif isinstance(word, str):
+            raw = word.encode()
+        elif isinstance(word, float):
+            raw = repr(word).encode()
+        else:
+            raw = str(int(word)).encode()
+        parts += (b"%d:" % len(raw), raw)
+    return b"".join(parts)
 
 
 class Submission:
@@ -180,11 +205,12 @@ class Submission:
     def _prepare_one(self, p: Planned) -> _OneWrite | None:
         recorder = _Recorder(self.connection)
         placed = self._write_all([p], {}, recorder, dry_run=False)
-        words: list[Any] = [int(time.time() * 1000), p.task_id]
+        writes: list[Any] = []
         for args, _ in recorder.command_stack:
             if args[0] in ("EVAL", "EVALSHA"):
                 return None
-            words += [len(args), *args]
+            writes += [len(args), *args]
+        words = [int(time.time() * 1000), p.task_id, _frame(writes)]
         return _OneWrite(self, placed, [keys.CLAIMS, TaskJob.key_for(p.task_id)], words)
 
     def _write(self, plan: list[Planned], outside: list[str], batch: bool, dry_run: bool) -> dict[str, Task]:
