@@ -52,6 +52,30 @@ local result_ttl_default = ARGV[B + 4]
 local wip_prefix, finished_prefix, results_prefix, executions_key = ARGV[B + 5], ARGV[B + 6], ARGV[B + 7], ARGV[B + 8]
 local started_event, completed_event, bucket, bucket_ttl = ARGV[B + 9], ARGV[B + 10], ARGV[B + 11], ARGV[B + 12]
 local execution_base, now_s = ARGV[B + 13], tonumber(ARGV[B + 14])
+
+-- RQ's time format (rq.utils.utcformat) of a Redis TIME reply.
+local function utc(seconds, micros)
+    local days = math.floor(seconds / 86400)
+    local rem = seconds - days * 86400
+    local z = days + 719468
+    local era = math.floor(z / 146097)
+    local doe = z - era * 146097
+    local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+    local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+    local mp = math.floor((5 * doy + 2) / 153)
+    local day = doy - math.floor((153 * mp + 2) / 5) + 1
+    local month = mp < 10 and mp + 3 or mp - 9
+    local year = yoe + era * 400 + (month <= 2 and 1 or 0)
+    return string.format('%04d-%02d-%02dT%02d:%02d:%02d.%06dZ', year, month, day, math.floor(rem / 3600),
+        math.floor(rem % 3600 / 60), rem % 60, micros)
+end
+
+-- The time of this step from Redis's clock, read as the script runs. Workers read their own
+-- clocks before their scripts queue up behind one another in Redis, so with those a child's
+-- start could read earlier than the end of the parent that released it.
+local clock = redis.call('TIME')
+local clock_s, clock_us = tonumber(clock[1]), tonumber(clock[2])
+now, now_ms, now_s = utc(clock_s, clock_us), clock_s * 1000 + math.floor(clock_us / 1000), clock_s + clock_us / 1e6
 local execution_prefix, woken = ARGV[B + 15], ARGV[B + 16] == '1'
 local n_queues = tonumber(ARGV[B + 17])
 local at = B + 18
