@@ -109,3 +109,9 @@ def wake_key(queue: str) -> str:
     Waiting on the queue with BLPOP took the task out of Redis before it was started, and a
     worker killed in that instant lost it; the doorbell can be lost, the task cannot."""
     return f"{PREFIX}:wake:{queue}"
+
+
+def lease_sweep_lock(queue: str) -> str:
+    """Held for a few seconds by the one worker retrying or failing a queue's runs whose lease
+    lapsed, so that no two handle the same dead worker's task."""
+    return f"{PREFIX}:lock:lapsed:{queue}"

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from rq.command import parse_payload
 from rq.executions import Execution
 from rq.job import JobStatus
+from rq.queue import Queue
 from rq.worker import BaseWorker
 
 from app.jobs.engine import Claimed, Ended, Engine, Running
@@ -25,7 +27,7 @@ from app.jobs.job import TaskJob
 from app.model import ErrorType
 from app.settings import Settings
 from workers.pool import Outcome, Pool
-from workers.worker import TaskStartedJobRegistry, TaskWorkerMixin
+from workers.worker import TaskWorkerMixin
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class _EngineLoop(BaseWorker):
     _shutdown_deadline: float | None
     _cut_off: str | None
     """Both kept by TaskWorkerMixin: when a shutdown's grace ends, and the task it cut off."""
+    recover_lapsed: Callable[[Queue], None]
+    """TaskWorkerMixin's rescue of a queue's runs whose lease lapsed."""
 
     def work(  # type: ignore[override]
         self,
@@ -159,17 +163,11 @@ class _EngineLoop(BaseWorker):
 
     def _recover_lapsed(self, engine: Engine) -> None:
         """Retry or fail the runs whose worker died (their lease lapsed), as RQ's maintenance would,
-        but within a second instead of at its next pass; under the same per-queue lock as it."""
+        but within a second instead of at its next pass."""
         lapsed = set(engine.lapsed())
         for queue in self.queues:
-            if queue.name in lapsed and queue.acquire_maintenance_lock():
-                try:
-                    registry = TaskStartedJobRegistry(
-                        queue.name, connection=self.connection, job_class=self.job_class, serializer=self.serializer
-                    )
-                    registry.cleanup(exception_handlers=self._exc_handlers)
-                finally:
-                    queue.release_maintenance_lock()
+            if queue.name in lapsed:
+                self.recover_lapsed(queue)
 
     def _start(self, task: Claimed, child: Any, pool: Pool) -> None:
         if task.refused:

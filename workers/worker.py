@@ -203,6 +203,22 @@ class TaskWorkerMixin(BaseWorker):
                 # The maintenance sweep settles whatever this left pending.
                 log.exception("could not cancel the dependents of task %s", job.id)
 
+    def recover_lapsed(self, queue: Queue) -> None:
+        """Retry or fail the runs in `queue` whose lease lapsed (their worker died), with RQ's
+        cleanup of its started registry; one process at a time, under a lock of a few seconds
+        released when done. (Under RQ's maintenance lock, held a minute, one worker killed in the
+        middle held back every rescue that long.)"""
+        lock = keys.lease_sweep_lock(queue.name)
+        if not self.connection.set(lock, self.name, nx=True, px=LEASE_LOCK_MS):
+            return
+        try:
+            registry = TaskStartedJobRegistry(
+                queue.name, connection=self.connection, job_class=self.job_class, serializer=self.serializer
+            )
+            registry.cleanup(exception_handlers=self._exc_handlers)
+        finally:
+            self.connection.delete(lock)
+
     def clean_registries(self) -> None:
         """RQ's maintenance (which fails the jobs of dead workers), then settle every pending task
         whose parents have all ended, whichever process ended them.
@@ -219,21 +235,29 @@ class TaskWorkerMixin(BaseWorker):
                     "job_class": queue.job_class,
                     "serializer": queue.serializer,
                 }
-                FinishedJobRegistry(queue.name, **same).cleanup()
-                TaskStartedJobRegistry(queue.name, **same).cleanup(exception_handlers=self._exc_handlers)
-                FailedJobRegistry(queue.name, **same).cleanup()
-                DeferredJobRegistry(queue.name, **same).cleanup()
-                ReadyJobRegistry(queue.name, **same).cleanup()
-                for limit in RateLimitRegistry.all(queue.connection):
-                    limit.cleanup()
-                worker_registration.clean_worker_registry(queue)
-                queue.intermediate_queue.cleanup(self, queue)
-                queue.release_maintenance_lock()
+                try:
+                    FinishedJobRegistry(queue.name, **same).cleanup()
+                    self.recover_lapsed(queue)
+                    FailedJobRegistry(queue.name, **same).cleanup()
+                    DeferredJobRegistry(queue.name, **same).cleanup()
+                    ReadyJobRegistry(queue.name, **same).cleanup()
+                    for limit in RateLimitRegistry.all(queue.connection):
+                        limit.cleanup()
+                    worker_registration.clean_worker_registry(queue)
+                    queue.intermediate_queue.cleanup(self, queue)
+                finally:
+                    # Whatever happened (Redis going away mid-pass above all): a lock left
+                    # behind would stop every worker's maintenance for MAINTENANCE_LOCK_S.
+                    queue.release_maintenance_lock()
         self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ declares it as None
         connection = self.connection
         lock_s = max(int(self.maintenance_interval) - 1, 1)
         if connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=lock_s):
             repair(self.tasks, [q.name for q in self.queues])
+
+
+LEASE_LOCK_MS = 5000
+"""How long one process may hold a queue's lapsed-lease rescue (app.keys.lease_sweep_lock)."""
 
 
 def record_error(
