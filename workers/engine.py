@@ -53,7 +53,8 @@ class _EngineLoop(BaseWorker):
     _cut_off: str | None
     """Both kept by TaskWorkerMixin: when a shutdown's grace ends, and the task it cut off."""
     recover_lapsed: Callable[[Queue], None]
-    """TaskWorkerMixin's rescue of a queue's runs whose lease lapsed."""
+    release_overdue: Callable[[list[str]], None]
+    """TaskWorkerMixin's rescues: of a queue's runs whose lease lapsed, of overdue retries."""
 
     def work(  # type: ignore[override]
         self,
@@ -168,6 +169,7 @@ class _EngineLoop(BaseWorker):
         for queue in self.queues:
             if queue.name in lapsed:
                 self.recover_lapsed(queue)
+        self.release_overdue(self.queue_names())
 
     def _start(self, task: Claimed, child: Any, pool: Pool) -> None:
         if task.refused:

@@ -82,3 +82,20 @@ def test_a_worker_that_dies_while_waiting_for_work_takes_no_task_with_it(
     finally:
         kill_tree(worker.pid)
         worker.wait(10)
+
+
+def test_a_retry_is_moved_even_with_no_rq_scheduler_running(client: TestClient, settings: Settings) -> None:
+    """RQ's scheduler (which moves a retry whose backoff ended) runs in one worker at a time; one
+    killed while holding its lock keeps the others out for a minute. Here no worker runs it at
+    all: the engine moves the retry itself once it is OVERDUE_S late."""
+    client.post(
+        "/api/tasks",
+        json={"id": "again", "type": "flaky", "payload": {"succeed_on": 2}, "backoff": {"initial_ms": 200}},
+    )
+    worker = rq_worker(str(settings.redis_url), worker_class="workers.engine.EngineWorker")  # no --with-scheduler
+    try:
+        wait_for_status(client, "again", "COMPLETED", timeout=30)
+        assert client.get("/api/tasks/again").json()["attempts"] == 2
+    finally:
+        kill_tree(worker.pid)
+        worker.wait(10)
