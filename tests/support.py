@@ -9,7 +9,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -136,6 +137,19 @@ def rq_worker(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+@contextmanager
+def engine_worker(url: str, *flags: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """The Procfile's default worker class as `rq worker`, killed (with its children) on the way out."""
+    from bench.procs import kill_tree
+
+    worker = rq_worker(url, *flags, env=env, worker_class="workers.engine.EngineWorker")
+    try:
+        yield worker
+    finally:
+        kill_tree(worker.pid)
+        worker.wait(10)
 
 
 def post_task(client: Any, body: dict[str, Any], status: int = 201) -> dict[str, Any]:

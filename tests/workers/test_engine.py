@@ -12,8 +12,7 @@ from starlette.testclient import TestClient
 
 from app.jobs.engine import Engine
 from app.settings import Settings
-from bench.procs import kill_tree
-from tests.support import rq_worker, wait_for_status, wait_until
+from tests.support import engine_worker, wait_for_status, wait_until
 from workers.engine import EngineWorker
 
 RQ = str(Path(sys.executable).parent / "rq")
@@ -25,14 +24,9 @@ def test_every_task_an_engine_worker_runs_is_shown_on_it_until_it_ends(
     ids = ["slow-1", "slow-2", "slow-3"]
     for task_id in ids:
         client.post("/api/tasks", json={"id": task_id, "type": "data_processing", "duration_ms": 2500})
-    worker = rq_worker(
-        str(settings.redis_url),
-        "--name",
-        "many",
-        env={"RQFLOW_CONCURRENCY": "3", "RQFLOW_HEARTBEAT_S": "1"},
-        worker_class="workers.engine.EngineWorker",
-    )
-    try:
+    with engine_worker(
+        str(settings.redis_url), "--name", "many", env={"RQFLOW_CONCURRENCY": "3", "RQFLOW_HEARTBEAT_S": "1"}
+    ):
 
         def shown() -> list[str]:
             listed = [w for w in client.get("/api/workers").json() if w["name"] == "many"]
@@ -51,9 +45,6 @@ def test_every_task_an_engine_worker_runs_is_shown_on_it_until_it_ends(
             wait_for_status(client, task_id, "COMPLETED", timeout=30)
         # Ended in the same step that removed them from the worker: never shown as running after.
         assert shown() == []
-    finally:
-        kill_tree(worker.pid)
-        worker.wait(10)
 
 
 def test_an_engine_worker_counts_what_it_ran_as_rq_does(client: TestClient, redis: Redis, settings: Settings) -> None:
@@ -75,13 +66,9 @@ def test_a_worker_that_dies_while_waiting_for_work_takes_no_task_with_it(
     client.post("/api/tasks", json={"id": "survivor", "type": "echo"})
     assert doomed.wait(timeout_s=1.0)  # woken by the submission ... and never heard from again
     assert client.get("/api/tasks/survivor").json()["status"] == "QUEUED"
-    worker = rq_worker(str(settings.redis_url), worker_class="workers.engine.EngineWorker")
-    try:
+    with engine_worker(str(settings.redis_url)):
         wait_for_status(client, "survivor", "COMPLETED", timeout=20)
-        assert client.get("/api/tasks/survivor").json()["attempts"] == 1
-    finally:
-        kill_tree(worker.pid)
-        worker.wait(10)
+    assert client.get("/api/tasks/survivor").json()["attempts"] == 1
 
 
 def test_a_retry_is_moved_even_with_no_rq_scheduler_running(client: TestClient, settings: Settings) -> None:
@@ -92,10 +79,6 @@ def test_a_retry_is_moved_even_with_no_rq_scheduler_running(client: TestClient, 
         "/api/tasks",
         json={"id": "again", "type": "flaky", "payload": {"succeed_on": 2}, "backoff": {"initial_ms": 200}},
     )
-    worker = rq_worker(str(settings.redis_url), worker_class="workers.engine.EngineWorker")  # no --with-scheduler
-    try:
+    with engine_worker(str(settings.redis_url)):  # no --with-scheduler
         wait_for_status(client, "again", "COMPLETED", timeout=30)
-        assert client.get("/api/tasks/again").json()["attempts"] == 2
-    finally:
-        kill_tree(worker.pid)
-        worker.wait(10)
+    assert client.get("/api/tasks/again").json()["attempts"] == 2

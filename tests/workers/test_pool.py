@@ -14,8 +14,8 @@ from starlette.testclient import TestClient
 
 from app.jobs.engine import Claimed
 from app.settings import Settings
-from bench.procs import descendants, kill_tree
-from tests.support import rq_worker, wait_for_status, wait_until
+from bench.procs import descendants
+from tests.support import engine_worker, rq_worker, wait_for_status, wait_until
 from workers.pool import Outcome, Pool
 
 
@@ -111,15 +111,11 @@ def test_a_crash_on_the_engine_is_retried_and_the_history_says_why(
     client: TestClient, settings: Settings, worker_env: dict[str, str]
 ) -> None:
     client.post("/api/tasks", json={"id": "crashy", "type": "crash", "payload": {"how": "segv"}})
-    worker = rq_worker(str(settings.redis_url), env=worker_env, worker_class="workers.engine.EngineWorker")
-    try:
+    with engine_worker(str(settings.redis_url), env=worker_env):
         wait_for_status(client, "crashy", "COMPLETED", timeout=60)
-        assert client.get("/api/tasks/crashy").json()["attempts"] == 2
-        retrying = [e for e in client.get("/api/tasks/crashy/history").json() if e["event"] == "retrying"]
-        assert retrying and retrying[0]["error"]["type"] == "worker_lost"
-    finally:
-        kill_tree(worker.pid)
-        worker.wait(10)
+    assert client.get("/api/tasks/crashy").json()["attempts"] == 2
+    retrying = [e for e in client.get("/api/tasks/crashy/history").json() if e["event"] == "retrying"]
+    assert retrying and retrying[0]["error"]["type"] == "worker_lost"
 
 
 def test_children_never_outlive_their_worker(settings: Settings, worker_env: dict[str, str]) -> None:
