@@ -27,7 +27,7 @@ from app.jobs.job import TaskJob
 from app.model import ErrorType
 from app.settings import Settings
 from workers.pool import Outcome, Pool
-from workers.worker import TaskWorkerMixin
+from workers.worker import OVERDUE_S, TaskWorkerMixin
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,9 @@ class _EngineLoop(BaseWorker):
         engine = Engine(self.connection, self.queue_names(), self.name, lease_s, settings.result_ttl_s)
         self.pool = pool = Pool(settings)
         pool.start()
-        self._published: set[str] = set()
+        self._published_at = 0.0
+        """When the last heartbeat published the runs in progress (epoch s): a run that started
+        by then was running then, so has an RQ execution record for its end to remove."""
         done = 0
         ended: list[Ended] = []
         woken = False
@@ -124,8 +126,7 @@ class _EngineLoop(BaseWorker):
                 self._cut_off_at_deadline(pool)
                 for outcome in pool.wait(timeout):
                     done += 1
-                    published = outcome.task.execution in self._published
-                    self._published.discard(outcome.task.execution)
+                    published = outcome.started <= self._published_at
                     if outcome.result_json is not None:
                         ended.append(
                             Ended(
@@ -157,19 +158,21 @@ class _EngineLoop(BaseWorker):
         now = time.monotonic()
         if now < due:
             return due
+        published_at = time.time()
         running = [Running(c.task.origin, c.task.id, c.task.execution, c.started) for c in pool.busy if c.task]
         engine.heartbeat(self, running, busy=bool(running))
-        self._published.update(run.execution for run in running)
+        self._published_at = published_at
         return now + self.settings.heartbeat_s
 
     def _recover_lapsed(self, engine: Engine) -> None:
         """Retry or fail the runs whose worker died (their lease lapsed), as RQ's maintenance would,
         but within a second instead of at its next pass."""
-        lapsed = set(engine.lapsed())
+        lapsed, overdue = engine.due(OVERDUE_S)
         for queue in self.queues:
             if queue.name in lapsed:
                 self.recover_lapsed(queue)
-        self.release_overdue(self.queue_names())
+        if overdue:
+            self.release_overdue(overdue)
 
     def _start(self, task: Claimed, child: Any, pool: Pool) -> None:
         if task.refused:

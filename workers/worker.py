@@ -25,13 +25,12 @@ from rq.registry import (
     FailedJobRegistry,
     FinishedJobRegistry,
     ReadyJobRegistry,
-    ScheduledJobRegistry,
     StartedJobRegistry,
 )
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
-from rq.utils import current_timestamp, now
+from rq.utils import now
 from rq.worker import BaseWorker, SimpleWorker, Worker
 
 from app import history, keys
@@ -222,24 +221,19 @@ class TaskWorkerMixin(BaseWorker):
             self.connection.delete(lock)
 
     def release_overdue(self, queue_names: list[str]) -> None:
-        """Move onto their queues the retries whose backoff ended more than OVERDUE_S ago, with
-        RQ's own scheduler code. RQ's scheduler does it every second, but only in the one worker
-        holding its lock, and a worker killed while holding it keeps every other out for the lock's
-        TTL: its interval plus 60 s (rq.scheduler.RQScheduler.acquire_locks)."""
-        cutoff = current_timestamp() - OVERDUE_S
-        with self.connection.pipeline(transaction=False) as reads:
-            for name in queue_names:
-                reads.zrangebyscore(ScheduledJobRegistry(name, connection=self.connection).key, 0, cutoff, 0, 1)
-            overdue = [name for name, due in zip(queue_names, reads.execute(), strict=True) if due]
+        """Move onto their queues the retries whose backoff ended more than OVERDUE_S ago (the
+        caller found some), with RQ's own scheduler code. RQ's scheduler does it every second, but
+        only in the one worker holding its lock, and a worker killed while holding it keeps every
+        other out for the lock's TTL: its interval plus 60 s (rq.scheduler.RQScheduler.acquire_locks)."""
         lock = keys.lease_sweep_lock("scheduled")
-        if not overdue or not self.connection.set(lock, self.name, nx=True, px=LEASE_LOCK_MS):
+        if not self.connection.set(lock, self.name, nx=True, px=LEASE_LOCK_MS):
             return
         try:
             log.warning(
-                "retries overdue by more than %s s in %s: moving them (is RQ's scheduler down?)", OVERDUE_S, overdue
+                "retries overdue by more than %s s in %s: moving them (RQ's scheduler down?)", OVERDUE_S, queue_names
             )
-            scheduler = RQScheduler(overdue, connection=self.connection, serializer=self.serializer)
-            scheduler.prepare_registries(overdue)
+            scheduler = RQScheduler(queue_names, connection=self.connection, serializer=self.serializer)
+            scheduler.prepare_registries(queue_names)
             scheduler.enqueue_scheduled_jobs()
         finally:
             self.connection.delete(lock)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -40,8 +41,8 @@ from app.schedules import ScheduleService
 
 BATCH_PATH = "/api/tasks/batch"
 BATCH_MEMBERS = TypeAdapter(list[TaskIn])
-NDJSON = "application/x-ndjson"
 """Validates a whole batch in one call into pydantic's core, not one call per member."""
+NDJSON = "application/x-ndjson"
 
 
 class ListQuery(BaseModel):
@@ -113,9 +114,7 @@ async def _submit_ndjson(request: Request, dry_run: bool, full: bool) -> Respons
     if full:
         content = codec.dumps({"dry_run": dry_run, "tasks": [task_json(t) for t in tasks]})
         return Response(content, status_code=status, media_type="application/json")
-    counts: dict[str, int] = {}
-    for task in tasks:
-        counts[task.status.value] = counts.get(task.status.value, 0) + 1
+    counts = Counter(task.status.value for task in tasks)
     summary = {"dry_run": dry_run, "created": created, "count": len(tasks), "statuses": counts}
     return JsonResponse(summary, status_code=status, headers={"Preference-Applied": "return=minimal"})
 

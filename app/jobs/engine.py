@@ -33,7 +33,7 @@ from typing import Any
 
 from redis import Redis
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
-from rq.registry import FinishedJobRegistry, StartedJobRegistry
+from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.results import Result
 from rq.utils import as_text
 from rq.worker import BaseWorker, WorkerStatus
@@ -320,14 +320,21 @@ class Engine:
                 pipe.zadd(StartedJobRegistry.key_template.format(origin), members, xx=True)
             pipe.execute()
 
-    def lapsed(self) -> list[str]:
-        """The queues with a run whose lease lapsed (its worker died or stopped answering)."""
+    def due(self, overdue_s: float) -> tuple[list[str], list[str]]:
+        """In one round trip: the queues with a run whose lease lapsed (its worker died), and those
+        with a retry due more than `overdue_s` ago (no RQ scheduler moved it)."""
         now_s = datetime.now(timezone.utc).timestamp()
         with self.connection.pipeline(transaction=False) as pipe:
             for queue in self.queues:
                 pipe.zrangebyscore(StartedJobRegistry.key_template.format(queue), "-inf", now_s, start=0, num=1)
+            for queue in self.queues:
+                scheduled = ScheduledJobRegistry.key_template.format(queue)
+                pipe.zrangebyscore(scheduled, 0, now_s - overdue_s, start=0, num=1)
             found = pipe.execute()
-        return [queue for queue, ids in zip(self.queues, found, strict=True) if ids]
+        n = len(self.queues)
+        lapsed = [queue for queue, ids in zip(self.queues, found[:n], strict=True) if ids]
+        overdue = [queue for queue, ids in zip(self.queues, found[n:], strict=True) if ids]
+        return lapsed, overdue
 
 
 def _claimed(row: list[Any]) -> Claimed:

@@ -26,15 +26,17 @@ log = logging.getLogger(__name__)
 Loaded = tuple[TaskJob, Result | None]
 
 
+CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT_S,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+    "health_check_interval": REDIS_HEALTH_CHECK_S,
+}
+"""A client that fails fast instead of hanging when Redis is away (requests get a 503, the
+scheduler exits and is restarted), and checks a connection idle for a while before using it."""
+
+
 def connect(settings: Settings) -> Redis:
-    """A client that fails fast instead of hanging when Redis is away (requests get a 503, the
-    scheduler exits and is restarted), and checks a connection idle for a while before using it."""
-    return Redis.from_url(
-        settings.effective_redis_url,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        health_check_interval=REDIS_HEALTH_CHECK_S,
-    )
+    return Redis.from_url(settings.effective_redis_url, **CLIENT_OPTIONS)
 
 
 class WakingQueue(Queue):
@@ -48,12 +50,7 @@ class WakingQueue(Queue):
 
 def connect_async(settings: Settings) -> AsyncRedis:
     """The asyncio twin of `connect`, for what the API runs on its event loop."""
-    return AsyncRedis.from_url(
-        settings.effective_redis_url,
-        socket_connect_timeout=REDIS_CONNECT_TIMEOUT_S,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        health_check_interval=REDIS_HEALTH_CHECK_S,
-    )
+    return AsyncRedis.from_url(settings.effective_redis_url, **CLIENT_OPTIONS)
 
 
 def queues(connection: Redis) -> dict[Priority, Queue]:

@@ -115,8 +115,8 @@ class Submission:
         self.factory = Factory(queues, result_ttl_s)
         self._reserve = connection.register_script(RESERVE)
         self._write_one = connection.register_script(WRITE_ONE)
-        self._write_one_async: dict[int, Any] = {}
-        """WRITE_ONE registered on each asyncio connection it was run on."""
+        self._write_one_async: Any = None
+        """WRITE_ONE for asyncio clients, made on first use (it is called with its client)."""
 
     def submit(self, specs: Sequence[TaskSpec], *, batch: bool, dry_run: bool = False) -> tuple[list[Task], bool]:
         """Store every task or none; returns them in request order, and whether they were created
@@ -130,7 +130,7 @@ class Submission:
         new_keys = [TaskJob.key_for(task_id) for task_id in ids]
         in_batch = set(ids)
         outside = sorted({e.parent for p in plan for e in p.spec.dependencies if e.parent not in in_batch})
-        if len(plan) == 1 and not dry_run and not outside and not plan[0].task_type.concurrency:
+        if len(plan) == 1 and not dry_run and _one_script(plan[0]):
             written_one = self._submit_one(plan[0])
             if written_one is not None:
                 return written_one
@@ -143,10 +143,7 @@ class Submission:
             if taken == STORED:
                 return self._repeat(plan), False
             if taken == CLAIMED:
-                raise SubmissionInProgress(
-                    "another submission of some of these ids is being written (or was cut off by a crash "
-                    f"less than {CLAIM_TTL_MS // 1000} s ago); send this one again shortly"
-                )
+                raise _in_progress("some of these ids")
         written = False
         try:
             with gc_paused():
@@ -178,14 +175,15 @@ class Submission:
         """`submit` of one task on an asyncio connection, for the API's event loop: no thread hop
         and no blocked loop while Redis runs the script. None where the general path must take it
         (dependencies, a limit, or an id already stored, whose repeat needs reads)."""
+        if spec.dependencies:
+            return None  # before planning it: the general path plans it again
         p = self._plan([spec], batch=False)[0]
-        one = None if p.spec.dependencies or p.task_type.concurrency else self._prepare_one(p)
+        one = self._prepare_one(p) if _one_script(p) else None
         if one is None:
             return None
-        script = self._write_one_async.get(id(connection))
-        if script is None:
-            script = self._write_one_async[id(connection)] = connection.register_script(WRITE_ONE)
-        taken = await script(keys=one.keys, args=one.words)
+        if self._write_one_async is None:
+            self._write_one_async = connection.register_script(WRITE_ONE)
+        taken = await self._write_one_async(keys=one.keys, args=one.words, client=connection)
         return None if taken == STORED else (one.written(taken), True)
 
     def _prepare_one(self, p: Planned) -> _OneWrite | None:
@@ -436,6 +434,19 @@ def _where(batch: bool, index: int, field: str) -> str:
     return f"tasks.{index}.{field}" if batch else field
 
 
+def _in_progress(ids: str) -> SubmissionInProgress:
+    return SubmissionInProgress(
+        f"another submission of {ids} is being written (or was cut off by a crash "
+        f"less than {CLAIM_TTL_MS // 1000} s ago); send this one again shortly"
+    )
+
+
+def _one_script(p: Planned) -> bool:
+    """Whether WRITE_ONE can store `p` alone: nothing to read first (no parents to check, no
+    concurrency limit to go through RQ's own script)."""
+    return not p.spec.dependencies and not p.task_type.concurrency
+
+
 @dataclass(frozen=True)
 class _OneWrite:
     """One task's check and writes, ready for WRITE_ONE, and what to answer once it ran."""
@@ -447,10 +458,7 @@ class _OneWrite:
 
     def written(self, taken: Any) -> Task:
         if taken == CLAIMED:
-            raise SubmissionInProgress(
-                "another submission of this id is being written (or was cut off by a crash "
-                f"less than {CLAIM_TTL_MS // 1000} s ago); send this one again shortly"
-            )
+            raise _in_progress("this id")
         tasks: dict[str, Task] = {}
         self.submission._answer(self.placed, tasks)
         (task,) = tasks.values()
