@@ -4,12 +4,60 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from app import codec
+
+Frozen = TypeVar("Frozen")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    names: frozenset[str]
+    required: frozenset[str]
+    defaults: tuple[tuple[str, Callable[[], Any]], ...]
+
+
+_LAYOUTS: dict[type, _Layout] = {}
+
+
+def assemble(cls: type[Frozen], values: dict[str, Any]) -> Frozen:
+    """`cls(**values)` for a frozen dataclass without `__post_init__`, at a tenth of the cost.
+
+    The `__init__` generated for a frozen dataclass sets every field through `object.__setattr__`
+    (2 us for Task's 22 fields), and a batch builds 10,000 specs and tasks. The instance is the
+    same: frozen, equal and hashed by its fields. An unknown or missing field is a TypeError, as
+    with the constructor; fields not given take their defaults."""
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        declared = fields(cls)  # type: ignore[arg-type]  # a dataclass, as documented
+        if hasattr(cls, "__post_init__"):
+            raise TypeError(f"{cls.__name__} checks its fields in __post_init__: call it instead")
+        layout = _LAYOUTS[cls] = _Layout(
+            frozenset(f.name for f in declared),
+            frozenset(f.name for f in declared if f.default is MISSING and f.default_factory is MISSING),
+            tuple(
+                (f.name, f.default_factory if f.default is MISSING else (lambda value=f.default: value))  # type: ignore[misc]
+                for f in declared
+                if f.default is not MISSING or f.default_factory is not MISSING
+            ),
+        )
+    given = values.keys()
+    if not (given <= layout.names and layout.required <= given):
+        unknown, missing = sorted(given - layout.names), sorted(layout.required - given)
+        raise TypeError(f"{cls.__name__}: unknown fields {unknown}, missing fields {missing}")
+    obj = object.__new__(cls)
+    state = obj.__dict__
+    if len(given) < len(layout.names):
+        for name, default in layout.defaults:
+            if name not in given:
+                state[name] = default()
+    state.update(values)
+    return obj
 
 
 class TaskStatus(str, Enum):
@@ -110,7 +158,8 @@ class TaskSpec:
     def fingerprint(self) -> str:
         """Stable hash of what was asked, so a repeat with the same body is recognised as one: every
         field in declaration order, so a field added to TaskSpec is part of it with no other edit."""
-        body = [_plain(getattr(self, name)) for name in _field_names(type(self))]
+        state = self.__dict__
+        body = [v if type(v) in _AS_IS else _plain(v) for v in map(state.__getitem__, _field_names(type(self)))]
         return hashlib.sha256(codec.dumps(body, sort_keys=True)).hexdigest()
 
 

@@ -12,7 +12,7 @@ from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, 
 
 from app.clock import iso
 from app.defaults import MAX_MS
-from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus
+from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus, assemble
 from app.schedules import Schedule, ScheduleSpec, TaskTemplate
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
@@ -88,12 +88,13 @@ def to_domain(body: BaseModel, target: type[Target]) -> Target:
     if shared is None:
         declared = fields(target)  # type: ignore[arg-type]  # every target is a dataclass
         shared = _SHARED[(type(body), target)] = tuple(f.name for f in declared if f.name in type(body).model_fields)
-    values = {}
-    for name in shared:
-        value = getattr(body, name)
-        convert = TO_DOMAIN.get(name)
-        values[name] = value if value is None or convert is None else convert(value)
-    return target(**values)
+    given = body.__dict__  # pydantic keeps a model's field values there
+    values = {name: given[name] for name in shared}
+    for name, convert in TO_DOMAIN.items():
+        value = values.get(name)
+        if value is not None:
+            values[name] = convert(value)
+    return assemble(target, values)
 
 
 class TaskTemplateIn(BaseModel):
@@ -281,8 +282,9 @@ def task_json(task: Task, detailed: bool = False) -> dict[str, Any]:
     """The task as JSON, every field as Task declares it; `detailed` (one task read on its own)
     adds `waiting_for`."""
     body = {}
+    stored = task.__dict__  # a frozen dataclass keeps its fields there; no getattr per field
     for name, own in _TASK_FIELDS:
-        value = getattr(task, name)
+        value = stored[name]
         show = own or _SHOWN_AS.get(type(value))
         body[name] = value if show is None else show(value)
     if detailed:

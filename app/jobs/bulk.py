@@ -35,7 +35,7 @@ class FastTransaction(Pipeline):
         return cls(connection.connection_pool, connection.response_callbacks, True, None)
 
     def __init__(self, *args: Any) -> None:
-        self.sent: list[str] = []
+        self.sent: list[Any] = []
         """Names of the commands sent after MULTI and not yet answered by EXEC, in order."""
         super().__init__(*args)
 
@@ -43,11 +43,15 @@ class FastTransaction(Pipeline):
         return self
 
     def pipeline_execute_command(self, *args: Any, **options: Any) -> FastTransaction:
-        body = next((s.script for s in self.scripts if s.sha == args[1]), None) if args[0] == "EVALSHA" else None
-        if body is not None:
-            # Sent ahead of EXEC, so a script cannot be loaded just before it; EVAL carries the
-            # body and cannot meet a NOSCRIPT (a Redis restart empties the script cache).
-            args = ("EVAL", body, *args[2:])
+        name = args[0]
+        if name == "EVALSHA":
+            body = next((s.script for s in self.scripts if s.sha == args[1]), None)
+            if body is not None:
+                # Sent ahead of EXEC, so a script cannot be loaded just before it; EVAL carries the
+                # body and cannot meet a NOSCRIPT (a Redis restart empties the script cache).
+                args = ("EVAL", body, *args[2:])
+        elif " " in name:  # redis-py names some commands in one string ('SCRIPT LOAD'); Redis wants two
+            args = (*name.split(), *args[1:])
         self.command_stack.append((args, options))
         if len(self.command_stack) >= self.stream_every:
             self._send()
@@ -58,10 +62,10 @@ class FastTransaction(Pipeline):
         if self.connection is None:
             self.connection = self.connection_pool.get_connection()
         packed = [pack_command(("MULTI",))] if first else []
-        packed += [pack_command(_split_name(args)) for args, _ in self.command_stack]
+        packed += [pack_command(args) for args, _ in self.command_stack]
         if end:
             packed.append(pack_command(("EXEC",)))
-        self.sent += [str(args[0]) for args, _ in self.command_stack]
+        self.sent += [args[0] for args, _ in self.command_stack]
         self.command_stack = []
         # Only before MULTI may a health check (a PING) be sent, and never while WATCHing: a
         # reconnect would drop the WATCH silently.
@@ -113,11 +117,3 @@ class FastTransaction(Pipeline):
         if replies is None:
             raise WatchError("a watched key changed")
         return list(replies)
-
-
-def _split_name(args: tuple[Any, ...]) -> tuple[Any, ...]:
-    """redis-py passes some commands' names as one string ('SCRIPT LOAD'); Redis wants two."""
-    name = args[0]
-    if isinstance(name, str) and " " in name:
-        return (*name.split(), *args[1:])
-    return args

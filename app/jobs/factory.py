@@ -27,7 +27,7 @@ from app.defaults import SMALL_DATA
 from app.jobs import spec as spec_fields
 from app.jobs.job import STATUS_EVENTS, TaskJob
 from app.jobs.status import task_status
-from app.model import CALL_FIELDS, Task, TaskError, TaskSpec
+from app.model import CALL_FIELDS, Task, TaskError, TaskSpec, assemble
 from app.registry import TaskType
 
 MAX_TEMPLATES = 1024
@@ -153,11 +153,12 @@ class Factory:
         spec = p.spec
         shown = task_status(status)
         values = p.values
-        return Task(
+        fields = {name: getattr(spec, name) for name in CALL_FIELDS}
+        fields.update(values)
+        fields.update(
             id=p.task_id,
             type=spec.type,
-            **{name: getattr(spec, name) for name in CALL_FIELDS},
-            **{**values, "name": values["name"] or spec.type},
+            name=values["name"] or spec.type,
             status=shown,
             attempts=0,
             created_at=created_at,
@@ -169,6 +170,7 @@ class Factory:
             error=TaskError(type=error.get("type", "error"), message=error.get("message", "")) if error else None,
             worker=None,
         )
+        return assemble(Task, fields)
 
 
 class Shapes:

@@ -12,7 +12,7 @@ import gc
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -118,9 +118,21 @@ class Submission:
         self._write_one_async: Any = None
         """WRITE_ONE for asyncio clients, made on first use (it is called with its client)."""
 
-    def submit(self, specs: Sequence[TaskSpec], *, batch: bool, dry_run: bool = False) -> tuple[list[Task], bool]:
+    def submit(
+        self,
+        specs: Sequence[TaskSpec],
+        *,
+        batch: bool,
+        dry_run: bool = False,
+        meanwhile: Callable[[list[Task]], None] | None = None,
+    ) -> tuple[list[Task], bool]:
         """Store every task or none; returns them in request order, and whether they were created
         (False: the same submission came again). `batch` only changes how errors name fields.
+
+        `meanwhile`, if given, is called with the tasks as they will be returned while Redis runs
+        the transaction, so that a caller can encode its answer in that time instead of after it;
+        again if the transaction is retried, and not at all where there is no such wait (a repeat,
+        a dry run, or tasks whose place a limit decides inside Redis).
 
         The new ids are reserved first by one atomic script (WATCHing thousands of keys costs Redis
         quadratic time); parents outside the batch are WATCHed until the write commits.
@@ -147,7 +159,7 @@ class Submission:
         written = False
         try:
             with gc_paused():
-                tasks = self._write(plan, outside, batch, dry_run)
+                tasks = self._write(plan, outside, batch, dry_run, meanwhile)
             written = True
         finally:
             if not dry_run and not written:
@@ -197,7 +209,14 @@ class Submission:
         words = [int(time.time() * 1000), p.task_id, pack_command(tuple(writes))]
         return _OneWrite(self, placed, [keys.CLAIMS, TaskJob.key_for(p.task_id)], words)
 
-    def _write(self, plan: list[Planned], outside: list[str], batch: bool, dry_run: bool) -> dict[str, Task]:
+    def _write(
+        self,
+        plan: list[Planned],
+        outside: list[str],
+        batch: bool,
+        dry_run: bool,
+        meanwhile: Callable[[list[Task]], None] | None = None,
+    ) -> dict[str, Task]:
         with FastTransaction.on(self.connection) as pipe:
             while True:
                 try:
@@ -207,18 +226,27 @@ class Submission:
                     self._check_parents_exist(plan, statuses, batch)
                     placed = self._write_all(plan, statuses, pipe, dry_run)
                     tasks: dict[str, Task] = {}
-                    answer = partial(self._answer, placed, tasks)
+                    if any(p.task_type.concurrency for p in plan):
+                        meanwhile = None
+                    answer = partial(self._answer, placed, tasks, meanwhile)
                     if dry_run:
                         pipe.reset()
-                        answer()
+                        self._answer(placed, tasks, None)
                     else:
                         pipe.execute(while_waiting=answer)  # Redis runs the writes meanwhile
                     return tasks
                 except WatchError:
                     continue
 
-    def _answer(self, placed: list[tuple[Planned, Placement]], into: dict[str, Task]) -> None:
+    def _answer(
+        self,
+        placed: list[tuple[Planned, Placement]],
+        into: dict[str, Task],
+        meanwhile: Callable[[list[Task]], None] | None,
+    ) -> None:
         into.update((p.task_id, self.factory.task(p, *placement)) for p, placement in placed)
+        if meanwhile is not None:
+            meanwhile([into[p.task_id] for p, _ in sorted(placed, key=lambda pair: pair[0].index)])
 
     def _plan(self, specs: Sequence[TaskSpec], batch: bool) -> list[Planned]:
         """Validate names and ids, and order the tasks parents first (or name the cycle)."""
@@ -460,7 +488,7 @@ class _OneWrite:
         if taken == CLAIMED:
             raise _in_progress("this id")
         tasks: dict[str, Task] = {}
-        self.submission._answer(self.placed, tasks)
+        self.submission._answer(self.placed, tasks, None)
         (task,) = tasks.values()
         return task
 

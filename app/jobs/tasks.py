@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from datetime import datetime, timedelta, timezone
 from enum import Enum
@@ -73,9 +73,15 @@ class TaskService:
         must run `submit` (off its event loop)."""
         return await self.submission.submit_one(connection, spec)
 
-    def submit_batch(self, specs: Sequence[TaskSpec], dry_run: bool = False) -> tuple[list[Task], bool]:
-        """A whole DAG, all or nothing; dependencies may point inside the batch in any order."""
-        return self.submission.submit(specs, batch=True, dry_run=dry_run)
+    def submit_batch(
+        self,
+        specs: Sequence[TaskSpec],
+        dry_run: bool = False,
+        meanwhile: Callable[[list[Task]], None] | None = None,
+    ) -> tuple[list[Task], bool]:
+        """A whole DAG, all or nothing; dependencies may point inside the batch in any order.
+        `meanwhile`: as Submission.submit's."""
+        return self.submission.submit(specs, batch=True, dry_run=dry_run, meanwhile=meanwhile)
 
     def release(self, task_id: str, at_ms: int) -> None:
         """A timed task's time has come (called by the scheduler's timer): queue it if its

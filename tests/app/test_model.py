@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import random
+from dataclasses import FrozenInstanceError
 
-from app.model import Backoff, Priority, TaskSpec, TaskStatus
+import pytest
+
+from app.model import Backoff, Priority, TaskSpec, TaskStatus, assemble
 
 
 def test_terminal_statuses() -> None:
@@ -55,3 +58,18 @@ def test_fingerprints_stay_what_stored_tasks_were_given() -> None:
     )
     assert full.fingerprint() == "2d9f9cd9c810f6decb5646da1d1cc777c52aebe5d730f74329d8f50ea4746d15"
     assert TaskSpec(type="t").fingerprint() == "12ff1a2a2fbff518464fed742b89d455f12a11f2ec5f1d3326aa3def9d845ad7"
+
+
+def test_assemble_makes_the_same_frozen_instance_as_the_constructor() -> None:
+    made = assemble(TaskSpec, {"type": "t", "id": "a", "priority": Priority.HIGH})
+    assert made == TaskSpec(type="t", id="a", priority=Priority.HIGH)
+    assert hash(made.dependencies) == hash(())
+    with pytest.raises(FrozenInstanceError):
+        made.id = "b"  # type: ignore[misc]
+    # A field with a default factory gets a fresh value each time, as with the constructor.
+    assert made.payload == {} and made.payload is not assemble(TaskSpec, {"type": "t"}).payload
+
+
+def test_assemble_refuses_unknown_and_missing_fields() -> None:
+    with pytest.raises(TypeError, match=r"unknown fields \['kind'\], missing fields \['type'\]"):
+        assemble(TaskSpec, {"kind": "t"})

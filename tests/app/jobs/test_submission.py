@@ -105,3 +105,13 @@ def test_a_task_alone_is_stored_as_the_same_task_in_a_batch(
     assert len(alone) >= 4, alone  # the job, its history, the indexes, a queue or a timer
     assert alone == shape("batched")
     assert redis.zcard(keys.CLAIMS) == 0
+
+
+def test_what_meanwhile_sees_is_the_answer_and_a_repeat_does_not_call_it(service: TaskService) -> None:
+    specs = [TaskSpec(type="echo", id=f"m{n}", dependencies=(Edge(f"m{n - 1}"),) if n else ()) for n in range(50)]
+    seen: list[list[object]] = []
+    tasks, created = service.submit_batch(specs, meanwhile=seen.append)
+    assert created and seen == [tasks]
+    assert [t.id for t in tasks] == [f"m{n}" for n in range(50)]
+    _, created = service.submit_batch(specs, meanwhile=seen.append)
+    assert not created and len(seen) == 1  # the answer of a repeat is read after, not during a write
