@@ -1,8 +1,14 @@
-"""Each task's history: a capped Redis stream of its events, oldest first, kept as long as the task."""
+"""Each task's history: its events, oldest first, kept in its own job hash (`keys.FIELD_HISTORY`).
+
+One JSON array a line, `[at_ms, event, attempt, worker, error, detail]` without trailing nulls,
+at most MAX_EVENTS lines (the newest). In the job hash the history costs the bytes of its lines and
+goes wherever the task goes (expiry, deletion, retention), where a stream per task cost 4.7 KB
+for two events (Redis gives a stream's first node `stream-node-max-bytes`) and an expiry of its own.
+Records written before keep their stream (`keys.history_key`), which is still read.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -47,40 +53,87 @@ class Event:
     detail: str | None
 
 
+ADD_EVENT = """
+-- Append one event (a JSON line) to the history in the job hash `key`, keeping the newest `max`.
+local function add_event(key, field, line, max)
+    local kept = redis.call('HGET', key, field)
+    if kept then
+        kept = kept .. '\\n' .. line
+        local _, breaks = string.gsub(kept, '\\n', '')
+        for _ = 1, breaks + 1 - max do
+            kept = string.sub(kept, string.find(kept, '\\n', 1, true) + 1)
+        end
+    else
+        kept = line
+    end
+    redis.call('HSET', key, field, kept)
+end
+"""
+"""The Lua function every script that records an event calls (this module's, app.jobs.release's
+and the worker engine's), so that there is one way of appending."""
+
+_RECORD = (
+    ADD_EVENT
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then add_event(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])) end
+"""
+)
+
+
 def record(
     target: Any,
-    task_id: str,
+    job_key: str,
     event: EventName,
     *,
     attempt: int | None = None,
     worker: str | None = None,
     error: dict[str, str] | None = None,
     detail: str | None = None,
-    ttl_s: int | None = None,
 ) -> None:
-    """Append an event on `target` (a pipeline, so it commits with the change it describes).
+    """Append an event to the task whose job hash is `job_key`, on `target` (a pipeline, so it
+    commits with the change it describes). A task whose record is gone gets none: no hash is made
+    for a history alone."""
+    at_ms = int(time.time() * 1000)
+    line: list[Any] = [
+        at_ms,
+        event.value,
+        attempt or None,
+        worker or None,
+        {"type": error.get("type", ""), "message": error.get("message", "")} if error else None,
+        detail or None,
+    ]
+    while line[-1] is None:
+        line.pop()
+    target.eval(_RECORD, 1, job_key, keys.FIELD_HISTORY, codec.dumps(line), MAX_EVENTS)
 
-    Terminal events start the stream's expiry, so it lives exactly as long as the task's own record
-    (a task brought back by a retry or re-arm gets PERSIST where that happens).
-    """
-    fields: dict[str, str | int] = {"event": event.value, "at_ms": int(time.time() * 1000)}
-    if attempt:
-        fields["attempt"] = attempt
-    if worker:
-        fields["worker"] = worker
-    if error:
-        fields["error"] = json.dumps({"type": error.get("type", ""), "message": error.get("message", "")})
-    if detail:
-        fields["detail"] = detail
-    key = keys.history_key(task_id)
-    target.xadd(key, fields, maxlen=MAX_EVENTS, approximate=False)
-    if event in TERMINAL_EVENTS and ttl_s:
-        target.expire(key, ttl_s)
+
+def decode(kept: bytes | str | None) -> list[Event]:
+    """The events of a job hash's history field. A line that does not decode (written by hand or
+    by another version) is left out with a warning."""
+    found = []
+    for line in codec.text(kept or b"").split("\n"):
+        if not line:
+            continue
+        try:
+            at_ms, event, attempt, worker, error, detail = [*codec.loads(line), None, None, None, None][:6]
+            found.append(
+                Event(
+                    event=str(event),
+                    at=from_ms(int(at_ms)),
+                    attempt=int(attempt) if attempt is not None else None,
+                    worker=worker,
+                    error=error,
+                    detail=detail,
+                )
+            )
+        except (*codec.DECODE_ERRORS, TypeError) as bad:
+            log.warning("history line %r left out: %s: %s", line[:80], type(bad).__name__, bad)
+    return found
 
 
 def events(entries: list[Any] | None) -> list[Event]:
-    """The events of a task's stream, from what XRANGE returned for it. An entry that does not
-    decode (written by hand or by another version) is left out with a warning."""
+    """The events of a task's stream (records written before `decode`), from what XRANGE returned.
+    An entry that does not decode (written by hand or by another version) is left out with a warning."""
     events = []
     for entry_id, raw in entries or []:
         try:

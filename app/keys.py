@@ -69,6 +69,8 @@ FIELD_FINGERPRINT = "rqflow_fingerprint"
 """Hash of the normalized submission, to tell an idempotent repeat from a conflicting one."""
 FIELD_SPEC = "rqflow_spec"
 """JSON of the task's fields that RQ does not keep (name, priority, retry policy, ...)."""
+FIELD_HISTORY = "rqflow_history"
+"""The task's events after its submission, one JSON array a line, newest last (app.history)."""
 
 
 def rate_limit_key(task_type: str) -> str:
@@ -77,8 +79,9 @@ def rate_limit_key(task_type: str) -> str:
 
 
 def history_key(task_id: str) -> str:
-    """Stream of a task's events after its submission (queued, started, retrying, ...), capped, expiring
-    with it; the submission itself is in the task's spec (`submitted_as`)."""
+    """Where a task's events were kept before they moved into its job hash (FIELD_HISTORY): a
+    stream of its own, 4.7 KB for two events. Read, and deleted with the task, for records written
+    then."""
     return f"{PREFIX}:history:{task_id}"
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from redis import Redis
 from rq.utils import as_text
 
+from app import history, keys
 from bench.__main__ import save
 from bench.procs import find, kill_tree
 from tests.support import ROOT, free_port, wait_until
@@ -114,22 +115,21 @@ def check(redis: Redis, run: Run) -> dict[str, Any]:
     ids = list(run.acknowledged)
     with redis.pipeline(transaction=False) as reads:
         for task_id in ids:
-            reads.hmget(f"rq:job:{task_id}", "status", "rqflow_attempts")
-            reads.xrange(f"rqflow:history:{task_id}")
+            reads.hmget(f"rq:job:{task_id}", "status", "rqflow_attempts", keys.FIELD_HISTORY)
         raw = reads.execute()
     status: dict[str, str | None] = {}
     attempts: dict[str, int] = {}
     first_start: dict[str, int] = {}
     last_completed: dict[str, int] = {}
     for n, task_id in enumerate(ids):
-        (st, att), events = raw[2 * n], raw[2 * n + 1]
+        st, att, kept = raw[n]
         status[task_id] = as_text(st) if st else None
         attempts[task_id] = int(att or 0)
-        for _, fields in events:
-            event, at = as_text(fields[b"event"]), int(fields[b"at_ms"])
-            if event == "started" and task_id not in first_start:
+        for event in history.decode(kept):
+            at = int(event.at.timestamp() * 1000)
+            if event.event == "started" and task_id not in first_start:
                 first_start[task_id] = at
-            if event == "completed":
+            if event.event == "completed":
                 last_completed[task_id] = at
     violations = [
         (task_id, parent)

@@ -26,7 +26,7 @@ def run_task(task_type: str, payload: dict[str, Any], duration_ms: int | None = 
     job = get_current_job()
     if not isinstance(job, TaskJob):
         raise RuntimeError("run_task must run inside an rqflow TaskJob")
-    return call(job.id, task_type, payload, duration_ms, job.attempts, job.spec.get("max_attempts"))
+    return call(job.id, task_type, payload, duration_ms, job.attempts, job.spec.get("max_attempts") or 1)
 
 
 def call(

@@ -171,7 +171,7 @@ class TaskWorkerMixin(BaseWorker):
             self.cleanup_execution(job, pipeline=pipe, execution=execution)
             history.record(
                 pipe,
-                job.id,
+                job.key,
                 EventName.REQUEUED,
                 attempt=getattr(job, "attempts", None),
                 worker=self.name,

@@ -4,9 +4,12 @@ RQ's worker spends 58 commands in 22 round trips on one job (heartbeats, busy/id
 execution record with three indexes, a WATCH before the success write). Here a worker sends the
 tasks its children finished and how many children are free, and one script, in one round trip:
 
-- writes each success exactly as RQ's worker does (status, ended_at, the result stream entry,
-  the finished registry, the expiries), with its history event, and releases its dependents and
-  its concurrency slot in the same atomic step (the functions of app.jobs.release);
+- writes each success as RQ's worker does (status, ended_at, the finished registry, the
+  expiry), with its history event, and releases its dependents and its concurrency slot in the
+  same atomic step (the functions of app.jobs.release). The return value goes in the job hash's
+  `result` field, which RQ's `Job.restore` reads, rather than RQ 3's stream per job: a stream
+  costs 4.7 KB for one entry, a field its bytes (`return_value()` and rq-dashboard, which read only
+  the stream, show none);
 - pops up to that many ready tasks, high priority first, and starts each as RQ's worker does
   (status, started_at, worker_name, the started registry), counting the attempt.
 
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import zlib
-from base64 import b64encode
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -34,7 +36,6 @@ from typing import Any
 from redis import Redis
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-from rq.results import Result
 from rq.utils import as_text
 from rq.worker import BaseWorker, WorkerStatus
 
@@ -43,13 +44,13 @@ from app.defaults import FINISHED_BUCKET_TTL_S
 from app.errors import BadJSON
 from app.history import EventName
 from app.jobs import release
-from app.jobs.job import forbidden
+from app.jobs.job import RESULT_FIELD, forbidden
 from app.model import ErrorType
 
 _ENGINE = """
 local worker, lease_score, want = ARGV[B + 1], tonumber(ARGV[B + 2]), tonumber(ARGV[B + 3])
 local result_ttl_default = ARGV[B + 4]
-local wip_prefix, finished_prefix, results_prefix, executions_key = ARGV[B + 5], ARGV[B + 6], ARGV[B + 7], ARGV[B + 8]
+local wip_prefix, finished_prefix, result_field, executions_key = ARGV[B + 5], ARGV[B + 6], ARGV[B + 7], ARGV[B + 8]
 local started_event, completed_event, bucket, bucket_ttl = ARGV[B + 9], ARGV[B + 10], ARGV[B + 11], ARGV[B + 12]
 local execution_base, now_s = ARGV[B + 13], tonumber(ARGV[B + 14])
 
@@ -84,7 +85,7 @@ at = at + n_queues
 local n_done = tonumber(ARGV[at])
 at = at + 1
 
--- The ends: id, execution, result (RQ's base64 of its JSON, or ''), started, ended (epoch s),
+-- The ends: id, execution, result (its JSON, or '' for none), started, ended (epoch s),
 -- and '1' if a heartbeat published the run as an RQ execution (which then goes).
 local ended, working = 0, 0
 for i = 1, n_done do
@@ -100,28 +101,18 @@ for i = 1, n_done do
     -- Only a task this worker still runs: one canceled, deleted or given up on meanwhile is left as it is.
     if f[1] == 'started' and f[2] == worker then
         local ttl = tonumber(f[4]) or tonumber(result_ttl_default)
-        redis.call('HSET', key, 'status', 'finished', 'ended_at', now, 'last_heartbeat', now)
-        local entry = {'type', '1', 'worker_name', worker}
+        -- The result in the job hash, RQ's own field for it (which `Job.restore` reads), not a
+        -- stream per task: Redis gives a stream 4.7 KB to hold one entry.
         if value ~= '' then
-            entry[#entry + 1] = 'return_value'
-            entry[#entry + 1] = value
+            redis.call('HSET', key, 'status', 'finished', 'ended_at', now, 'last_heartbeat', now, result_field, value)
+        else
+            redis.call('HSET', key, 'status', 'finished', 'ended_at', now, 'last_heartbeat', now)
         end
-        for _, kv in ipairs({{'execution_id', execution}, {'execution_started_at', started},
-                {'execution_ended_at', finished}}) do
-            entry[#entry + 1] = kv[1]
-            entry[#entry + 1] = kv[2]
-        end
-        redis.call('XADD', results_prefix .. id, 'MAXLEN', '10', '*', unpack(entry))
         redis.call('ZREM', wip_prefix .. f[3], id .. ':' .. execution)
-        local history = {'event', completed_event, 'at_ms', tostring(now_ms), 'worker', worker}
-        if tonumber(f[7]) then
-            history[#history + 1] = 'attempt'
-            history[#history + 1] = f[7]
-        end
-        redis.call('XADD', history_prefix .. id, 'MAXLEN', max_events, '*', unpack(history))
+        add_event(key, history_field, cjson.encode({now_ms, completed_event, tonumber(f[7]) or cjson.null, worker}),
+            max_events)
         local dependents = redis.call('SMEMBERS', key .. ':dependents')
         if ttl and ttl > 0 then
-            redis.call('EXPIRE', results_prefix .. id, ttl)
             redis.call('EXPIRE', key, ttl)
             -- The dependency keys exist only for a task with dependents or dependencies (most
             -- have neither: two commands saved per task).
@@ -129,7 +120,6 @@ for i = 1, n_done do
             if f[8] and f[8] ~= '' and f[8] ~= '[]' then
                 redis.call('EXPIRE', job_prefix .. ':' .. id .. ':dependencies', ttl)
             end
-            redis.call('EXPIRE', history_prefix .. id, ttl)
             redis.call('ZADD', finished_prefix .. f[3], now_s + ttl, id)
         end
         release(dependents)
@@ -158,8 +148,7 @@ local function start(id)
     n_claimed = n_claimed + 1
     local execution = execution_base .. '-' .. n_claimed
     redis.call('ZADD', wip_prefix .. f[2], lease_score, id .. ':' .. execution)
-    redis.call('XADD', history_prefix .. id, 'MAXLEN', max_events, '*', 'event', started_event,
-        'at_ms', tostring(now_ms), 'attempt', tostring(attempt), 'worker', worker)
+    add_event(key, history_field, cjson.encode({now_ms, started_event, attempt, worker}), max_events)
     local callbacks = (f[6] or '') .. (f[7] or '') .. (f[8] or '')
     for _, v in ipairs({id, f[2], f[3], f[4] or '', f[5] or '', attempt, execution .. '|' .. callbacks}) do
         claimed[#claimed + 1] = v
@@ -247,7 +236,7 @@ class Engine:
         self._fixed = [
             StartedJobRegistry.key_template.format(""),
             FinishedJobRegistry.key_template.format(""),
-            Result.get_key(""),
+            RESULT_FIELD,
             WORKER_EXECUTIONS_KEY_TEMPLATE.format(worker_name),
             EventName.STARTED.value,
             EventName.COMPLETED.value,
@@ -279,8 +268,8 @@ class Engine:
             len(ended),
         ]
         for e in ended:
-            # RQ's Result.serialize: the serializer's bytes in base64, absent for None.
-            value = "" if e.result_json == b"null" else b64encode(e.result_json).decode()
+            # RQ's `result` field holds the serializer's bytes (JSON here); absent for None.
+            value = b"" if e.result_json == b"null" else e.result_json
             argv += [e.id, e.execution, value, e.started, e.ended, "1" if e.published else ""]
         flat = self.script(args=argv)
         self.successful += int(flat[0])

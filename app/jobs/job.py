@@ -36,6 +36,9 @@ STATUS_EVENTS = {
 }
 """RQ status changes that are events in a task's history (STARTED is recorded where it happens)."""
 
+RESULT_FIELD = "result"
+"""RQ's job hash field for a return value (its serializer's bytes), read by `Job.restore`."""
+
 RELEASING = frozenset({JobStatus.FINISHED, JobStatus.FAILED})
 """Ends that may let dependents run (FAILED: through edges that allow failure). A STOPPED task was
 canceled on request and becomes CANCELED, which lets none run."""
@@ -123,6 +126,9 @@ class TaskJob(Job):
         self.spec = self._json_field(fields, keys.FIELD_SPEC) or {}
         fingerprint = fields.get(keys.FIELD_FINGERPRINT)
         self.fingerprint = fingerprint.decode() if isinstance(fingerprint, bytes) else fingerprint
+        # RQ's field for a return value, where the worker engine keeps it (app.jobs.engine); RQ
+        # puts a placeholder string in place of one that does not decode, here it is unreadable.
+        self._result = self._json_field(fields, RESULT_FIELD)
 
     def _json_field(self, fields: dict[str, Any], name: str) -> Any:
         raw = fields.get(name)
@@ -163,7 +169,7 @@ class TaskJob(Job):
         # Counted in the same transaction that marks the job started, so every start counts once.
         pipeline.hincrby(self.key, keys.FIELD_ATTEMPTS, 1)
         self.attempts += 1
-        history.record(pipeline, self.id, EventName.STARTED, attempt=self.attempts, worker=worker_name)
+        history.record(pipeline, self.key, EventName.STARTED, attempt=self.attempts, worker=worker_name)
 
     def set_status(self, status: JobStatus, pipeline: Pipeline | None = None) -> None:
         """RQ's status change, plus the matching event in the task's history, in the same pipeline."""
@@ -178,12 +184,11 @@ class TaskJob(Job):
         ended = event in history.TERMINAL_EVENTS
         history.record(
             target,
-            self.id,
+            self.key,
             event,
             attempt=self.attempts or None,
             worker=self.worker_name if ended else None,
             error=self.error if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED) else None,
-            ttl_s=self.result_ttl if ended else None,
         )
         if ended:
             bucket = keys.finished_bucket(time.time())
@@ -203,7 +208,7 @@ class TaskJob(Job):
         wait_ms = backoff.delay_ms(max(self.attempts, 1))
         history.record(
             pipeline,
-            self.id,
+            self.key,
             EventName.RETRYING,
             attempt=self.attempts,
             worker=self.worker_name,
@@ -263,7 +268,11 @@ class TaskJob(Job):
             queued_at=self.enqueued_at,
             started_at=self.started_at,
             finished_at=self.ended_at if status.is_terminal else None,
-            result=latest.return_value if latest and latest.type == Result.Type.SUCCESSFUL else None,
+            result=self._result
+            if self._result is not None
+            else latest.return_value
+            if latest and latest.type == Result.Type.SUCCESSFUL
+            else None,
             error=self._task_error(status, latest),
             worker=self.worker_name,
         )

@@ -54,11 +54,12 @@ class TaskReader:
             reads.hgetall(TaskJob.key_for(task_id))
             reads.xrange(keys.history_key(task_id))
             fields, entries = reads.execute()
-        events = history.events(entries)
+        # A record written before the history moved into the job hash keeps its stream.
+        events = history.events(entries) + history.decode(fields.get(keys.FIELD_HISTORY.encode()))
         if not fields:
             if not events:
                 raise TaskNotFound(task_id)
-            return events  # the task's record expired just before its history did
+            return events  # the task's record expired just before its old stream did
         job = store.restored(self.connection, task_id, fields)
         submitted_as = job.spec.get("submitted_as")
         if submitted_as and job.created_at:

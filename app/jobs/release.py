@@ -32,7 +32,7 @@ from rq.rate_limit import RateLimitRegistry
 from rq.registry import DeferredJobRegistry
 from rq.utils import as_text, utcformat
 
-from app import keys
+from app import history, keys
 from app.defaults import MAX_EVENTS
 from app.history import EventName
 
@@ -40,13 +40,15 @@ from app.history import EventName
 # then the child ids when there is no parent. Returns the ids it released.
 PRELUDE = """
 local now, now_ms, parent = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local job_prefix, deferred_prefix, queue_prefix, queues_key, rl_prefix, rl_keys, history_prefix, max_events =
+local job_prefix, deferred_prefix, queue_prefix, queues_key, rl_prefix, rl_keys, history_field, max_events =
     ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local queued_event, wake_prefix = ARGV[12], ARGV[13]
 """
 """The script's arguments (`args`), which a script built on FUNCTIONS starts with."""
 
-FUNCTIONS = """
+FUNCTIONS = (
+    history.ADD_EVENT
+    + """
 
 -- True when every edge lets the child run: a parent that finished (or expired after finishing)
 -- meets every edge, a failed or stopped one only an edge that allows failure, any other none yet.
@@ -109,12 +111,9 @@ for _, id in ipairs(children) do
         else
             push(id, f[2])
         end
-        local event = {'event', queued_event, 'at_ms', tostring(now_ms)}
-        if tonumber(f[6]) and tonumber(f[6]) > 0 then
-            event[#event + 1] = 'attempt'
-            event[#event + 1] = f[6]
-        end
-        redis.call('XADD', history_prefix .. id, 'MAXLEN', max_events, '*', unpack(event))
+        local event = {now_ms, queued_event}
+        if tonumber(f[6]) and tonumber(f[6]) > 0 then event[3] = tonumber(f[6]) end
+        add_event(key, history_field, cjson.encode(event), max_events)
         released[#released + 1] = id
     end
 end
@@ -127,6 +126,7 @@ local function free_slot(id, limit, concurrency)
     fill(limit, concurrency)
 end
 """
+)
 """What releasing a task means, as Lua functions (`release`, `free_slot`) for scripts that end
 tasks in the same call (app.jobs.engine)."""
 
@@ -148,7 +148,7 @@ _FIXED = (
     Queue.redis_queues_keys,
     f"{RQ_KEY_PREFIX}:rl:",
     RateLimitRegistry.rl_keys_key,
-    keys.history_key(""),
+    keys.FIELD_HISTORY,
     str(MAX_EVENTS),
     EventName.QUEUED.value,
     keys.wake_key(""),

@@ -84,7 +84,12 @@ def _requeue_lost(service: TaskService) -> int:
             pipe.multi()
             pipe.lpush(queue_key, task_id)
             pipe.zadd(keys.wake_key(as_text(origin)), {"w": 0})
-            history.record(pipe, task_id, EventName.QUEUED, detail="found in no queue (its worker died); queued again")
+            history.record(
+                pipe,
+                TaskJob.key_for(task_id),
+                EventName.QUEUED,
+                detail="found in no queue (its worker died); queued again",
+            )
             pipe.execute()
         requeued += 1
     return requeued

@@ -68,10 +68,14 @@ def resolved(spec: TaskSpec, task_type: Any) -> dict[str, Any]:
 
 
 def encode(values: dict[str, Any]) -> dict[str, Any]:
-    """Stored fields (as `resolved` gives them) as the JSON kept in the job hash."""
+    """Stored fields (as `resolved` gives them) as the JSON kept in the job hash. A field whose
+    value is what an absent one reads as (`decode`) is left out: most of a task's fields are
+    their defaults, and every byte is kept once per task for as long as the task is."""
     out = {}
     for name, (write, _) in _CODECS.items():
         value = values[name]
+        if value == _MISSING[name]:
+            continue
         out[name] = value if write is None or value is None else write(value)
     return out
 

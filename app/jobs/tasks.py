@@ -269,7 +269,7 @@ class TaskService:
             pipe.hdel(job.key, keys.FIELD_ERROR)
             for registry in (job.failed_job_registry, CanceledJobRegistry(job.origin, connection=self.connection)):
                 registry.remove(job, pipeline=pipe)
-            history.record(pipe, task_id, EventName.RETRY_REQUESTED, attempt=job.attempts or None)
+            history.record(pipe, job.key, EventName.RETRY_REQUESTED, attempt=job.attempts or None)
             if verdict.met is None:
                 job.set_status(JobStatus.DEFERRED, pipeline=pipe)
                 job.save(pipeline=pipe)

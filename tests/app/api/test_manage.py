@@ -118,7 +118,7 @@ def test_history_is_bounded(client: TestClient, redis: Redis) -> None:
 
     post(client, {"id": "long", "type": "echo"})
     for n in range(300):
-        history.record(redis, "long", history.EventName.QUEUED, detail=str(n))
+        history.record(redis, "rq:job:long", history.EventName.QUEUED, detail=str(n))
     kept = client.get("/api/tasks/long/history").json()
     # The submission (kept with the task itself), then the newest MAX_EVENTS of the rest.
     assert kept[0]["event"] == "submitted"

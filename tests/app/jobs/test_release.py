@@ -11,6 +11,7 @@ from redis import Redis
 from rq.job import JobStatus
 from starlette.testclient import TestClient
 
+from app import history, keys
 from app.graph import Verdict
 from app.jobs import dependencies, tasks
 from app.jobs.job import TaskJob
@@ -39,7 +40,8 @@ def end_transaction(redis: Redis, job: TaskJob, status: JobStatus) -> Any:
 
 def queued_once(redis: Redis, task_id: str) -> bool:
     in_queue = redis.lrange("rq:queue:default", 0, -1).count(task_id.encode())
-    events = [e for _, e in redis.xrange(f"rqflow:history:{task_id}") if e[b"event"] == b"queued"]
+    kept = redis.hget(f"rq:job:{task_id}", keys.FIELD_HISTORY)
+    events = [e for e in history.decode(kept) if e.event == "queued"]
     return redis.hget(f"rq:job:{task_id}", "status") == b"queued" and in_queue == 1 and len(events) == 1
 
 

@@ -45,7 +45,16 @@ def test_every_stored_field_reads_back_as_it_was_given() -> None:
     assert [n for n, v in values.items() if v is None] == ["delay_ms"]
     assert spec_fields.decode(spec_fields.encode(values)) == values
     for name, value in values.items():
-        assert spec_fields.encode_one(name, value) == spec_fields.encode(values)[name]
+        assert spec_fields.encode_one(name, value) == spec_fields.encode(values).get(name)
+
+
+def test_fields_at_the_value_an_absent_one_reads_as_are_not_stored() -> None:
+    task_type = TaskType("t", handler=lambda ctx: None, max_attempts=1)
+    values = spec_fields.resolved(TaskSpec(type="t"), task_type)
+    stored = spec_fields.encode(values)
+    # What every task has (its resolved timeout) stays; None, defaults and empty lists go.
+    assert stored == {"timeout_ms": task_type.timeout_ms}
+    assert spec_fields.decode(stored) == values
 
 
 def test_the_type_fills_in_what_a_submission_leaves_out() -> None:
