@@ -38,6 +38,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.submit
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.dag
+	$(BIN)/python -m bench.memory
 	$(BIN)/python -m bench.chaos --duration 600
 
 clean:

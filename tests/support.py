@@ -22,6 +22,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from app.embedded import redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
+REDIS_CONF = ROOT / "deploy" / "redis.conf"
 T = TypeVar("T")
 
 PROCESS_OUTPUT: dict[Path, int] = {}
@@ -82,7 +83,9 @@ class RedisServer:
         return server
 
     def start(self) -> None:
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir)]
+        # The shipped configuration, with this server's port, address and directory.
+        args = [redis_server_binary(), str(REDIS_CONF), "--port", str(self.port), "--bind", "127.0.0.1"]
+        args += ["--dir", str(self.data_dir)]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", ""]
         else:

@@ -82,3 +82,18 @@ def test_a_retry_is_moved_even_with_no_rq_scheduler_running(client: TestClient, 
     with engine_worker(str(settings.redis_url)):  # no --with-scheduler
         wait_for_status(client, "again", "COMPLETED", timeout=30)
     assert client.get("/api/tasks/again").json()["attempts"] == 2
+
+
+def test_a_finished_task_is_one_compact_hash_with_its_history_and_result(
+    client: TestClient, redis: Redis, settings: Settings
+) -> None:
+    client.post("/api/tasks", json={"id": "small", "type": "echo", "payload": {"n": 1}})
+    EngineWorker(["default"], connection=redis, settings=settings).work(burst=True)
+    task = client.get("/api/tasks/small").json()
+    assert task["status"] == "COMPLETED" and task["result"]["payload"] == {"n": 1}
+    events = [e["event"] for e in client.get("/api/tasks/small/history").json()]
+    assert events == ["submitted", "started", "completed"]
+    # No stream of its own for either (a stream costs 4.7 KB for one entry), and under the
+    # shipped configuration the hash is Redis's compact encoding, not a hash table.
+    assert sorted(k.decode() for k in redis.scan_iter(match="*small*")) == ["rq:job:small"]
+    assert redis.object("encoding", "rq:job:small") in (b"ziplist", b"listpack")
