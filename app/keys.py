@@ -90,6 +90,9 @@ def finished_bucket(epoch_s: float) -> str:
     return f"{PREFIX}:finished:{int(epoch_s) // FINISHED_BUCKET_S}"
 
 
+PRUNE_CURSORS = f"{PREFIX}:retention:cursors"
+"""Hash: for each list index, the last entry the retention pass checked (app.jobs.retention)."""
+
 CLAIMS = f"{PREFIX}:claims"
 """Sorted set of task ids being written by a submission now, scored by when the claim lapses: a
 concurrent submission of the same id cannot create it twice."""

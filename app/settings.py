@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     max_batch_body_bytes: int = Field(default=33_554_432, ge=1)
     """For `POST /api/tasks/batch`: 10,000 tasks of up to ~3 KB each."""
     result_ttl_s: int = Field(default=604_800, ge=1)
+    """How long a COMPLETED or CANCELED task (with its result and history) is kept."""
+    failed_ttl_s: int = Field(default=2_592_000, ge=1)
+    """How long a FAILED task is kept: longer, since someone has to look at it."""
+    keep_finished: int = Field(default=100_000, ge=1)
+    """At most this many tasks of each ended status (COMPLETED, FAILED, CANCELED) are kept, the
+    oldest going first, whatever their TTL (BullMQ's removeOnComplete/removeOnFail count): at
+    ~1.5 KB a task, 150 MB of Redis a status at most."""
     http_allowed_hosts: Annotated[list[str], NoDecode] = []
     """Hosts the built-in `http_request` type may call; empty means it may call none."""
     var_dir: Path = Path("var")

@@ -38,7 +38,12 @@ def services() -> tuple[TaskService, ScheduleService]:
     """Built once per scheduler process from its settings (this module is its entry point)."""
     settings = get_settings()
     connection = connect(settings)
-    tasks = TaskService(connection, load_registry(settings.task_modules, settings.type_limits), settings.result_ttl_s)
+    tasks = TaskService(
+        connection,
+        load_registry(settings.task_modules, settings.type_limits),
+        settings.result_ttl_s,
+        settings.failed_ttl_s,
+    )
     return tasks, ScheduleService(connection, tasks)
 
 

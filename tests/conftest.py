@@ -50,7 +50,7 @@ def registry(settings: Settings) -> Registry:
 
 @pytest.fixture
 def service(redis: Redis, registry: Registry, settings: Settings) -> TaskService:
-    return TaskService(redis, registry, result_ttl_s=settings.result_ttl_s)
+    return TaskService(redis, registry, result_ttl_s=settings.result_ttl_s, failed_ttl_s=settings.failed_ttl_s)
 
 
 @pytest.fixture

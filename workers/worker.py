@@ -40,6 +40,7 @@ from app.history import EventName
 from app.jobs.dependencies import cascade
 from app.jobs.job import TaskJob
 from app.jobs.repair import repair
+from app.jobs.retention import Retention
 from app.jobs.store import WakingQueue
 from app.jobs.tasks import TaskService
 from app.model import ErrorType
@@ -107,7 +108,8 @@ class TaskWorkerMixin(BaseWorker):
         super().__init__(names, *args, **kwargs)
         self.push_exc_handler(record_error)
         self.settings = settings
-        self.tasks = TaskService(self.connection, registry, settings.result_ttl_s)
+        self.tasks = TaskService(self.connection, registry, settings.result_ttl_s, settings.failed_ttl_s)
+        self.retention = Retention(self.connection, keys.QUEUES, registry, settings.keep_finished)
         self._shutdown_deadline: float | None = None
         self._cut_off: str | None = None
 
@@ -273,9 +275,15 @@ class TaskWorkerMixin(BaseWorker):
         lock_s = max(int(self.maintenance_interval) - 1, 1)
         if connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=lock_s):
             repair(self.tasks, [q.name for q in self.queues])
+            done = self.retention.run(budget_s=min(RETENTION_BUDGET_S, lock_s / 2))
+            if done.trimmed or done.pruned:
+                log.info("retention: removed %d ended tasks, %d index entries of gone ones", done.trimmed, done.pruned)
 
 
 LEASE_LOCK_MS = 5000
+
+RETENTION_BUDGET_S = 2.0
+"""Time one maintenance pass spends on retention at most; a backlog goes on in the next pass."""
 
 OVERDUE_S = 5
 """A retry this late is taken to have no RQ scheduler moving it (see release_overdue)."""

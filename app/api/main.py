@@ -107,7 +107,9 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         redis = connect(settings)
         app.state.redis = redis
         app.state.redis_async = connect_async(settings)
-        app.state.tasks = TaskService(redis, registry, result_ttl_s=settings.result_ttl_s)
+        app.state.tasks = TaskService(
+            redis, registry, result_ttl_s=settings.result_ttl_s, failed_ttl_s=settings.failed_ttl_s
+        )
         app.state.schedules = ScheduleService(redis, app.state.tasks, clock)
         try:
             yield

@@ -100,9 +100,10 @@ class Planned:
 
 
 class Factory:
-    def __init__(self, queues: dict[Any, Queue], result_ttl_s: int) -> None:
+    def __init__(self, queues: dict[Any, Queue], result_ttl_s: int, failed_ttl_s: int | None = None) -> None:
         self.queues = queues
         self.result_ttl_s = result_ttl_s
+        self.failed_ttl_s = failed_ttl_s or result_ttl_s
         self.templates: dict[tuple[Any, ...], list[Any]] = {}
         """Shapes.fields' templates, kept across submissions: they hold no time or id, and one
         task alone would otherwise build an RQ job to make one each time."""
@@ -119,7 +120,7 @@ class Factory:
             # RQ's death penalty counts whole seconds; round up so no attempt is cut short.
             timeout=math.ceil(p.timeout_ms / 1000),
             result_ttl=self.result_ttl_s,
-            failure_ttl=self.result_ttl_s,
+            failure_ttl=self.failed_ttl_s,
             description=f"{spec.type} {p.task_id}",
             depends_on=Dependency(
                 [e.parent for e in spec.dependencies],

@@ -107,12 +107,19 @@ return 0
 
 
 class Submission:
-    def __init__(self, connection: Redis, registry: Registry, result_ttl_s: int, queues: dict[Any, Queue]) -> None:
+    def __init__(
+        self,
+        connection: Redis,
+        registry: Registry,
+        result_ttl_s: int,
+        queues: dict[Any, Queue],
+        failed_ttl_s: int | None = None,
+    ) -> None:
         self.connection = connection
         self.registry = registry
         self.result_ttl_s = result_ttl_s
         self.queues = queues
-        self.factory = Factory(queues, result_ttl_s)
+        self.factory = Factory(queues, result_ttl_s, failed_ttl_s)
         self._reserve = connection.register_script(RESERVE)
         self._write_one = connection.register_script(WRITE_ONE)
         self._write_one_async: Any = None

@@ -53,13 +53,15 @@ class Cancellation(Enum):
 class TaskService:
     """Changes tasks (`reads` reads them). Every task is an RQ job whose id is the task id."""
 
-    def __init__(self, connection: Redis, registry: Registry, result_ttl_s: int) -> None:
+    def __init__(
+        self, connection: Redis, registry: Registry, result_ttl_s: int, failed_ttl_s: int | None = None
+    ) -> None:
         self.connection = connection
         self.registry = registry
         self.result_ttl_s = result_ttl_s
         self.reads = TaskReader(connection)
         self.queues = self.reads.queues
-        self.submission = Submission(connection, registry, result_ttl_s, self.queues)
+        self.submission = Submission(connection, registry, result_ttl_s, self.queues, failed_ttl_s)
 
     # -- submit --------------------------------------------------------------------------------
 

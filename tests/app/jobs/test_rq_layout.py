@@ -81,7 +81,7 @@ def test_rqflow_writes_what_rqs_own_enqueue_and_worker_write(
     client.post("/api/tasks", json={"id": "c", "type": "echo", "dependencies": ["p"]})
     ttl, timeout_s = 604800, client.get("/api/tasks/p").json()["timeout_ms"] // 1000
     queue = Queue(PLAIN, connection=redis, serializer=JSONSerializer)
-    plain = {"job_timeout": timeout_s, "result_ttl": ttl, "failure_ttl": ttl}
+    plain = {"job_timeout": timeout_s, "result_ttl": ttl, "failure_ttl": settings.failed_ttl_s}
     queue.enqueue("tests.handlers.plain", job_id="rp", **plain)
     queue.enqueue("tests.handlers.plain", job_id="rc", depends_on="rp", **plain)
     renames = (("default", PLAIN), ('"p"', '"rp"'), ("echo", "plain"))
