@@ -39,6 +39,7 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.dag
 	$(BIN)/python -m bench.memory
+	$(BIN)/python -m bench.retention
 	$(BIN)/python -m bench.chaos --duration 600
 
 clean:

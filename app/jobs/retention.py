@@ -26,7 +26,7 @@ from rq.results import Result
 
 from app import codec, keys
 
-STEP = 500
+STEP = 200
 """Tasks one script call removes (or index entries it checks) at most."""
 
 STATUSES: dict[str, tuple[str, tuple[str, ...]]] = {
