@@ -73,6 +73,15 @@ FINISHED_BUCKET_TTL_S = 120
 UNREADABLE_SHOWN = 20
 """How many ids of unreadable records `/api/stats` lists (it counts them all)."""
 
+MEMORY_SAMPLES = 90
+"""Redis memory readings kept for the forecast (one a maintenance pass: 15 minutes at 10 s)."""
+FORECAST_WINDOW_S = 600
+"""The growth of Redis's memory is measured over this long (at least a minute of it)."""
+MEMORY_WARN_FRACTION = 0.8
+"""`/health` warns past this share of `maxmemory`..."""
+MEMORY_WARN_FULL_IN_S = 86_400
+"""... or when the memory's growth would reach it within this long."""
+
 # -- Storage ----------------------------------------------------------------------------------------
 
 SMALL_DATA = 512

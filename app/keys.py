@@ -90,6 +90,10 @@ def finished_bucket(epoch_s: float) -> str:
     return f"{PREFIX}:finished:{int(epoch_s) // FINISHED_BUCKET_S}"
 
 
+MEMORY_SAMPLES = f"{PREFIX}:memory"
+"""List of `<epoch s>:<used_memory>` readings, newest first, that the workers' maintenance pass
+takes: the growth `/health` and `/api/stats` forecast from."""
+
 PRUNE_CURSORS = f"{PREFIX}:retention:cursors"
 """Hash: for each list index, the last entry the retention pass checked (app.jobs.retention)."""
 

@@ -37,6 +37,7 @@ from app import history, keys
 from app.defaults import MAINTENANCE_LOCK_S
 from app.errors import ForbiddenJob, UnknownTaskType
 from app.history import EventName
+from app.jobs import stats
 from app.jobs.dependencies import cascade
 from app.jobs.job import TaskJob
 from app.jobs.repair import repair
@@ -275,6 +276,7 @@ class TaskWorkerMixin(BaseWorker):
         lock_s = max(int(self.maintenance_interval) - 1, 1)
         if connection.set(keys.SWEEP_LOCK, self.name, nx=True, ex=lock_s):
             repair(self.tasks, [q.name for q in self.queues])
+            stats.sample_memory(connection)
             done = self.retention.run(budget_s=min(RETENTION_BUDGET_S, lock_s / 2))
             if done.trimmed or done.pruned:
                 log.info("retention: removed %d ended tasks, %d index entries of gone ones", done.trimmed, done.pruned)

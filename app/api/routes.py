@@ -338,6 +338,8 @@ async def list_types(request: Request) -> Response:
 async def health(request: Request) -> Response:
     redis: Redis = request.app.state.redis
     report = await run_in_threadpool(_persistence, redis)
+    report["memory"] = memory = await run_in_threadpool(stats.memory, redis)
+    report["warnings"] += memory["warnings"]
     return JsonResponse({"status": "ok", "redis": report})
 
 

@@ -20,7 +20,15 @@ from rq.utils import as_text
 from rq.worker import Worker
 
 from app import keys
-from app.defaults import FINISHED_BUCKET_S, UNREADABLE_SHOWN, WINDOW_S
+from app.defaults import (
+    FINISHED_BUCKET_S,
+    FORECAST_WINDOW_S,
+    MEMORY_SAMPLES,
+    MEMORY_WARN_FRACTION,
+    MEMORY_WARN_FULL_IN_S,
+    UNREADABLE_SHOWN,
+    WINDOW_S,
+)
 from app.jobs.job import TaskJob
 
 
@@ -72,6 +80,52 @@ def stats(connection: Redis) -> dict[str, Any]:
         "throughput_per_s": round(finished / WINDOW_S, 3),
         "repairs": repairs,
         "unreadable": unreadable(connection),
+        "memory": memory(connection),
+    }
+
+
+def sample_memory(connection: Redis) -> None:
+    """Keep a reading of Redis's memory (the workers' maintenance pass takes one each time)."""
+    used = int(connection.info("memory")["used_memory"])
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.lpush(keys.MEMORY_SAMPLES, f"{time.time():.3f}:{used}")
+        pipe.ltrim(keys.MEMORY_SAMPLES, 0, MEMORY_SAMPLES - 1)
+        pipe.execute()
+
+
+def memory(connection: Redis) -> dict[str, Any]:
+    """Redis's memory against its `maxmemory`, the tasks stored, and how long until it is full at
+    the growth of the last minutes (None: not growing, no limit, or too few readings yet), for an
+    operator to alert on before `noeviction` starts refusing submissions."""
+    with connection.pipeline(transaction=False) as reads:
+        reads.info("memory")
+        reads.zcard(keys.TASK_INDEX)
+        reads.lrange(keys.MEMORY_SAMPLES, 0, -1)
+        info, stored, raw = reads.execute()
+    used, limit = int(info["used_memory"]), int(info.get("maxmemory") or 0) or None
+    now = time.time()
+    readings = [(float(at), int(size)) for at, size in (as_text(r).split(":") for r in raw)]
+    recent = [(at, size) for at, size in readings if now - at <= FORECAST_WINDOW_S]
+    growth = None
+    if len(recent) >= 2 and recent[0][0] - recent[-1][0] >= 60:
+        (newest_at, newest), (oldest_at, oldest) = recent[0], recent[-1]
+        growth = (newest - oldest) / (newest_at - oldest_at)
+    full_in = (limit - used) / growth if limit and growth and growth > 0 else None
+    warnings = []
+    if limit and used >= MEMORY_WARN_FRACTION * limit:
+        warnings.append(f"Redis uses {used / limit:.0%} of its maxmemory; at 100% it refuses every submission")
+    elif full_in is not None and full_in < MEMORY_WARN_FULL_IN_S:
+        warnings.append(f"at the growth of the last minutes Redis reaches its maxmemory in {full_in / 3600:.1f} h")
+    if limit is None:
+        warnings.append("Redis has no maxmemory: it grows until the machine runs out of memory")
+    return {
+        "used_bytes": used,
+        "maxmemory_bytes": limit,
+        "used_fraction": round(used / limit, 4) if limit else None,
+        "tasks_stored": int(stored),
+        "growth_bytes_per_s": round(growth, 1) if growth is not None else None,
+        "full_in_s": round(full_in) if full_in is not None else None,
+        "warnings": warnings,
     }
 
 
