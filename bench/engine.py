@@ -34,6 +34,7 @@ from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
+from app.jobs.job import TaskJob
 from bench.__main__ import BIN, api, finished, procfile_processes, save, stopping, submit_batches, workers
 from tests.support import ROOT, RedisServer, wait_until
 
@@ -195,7 +196,9 @@ def chain(url: str, base: dict[str, str], n: int, plain: bool) -> dict[str, Any]
         run = procfile_processes(url, env, ["worker"])
     with run:
         wait_until(lambda: finished(redis) >= n, timeout=900, interval=0.01, what="the chain")
-    stamps = [Job.fetch(i, connection=redis, serializer=JSONSerializer).return_value() for i in ids]
+    # rqflow's tasks through its job class, which reads the return value where the engine keeps it.
+    job_class = Job if plain else TaskJob
+    stamps = [job_class.fetch(i, connection=redis, serializer=JSONSerializer).return_value() for i in ids]
     hops = sorted((stamps[i + 1] - stamps[i]) * 1000 for i in range(n - 1))
     return {
         "tasks": n,

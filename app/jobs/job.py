@@ -140,6 +140,13 @@ class TaskJob(Job):
             self.unreadable = f"its field {name}: {error}"
             return None
 
+    def return_value(self, refresh: bool = False) -> Any:
+        """RQ's, reading the `result` field where the worker engine keeps a return value (RQ 3's
+        own reads only its result stream)."""
+        if refresh:
+            self.refresh()
+        return self._result if self._result is not None else super().return_value(refresh=refresh)
+
     def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict[str, Any]:
         # Attempts and error are written by HINCRBY/HSET where they happen, never from a copy here.
         obj: dict[str, Any] = super().to_dict(include_meta=include_meta, include_result=include_result)

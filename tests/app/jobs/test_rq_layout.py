@@ -110,6 +110,7 @@ def test_rqflow_writes_what_rqs_own_enqueue_and_worker_write(
         # The engine keeps the return value in RQ's `result` field, not in a stream per job.
         result = ours_done.pop(RESULT_FIELD)
         assert Job.fetch("p", connection=redis, serializer=JSONSerializer)._result == json.loads(result)
+        assert TaskJob.fetch("p", connection=redis).return_value() == json.loads(result)
         assert redis.xrange("rq:results:p") == []
     assert layout(ours_done, *renames, ids=ids) == layout(job_hash(redis, "rp"))
     assert layout(job_hash(redis, "c"), *renames, ids=ids) == layout(job_hash(redis, "rc"))
