@@ -58,26 +58,26 @@ def loads(raw: bytes | str) -> Any:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
-    return _parse(raw, _STORED)
+    return _parse(raw, _STORED_DECODER)
 
 
 def loads_request(raw: bytes | str) -> Any:
     """A request body, held to strict JSON: BadJSON for NaN, Infinity, numbers out of range (floats
     that overflow, integers longer than MAX_INT_DIGITS), lone surrogates, duplicate keys, or nesting
     deeper than MAX_DEPTH."""
-    value = _parse(raw, _REQUEST)
+    value = _parse(raw, _REQUEST_DECODER)
     if _too_deep(value, MAX_DEPTH):
         raise BadJSON(f"nested deeper than {MAX_DEPTH} levels of arrays and objects")
     return value
 
 
-def _parse(raw: bytes | str, hooks: dict[str, Any]) -> Any:
+def _parse(raw: bytes | str, decoder: json.JSONDecoder) -> Any:
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
     except UnicodeDecodeError as error:
         raise BadJSON(f"not UTF-8 at byte {error.start}: {error.reason}") from None
     try:
-        value = json.loads(text, **hooks)
+        value = decoder.decode(text)
     except RecursionError:
         raise BadJSON(f"nested deeper than {MAX_DEPTH} levels of arrays and objects") from None
     except json.JSONDecodeError as error:
@@ -124,6 +124,9 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 _STORED: dict[str, Any] = {"parse_constant": _refuse_constant, "parse_float": _finite}
 _REQUEST: dict[str, Any] = {**_STORED, "parse_int": _bounded_int, "object_pairs_hook": _unique_keys}
+# Made once: json.loads with hooks builds a decoder (and its scanner) for every document.
+_STORED_DECODER = json.JSONDecoder(**_STORED)
+_REQUEST_DECODER = json.JSONDecoder(**_REQUEST)
 
 
 def _too_deep(value: Any, levels_left: int) -> bool:

@@ -71,8 +71,10 @@ async def submit_task(request: Request) -> Response:
     # On the event loop where one script does it all; else (dependencies, limits) off it.
     done = await service.submit_async(request.app.state.redis_async, spec)
     task, created = done if done is not None else await run_in_threadpool(service.submit, spec)
-    # The path alone: request.url_for builds the absolute URL first (a tenth of a submission's CPU).
-    headers = {"Location": str(request.app.url_path_for("get_task", task_id=task.id))}
+    # The path alone (request.url_for builds the absolute URL first, a tenth of a submission's
+    # CPU), from the route itself: the app's url_path_for tries every route before it, each
+    # refusal an exception.
+    headers = {"Location": str(GET_TASK.url_path_for("get_task", task_id=task.id))}
     return JsonResponse(task_json(task), status_code=201 if created else 200, headers=headers)
 
 
@@ -366,11 +368,13 @@ def _persistence(redis: Redis) -> dict[str, Any]:
     return report
 
 
+GET_TASK = Route("/api/tasks/{task_id}", get_task, methods=["GET"], name="get_task")
+
 ROUTES = [
     Route("/api/tasks", submit_task, methods=["POST"]),
     Route("/api/tasks", list_tasks, methods=["GET"]),
     Route(BATCH_PATH, submit_batch, methods=["POST"]),
-    Route("/api/tasks/{task_id}", get_task, methods=["GET"], name="get_task"),
+    GET_TASK,
     Route("/api/tasks/{task_id}", update_task, methods=["PUT"]),
     Route("/api/tasks/{task_id}", delete_task, methods=["DELETE"]),
     Route("/api/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
