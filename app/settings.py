@@ -91,7 +91,13 @@ class Settings(BaseSettings):
     """An engine child whose resident memory passes this after a task is replaced."""
     log_level: str = "INFO"
 
-    _csv = field_validator("api_keys", "task_modules", "http_allowed_hosts", "processes", mode="before")(_split_csv)
+    cors_origins: Annotated[list[str], NoDecode] = []
+    """Origins (`https://console.example.com`) whose pages may call the API from a browser; none
+    by default, and then no CORS headers are sent."""
+
+    _csv = field_validator(
+        "api_keys", "task_modules", "http_allowed_hosts", "processes", "cors_origins", mode="before"
+    )(_split_csv)
 
     @property
     def effective_redis_url(self) -> str:

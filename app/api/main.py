@@ -12,6 +12,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,9 +79,34 @@ class BodyLimit:
         await self.app(scope, limited_receive, send)
 
 
-class ServerTiming:
-    """`Server-Timing: app;dur=<ms>` on every response: the time from the request's arrival to
-    its response's start, so clients (and the benchmark) see server time apart from the network."""
+CORS_EXPOSED = [
+    "Location",
+    "Link",
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
+    "Preference-Applied",
+    "Server-Timing",
+]
+"""Response headers a page on another origin may read (with RQFLOW_CORS_ORIGINS)."""
+
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"referrer-policy", b"no-referrer"),
+]
+"""On every answer: no content sniffing, never in a frame, no referrer to other sites."""
+
+NO_STORE = (b"cache-control", b"no-store")
+"""On every /api answer: tasks, results and errors are not for caches to keep."""
+
+
+class ResponseHeaders:
+    """What every response carries: the security headers, `Cache-Control: no-store` on /api, and
+    `Server-Timing: app;dur=<ms>`, the time from the request's arrival to its response's start,
+    so clients (and the benchmark) see server time apart from the network. Pure ASGI: a streamed
+    answer passes through as it is sent."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -89,14 +115,19 @@ class ServerTiming:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
+        fixed = [*SECURITY_HEADERS, NO_STORE] if scope["path"].startswith("/api/") else SECURITY_HEADERS
 
-        async def timed_send(message: Message) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                message["headers"] = [*message.get("headers", []), (b"server-timing", b"app;dur=%.1f" % elapsed_ms)]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *fixed,
+                    (b"server-timing", b"app;dur=%.1f" % elapsed_ms),
+                ]
             await send(message)
 
-        await self.app(scope, receive, timed_send)
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(settings: Settings, clock: Clock = now) -> Starlette:
@@ -117,8 +148,20 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
             redis.close()
             await app.state.redis_async.aclose()
 
-    middleware = [
-        Middleware(ServerTiming),
+    middleware = [Middleware(ResponseHeaders)]
+    if settings.cors_origins:
+        # Off unless origins are named: a browser page elsewhere then may call the API with a key.
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Prefer", "Last-Event-ID", "X-Request-ID"],
+                expose_headers=CORS_EXPOSED,
+                max_age=600,
+            )
+        )
+    middleware += [
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_body_bytes),
     ]
     if settings.api_keys:

@@ -73,3 +73,32 @@ def test_a_batch_has_a_body_limit_of_its_own(settings: Settings) -> None:
         problem = assert_problem(client.post("/api/tasks/batch", json=too_big), 413)
         assert "RQFLOW_MAX_BATCH_BODY_BYTES" in problem["detail"]
         assert len(client.get("/api/tasks?limit=1000").json()) == 1000
+
+
+def test_every_answer_carries_the_security_headers_and_api_answers_are_not_cached(client: TestClient) -> None:
+    for response in (client.get("/api/tasks"), client.get("/health"), client.get("/api/tasks/nope")):
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["content-security-policy"] == "frame-ancestors 'none'"
+    assert client.get("/api/tasks").headers["cache-control"] == "no-store"
+    assert "cache-control" not in client.get("/health").headers
+
+
+def test_cors_is_off_unless_origins_are_named(settings: Settings) -> None:
+    preflight = {"Origin": "https://console.example.com", "Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(settings)) as client:
+        answer = client.options("/api/tasks", headers=preflight)
+        assert "access-control-allow-origin" not in answer.headers
+        assert (
+            "access-control-allow-origin"
+            not in client.get("/api/tasks", headers={"Origin": preflight["Origin"]}).headers
+        )
+    named = settings.model_copy(update={"cors_origins": ["https://console.example.com"]})
+    with TestClient(create_app(named)) as client:
+        answer = client.options("/api/tasks", headers=preflight)
+        assert answer.status_code == 200
+        assert answer.headers["access-control-allow-origin"] == "https://console.example.com"
+        other = client.options("/api/tasks", headers={**preflight, "Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        listed = client.get("/api/tasks", headers={"Origin": "https://console.example.com"})
+        assert "Location" in listed.headers["access-control-expose-headers"]
