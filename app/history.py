@@ -1,6 +1,7 @@
 """Each task's history: its events, oldest first, kept in its own job hash (`keys.FIELD_HISTORY`).
 
-One JSON array a line, `[at_ms, event, attempt, worker, error, detail]` without trailing nulls,
+One JSON array a line, `[at_ms, event, attempt, worker, error, detail, by]` without trailing nulls
+(`by`: the name of the API key that made the change),
 at most MAX_EVENTS lines (the newest). In the job hash the history costs the bytes of its lines and
 goes wherever the task goes (expiry, deletion, retention), where a stream per task cost 4.7 KB
 for two events (Redis gives a stream's first node `stream-node-max-bytes`) and an expiry of its own.
@@ -33,6 +34,7 @@ class EventName(str, Enum):
     STARTED = "started"
     RETRYING = "retrying"
     RETRY_REQUESTED = "retry_requested"
+    UPDATED = "updated"
     REQUEUED = "requeued"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -51,6 +53,8 @@ class Event:
     worker: str | None
     error: dict[str, str] | None
     detail: str | None
+    by: str | None = None
+    """The API key (its name) whose request made the change, where one did."""
 
 
 ADD_EVENT = """
@@ -89,6 +93,7 @@ def record(
     worker: str | None = None,
     error: dict[str, str] | None = None,
     detail: str | None = None,
+    by: str | None = None,
 ) -> None:
     """Append an event to the task whose job hash is `job_key`, on `target` (a pipeline, so it
     commits with the change it describes). A task whose record is gone gets none: no hash is made
@@ -101,6 +106,7 @@ def record(
         worker or None,
         {"type": error.get("type", ""), "message": error.get("message", "")} if error else None,
         detail or None,
+        by or None,
     ]
     while line[-1] is None:
         line.pop()
@@ -115,7 +121,7 @@ def decode(kept: bytes | str | None) -> list[Event]:
         if not line:
             continue
         try:
-            at_ms, event, attempt, worker, error, detail = [*codec.loads(line), None, None, None, None][:6]
+            at_ms, event, attempt, worker, error, detail, by = [*codec.loads(line), *[None] * 5][:7]
             found.append(
                 Event(
                     event=str(event),
@@ -124,6 +130,7 @@ def decode(kept: bytes | str | None) -> list[Event]:
                     worker=worker,
                     error=error,
                     detail=detail,
+                    by=by,
                 )
             )
         except (*codec.DECODE_ERRORS, TypeError) as bad:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,12 +10,10 @@ from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.auth import BearerAuth, parse_keys
 from app.api.problems import HANDLERS, problem
 from app.api.routes import BATCH_PATH, ROUTES
 from app.clock import Clock, now
@@ -25,24 +22,6 @@ from app.jobs.tasks import TaskService
 from app.registry import load_registry
 from app.schedules import ScheduleService
 from app.settings import Settings
-
-
-class BearerAuth(BaseHTTPMiddleware):
-    """`Authorization: Bearer <key>` on /api/* when keys are configured."""
-
-    def __init__(self, app: object, keys: list[str]) -> None:
-        super().__init__(app)  # type: ignore[arg-type]
-        self.keys = [k.encode() for k in keys]
-
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if request.url.path.startswith("/api/"):
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            given = token.strip().encode()
-            if scheme.lower() != "bearer" or not any(hmac.compare_digest(given, k) for k in self.keys):
-                response = problem(401, "send a valid API key as `Authorization: Bearer <key>`")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="rqflow"'
-                return response
-        return await call_next(request)
 
 
 class BodyLimit:
@@ -165,7 +144,7 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_body_bytes),
     ]
     if settings.api_keys:
-        middleware.append(Middleware(BearerAuth, keys=settings.api_keys))
+        middleware.append(Middleware(BearerAuth, keys=parse_keys(settings.api_keys)))
     app = Starlette(
         routes=ROUTES,
         middleware=middleware,

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app import codec
+from app.api.auth import ACTOR
 from app.api.problems import parse_json
 from app.api.responses import JsonResponse
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
@@ -60,6 +61,13 @@ def _service(request: Request) -> TaskService:
     return service
 
 
+def _actor(request: Request) -> str | None:
+    """The name of the API key the request came with (app.api.auth), for the history of what it
+    changes; None without keys."""
+    actor: str | None = request.scope.get("state", {}).get(ACTOR)
+    return actor
+
+
 def _reads(request: Request) -> TaskReader:
     return _service(request).reads
 
@@ -69,8 +77,9 @@ async def submit_task(request: Request) -> Response:
     spec = body.to_spec()
     service = _service(request)
     # On the event loop where one script does it all; else (dependencies, limits) off it.
-    done = await service.submit_async(request.app.state.redis_async, spec)
-    task, created = done if done is not None else await run_in_threadpool(service.submit, spec)
+    actor = _actor(request)
+    done = await service.submit_async(request.app.state.redis_async, spec, actor)
+    task, created = done if done is not None else await run_in_threadpool(service.submit, spec, actor)
     # The path alone (request.url_for builds the absolute URL first, a tenth of a submission's
     # CPU), from the route itself: the app's url_path_for tries every route before it, each
     # refusal an exception.
@@ -86,7 +95,8 @@ async def submit_batch(request: Request) -> Response:
     minimal = "return=minimal" in prefer
     if request.headers.get("content-type", "").split(";")[0].strip().lower() == NDJSON:
         return await _submit_ndjson(request, dry_run, full="return=representation" in prefer)
-    status, content = await run_in_threadpool(_submit_batch, _service(request), await request.body(), dry_run, minimal)
+    body = await request.body()
+    status, content = await run_in_threadpool(_submit_batch, _service(request), body, dry_run, minimal, _actor(request))
     headers = {"Preference-Applied": "return=minimal"} if minimal else None
     return Response(content, status_code=status, media_type="application/json", headers=headers)
 
@@ -111,7 +121,7 @@ async def _submit_ndjson(request: Request, dry_run: bool, full: bool) -> Respons
         raise InvalidInput(
             f"an NDJSON batch holds 1 to {MAX_NDJSON_BATCH} tasks", [FieldError("tasks", f"{len(specs)} tasks")]
         )
-    tasks, created = await run_in_threadpool(_store_batch, _service(request), specs, dry_run)
+    tasks, created = await run_in_threadpool(_store_batch, _service(request), specs, dry_run, _actor(request))
     status = 200 if dry_run or not created else 201
     if full:
         content = codec.dumps({"dry_run": dry_run, "tasks": [task_json(t) for t in tasks]})
@@ -121,9 +131,11 @@ async def _submit_ndjson(request: Request, dry_run: bool, full: bool) -> Respons
     return JsonResponse(summary, status_code=status, headers={"Preference-Applied": "return=minimal"})
 
 
-def _store_batch(service: TaskService, specs: list[TaskSpec], dry_run: bool) -> tuple[list[Task], bool]:
+def _store_batch(
+    service: TaskService, specs: list[TaskSpec], dry_run: bool, actor: str | None
+) -> tuple[list[Task], bool]:
     with gc_paused():
-        return service.submit_batch(specs, dry_run)
+        return service.submit_batch(specs, dry_run, actor=actor)
 
 
 def _ndjson_lines(lines: list[bytes], line: int, specs: list[TaskSpec], errors: list[FieldError]) -> int:
@@ -147,7 +159,9 @@ def _ndjson_lines(lines: list[bytes], line: int, specs: list[TaskSpec], errors: 
     return line
 
 
-def _submit_batch(service: TaskService, raw: bytes, dry_run: bool, minimal: bool) -> tuple[int, bytes]:
+def _submit_batch(
+    service: TaskService, raw: bytes, dry_run: bool, minimal: bool, actor: str | None
+) -> tuple[int, bytes]:
     """Parsing, validating, storing and encoding 10,000 tasks, off the event loop."""
 
     def encode(tasks: list[Task]) -> bytes:
@@ -158,7 +172,9 @@ def _submit_batch(service: TaskService, raw: bytes, dry_run: bool, minimal: bool
     with gc_paused():
         specs = _batch_specs(parse_json(raw))
         # The answer is encoded while Redis runs the transaction where it can be.
-        tasks, created = service.submit_batch(specs, dry_run, meanwhile=lambda tasks: encoded.append(encode(tasks)))
+        tasks, created = service.submit_batch(
+            specs, dry_run, meanwhile=lambda tasks: encoded.append(encode(tasks)), actor=actor
+        )
         content = encoded[-1] if encoded else encode(tasks)
     return 200 if dry_run or not created else 201, content
 
@@ -211,13 +227,14 @@ async def get_task(request: Request) -> Response:
 
 async def update_task(request: Request) -> Response:
     body = TaskUpdateIn.model_validate(parse_json(await request.body()))
-    task = await run_in_threadpool(_service(request).update, request.path_params["task_id"], body.to_changes())
+    task_id, changes = request.path_params["task_id"], body.to_changes()
+    task = await run_in_threadpool(_service(request).update, task_id, changes, _actor(request))
     return JsonResponse(task_json(task, detailed=True))
 
 
 async def cancel_task(request: Request) -> Response:
     task_id = request.path_params["task_id"]
-    outcome = await _until_not_taken(_service(request).cancel, task_id)
+    outcome = await _until_not_taken(partial(_service(request).cancel, actor=_actor(request)), task_id)
     task = await run_in_threadpool(_reads(request).get, task_id)
     # 202: a running task was told to stop; it is CANCELED within moments.
     return JsonResponse(task_json(task, detailed=True), status_code=200 if outcome is Cancellation.CANCELED else 202)
@@ -235,7 +252,7 @@ async def _until_not_taken(step: Callable[[str], Cancellation], task_id: str) ->
 
 
 async def retry_task(request: Request) -> Response:
-    task = await run_in_threadpool(_service(request).retry, request.path_params["task_id"])
+    task = await run_in_threadpool(_service(request).retry, request.path_params["task_id"], _actor(request))
     return JsonResponse(task_json(task, detailed=True))
 
 
@@ -264,6 +281,7 @@ async def task_history(request: Request) -> Response:
                 "worker": e.worker,
                 "error": e.error,
                 "detail": e.detail,
+                "by": e.by,
             }
             for e in events
         ]

@@ -55,6 +55,8 @@ class Planned:
     spec: TaskSpec
     task_type: TaskType
     fingerprint: str
+    actor: str | None = None
+    """The API key (its name) that submitted it."""
 
     @cached_property
     def values(self) -> dict[str, Any]:
@@ -82,7 +84,10 @@ class Planned:
         """What rqflow keeps of the submission in the job hash (TaskJob.spec). `submitted_as`
         (where the task went when submitted) makes the first event of its history, which so
         costs no stream of its own until something else happens to the task."""
-        return {"submitted_as": STATUS_EVENTS[status], **spec_fields.encode(self.values)}
+        stored = {"submitted_as": STATUS_EVENTS[status], **spec_fields.encode(self.values)}
+        if self.actor:
+            stored["submitted_by"] = self.actor
+        return stored
 
     def shape(self) -> tuple[Any, ...]:
         """Everything besides OWN_FIELDS that RQ's hash of this task depends on."""

@@ -70,6 +70,8 @@ class TaskJob(Job):
         self.error: dict[str, str] | None = None
         self.spec: dict[str, Any] = {}
         self.fingerprint: str | None = None
+        self.actor: str | None = None
+        """The API key (its name) whose request is changing the task, for its history."""
         self.record_status_events = True
         """Off while a task is being submitted: its "submitted" event says where it went."""
         self.unreadable: str | None = None
@@ -196,6 +198,7 @@ class TaskJob(Job):
             attempt=self.attempts or None,
             worker=self.worker_name if ended else None,
             error=self.error if status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED) else None,
+            by=self.actor,
         )
         if ended:
             bucket = keys.finished_bucket(time.time())

@@ -64,7 +64,10 @@ class TaskReader:
         submitted_as = job.spec.get("submitted_as")
         if submitted_as and job.created_at:
             # Kept in the task's own hash rather than a stream per task (see Planned.stored_spec).
-            events.insert(0, history.Event(EventName.SUBMITTED.value, job.created_at, None, None, None, submitted_as))
+            by = job.spec.get("submitted_by")
+            events.insert(
+                0, history.Event(EventName.SUBMITTED.value, job.created_at, None, None, None, submitted_as, by)
+            )
         return events
 
     # -- read ----------------------------------------------------------------------------------

@@ -132,6 +132,7 @@ class Submission:
         batch: bool,
         dry_run: bool = False,
         meanwhile: Callable[[list[Task]], None] | None = None,
+        actor: str | None = None,
     ) -> tuple[list[Task], bool]:
         """Store every task or none; returns them in request order, and whether they were created
         (False: the same submission came again). `batch` only changes how errors name fields.
@@ -144,7 +145,7 @@ class Submission:
         The new ids are reserved first by one atomic script (WATCHing thousands of keys costs Redis
         quadratic time); parents outside the batch are WATCHed until the write commits.
         """
-        plan = self._plan(specs, batch)
+        plan = self._plan(specs, batch, actor)
         ids = [p.task_id for p in plan]
         new_keys = [TaskJob.key_for(task_id) for task_id in ids]
         in_batch = set(ids)
@@ -190,13 +191,15 @@ class Submission:
             return self._repeat([p]), False
         return [one.written(taken)], True
 
-    async def submit_one(self, connection: AsyncRedis, spec: TaskSpec) -> tuple[Task, bool] | None:
+    async def submit_one(
+        self, connection: AsyncRedis, spec: TaskSpec, actor: str | None = None
+    ) -> tuple[Task, bool] | None:
         """`submit` of one task on an asyncio connection, for the API's event loop: no thread hop
         and no blocked loop while Redis runs the script. None where the general path must take it
         (dependencies, a limit, or an id already stored, whose repeat needs reads)."""
         if spec.dependencies:
             return None  # before planning it: the general path plans it again
-        p = self._plan([spec], batch=False)[0]
+        p = self._plan([spec], batch=False, actor=actor)[0]
         one = self._prepare_one(p) if _one_script(p) else None
         if one is None:
             return None
@@ -255,8 +258,9 @@ class Submission:
         if meanwhile is not None:
             meanwhile([into[p.task_id] for p, _ in sorted(placed, key=lambda pair: pair[0].index)])
 
-    def _plan(self, specs: Sequence[TaskSpec], batch: bool) -> list[Planned]:
-        """Validate names and ids, and order the tasks parents first (or name the cycle)."""
+    def _plan(self, specs: Sequence[TaskSpec], batch: bool, actor: str | None = None) -> list[Planned]:
+        """Validate names and ids, and order the tasks parents first (or name the cycle); `actor`
+        is the API key (its name) submitting them."""
         errors: list[FieldError] = []
         planned: dict[str, Planned] = {}
         for index, spec in enumerate(specs):
@@ -271,7 +275,7 @@ class Submission:
                     FieldError(_where(batch, index, "id"), f"task id {task_id!r} appears more than once in the batch")
                 )
                 continue
-            planned[task_id] = Planned(index, task_id, spec, task_type, spec.fingerprint())
+            planned[task_id] = Planned(index, task_id, spec, task_type, spec.fingerprint(), actor)
         if errors:
             raise InvalidTask("; ".join(e.message for e in errors), errors)
         try:

@@ -65,25 +65,30 @@ class TaskService:
 
     # -- submit --------------------------------------------------------------------------------
 
-    def submit(self, spec: TaskSpec) -> tuple[Task, bool]:
-        """Store and enqueue one task; returns it and whether it was created (False: an idempotent repeat)."""
-        tasks, created = self.submission.submit([spec], batch=False)
+    def submit(self, spec: TaskSpec, actor: str | None = None) -> tuple[Task, bool]:
+        """Store and enqueue one task; returns it and whether it was created (False: an idempotent
+        repeat). `actor` (here and below): the name of the API key making the change, for the
+        task's history."""
+        tasks, created = self.submission.submit([spec], batch=False, actor=actor)
         return tasks[0], created
 
-    async def submit_async(self, connection: AsyncRedis, spec: TaskSpec) -> tuple[Task, bool] | None:
+    async def submit_async(
+        self, connection: AsyncRedis, spec: TaskSpec, actor: str | None = None
+    ) -> tuple[Task, bool] | None:
         """`submit` on an asyncio connection where one script does it all; None where the caller
         must run `submit` (off its event loop)."""
-        return await self.submission.submit_one(connection, spec)
+        return await self.submission.submit_one(connection, spec, actor)
 
     def submit_batch(
         self,
         specs: Sequence[TaskSpec],
         dry_run: bool = False,
         meanwhile: Callable[[list[Task]], None] | None = None,
+        actor: str | None = None,
     ) -> tuple[list[Task], bool]:
         """A whole DAG, all or nothing; dependencies may point inside the batch in any order.
         `meanwhile`: as Submission.submit's."""
-        return self.submission.submit(specs, batch=True, dry_run=dry_run, meanwhile=meanwhile)
+        return self.submission.submit(specs, batch=True, dry_run=dry_run, meanwhile=meanwhile, actor=actor)
 
     def release(self, task_id: str, at_ms: int) -> None:
         """A timed task's time has come (called by the scheduler's timer): queue it if its
@@ -124,7 +129,7 @@ class TaskService:
 
     # -- change -------------------------------------------------------------------------------
 
-    def update(self, task_id: str, changes: TaskChanges) -> Task:
+    def update(self, task_id: str, changes: TaskChanges, actor: str | None = None) -> Task:
         """Change a task that has not started: payload, start time, priority, limits.
 
         A queued task is first taken out of its queue atomically (so no worker can start it while
@@ -141,9 +146,12 @@ class TaskService:
                     status = job.get_status(refresh=False)
                     if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED) and not taken:
                         pipe.unwatch()
-                        return self.update(task_id, changes)  # it was released meanwhile: take it
+                        return self.update(task_id, changes, actor)  # it was released meanwhile: take it
                     self._check_changeable(job)
+                    job.actor = actor
                     release_now = self._apply(job, changes, status, taken, pipe)
+                    changed = ", ".join(f.name for f in fields(changes) if getattr(changes, f.name) is not None)
+                    history.record(pipe, job.key, EventName.UPDATED, detail=changed or None, by=actor)
                     pipe.execute()
                     break
                 except WatchError:
@@ -226,7 +234,7 @@ class TaskService:
 
     # -- cancel, retry, delete -------------------------------------------------------------
 
-    def cancel(self, task_id: str) -> Cancellation:
+    def cancel(self, task_id: str, actor: str | None = None) -> Cancellation:
         """Cancel a task, without waiting. CANCELED: done (dependents cascade). STOPPING: a running
         task was asked to stop, and its worker cancels it within moments. TAKEN: a worker took it
         from its queue this instant and is about to start it; ask again in a few milliseconds."""
@@ -246,12 +254,13 @@ class TaskService:
                     self._take_out_of_queue(job)
                 except TaskConflict:
                     return Cancellation.TAKEN
+            job.actor = actor
             if cancel_task(job, {"type": ErrorType.CANCELED.value, "message": "canceled on request"}):
                 cascade(self.connection, task_id)
                 return Cancellation.CANCELED
         raise TaskConflict(f"task {task_id!r} kept changing state; try again")
 
-    def retry(self, task_id: str) -> Task:
+    def retry(self, task_id: str, actor: str | None = None) -> Task:
         """Run a FAILED or CANCELED task again (its attempts keep counting) and put back to PENDING
         the dependents that were canceled because of it."""
         job = self.reads.job(task_id)
@@ -271,7 +280,8 @@ class TaskService:
             pipe.hdel(job.key, keys.FIELD_ERROR)
             for registry in (job.failed_job_registry, CanceledJobRegistry(job.origin, connection=self.connection)):
                 registry.remove(job, pipeline=pipe)
-            history.record(pipe, job.key, EventName.RETRY_REQUESTED, attempt=job.attempts or None)
+            history.record(pipe, job.key, EventName.RETRY_REQUESTED, attempt=job.attempts or None, by=actor)
+            job.actor = actor
             if verdict.met is None:
                 job.set_status(JobStatus.DEFERRED, pipeline=pipe)
                 job.save(pipeline=pipe)

@@ -1,0 +1,101 @@
+"""API keys with scopes: who may do what.
+
+`RQFLOW_API_KEYS` is a comma-separated list. An entry is a bare secret (full access, named
+`key-<first 8 hex of its SHA-256>` so that the history can say which key without showing it) or
+`name:scope:secret`, scope one of:
+
+- `read`: GET only;
+- `write`: also submit, change, cancel and retry tasks;
+- `admin`: also delete tasks and manage schedules.
+
+Several entries may share a name: that is how a key is rotated without downtime (add the new
+secret, move the clients over, remove the old one). No key or an unknown one gets 401 with
+`WWW-Authenticate: Bearer`; a key without the scope a request needs gets 403. Secrets are
+compared in constant time, each against every key, and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from enum import IntEnum
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.api.problems import problem
+
+ACTOR = "api_key"
+"""Where the request's key name is kept in the ASGI scope's state (for the history of changes)."""
+
+
+class Access(IntEnum):
+    READ = 1
+    WRITE = 2
+    ADMIN = 3
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    access: Access
+    secret: bytes
+
+    def __repr__(self) -> str:  # never the secret, wherever a key ends up printed
+        return f"ApiKey(name={self.name!r}, access={self.access.name})"
+
+
+def parse_keys(entries: list[str]) -> list[ApiKey]:
+    """The keys of `RQFLOW_API_KEYS`; ValueError (naming the entry's position, not its secret) for
+    an entry that is neither a bare secret nor `name:scope:secret`."""
+    found = []
+    for n, entry in enumerate(entries, start=1):
+        name, scope, secret = [*entry.split(":", 2), "", ""][:3]
+        if scope.upper() in Access.__members__:
+            if not name or not secret:
+                raise ValueError(f"RQFLOW_API_KEYS entry {n}: `name:scope:secret` needs a name and a secret")
+            found.append(ApiKey(name, Access[scope.upper()], secret.encode()))
+        else:
+            digest = hashlib.sha256(entry.encode()).hexdigest()[:8]
+            found.append(ApiKey(f"key-{digest}", Access.ADMIN, entry.encode()))
+    return found
+
+
+def needed(method: str, path: str) -> Access:
+    """The access a request needs: reading is READ; deleting a task and any change to schedules
+    ADMIN; every other change WRITE."""
+    if method in ("GET", "HEAD", "OPTIONS"):
+        return Access.READ
+    if method == "DELETE" or path.startswith("/api/schedules"):
+        return Access.ADMIN
+    return Access.WRITE
+
+
+class BearerAuth:
+    """`Authorization: Bearer <key>` on /api/* when keys are configured (pure ASGI: nothing is
+    buffered, so streamed answers pass through)."""
+
+    def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            return await self.app(scope, receive, send)
+        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        key = None
+        for candidate in self.keys:  # every key compared, so the time says nothing of which matched
+            if hmac.compare_digest(given, candidate.secret) and key is None:
+                key = candidate
+        if scheme.lower() != "bearer" or key is None:
+            response = problem(401, "send a valid API key as `Authorization: Bearer <key>`")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="rqflow"'
+            return await response(scope, receive, send)
+        access = needed(scope["method"], scope["path"])
+        if key.access < access:
+            detail = f"the key {key.name!r} may {key.access.name.lower()}; this needs {access.name.lower()} access"
+            return await problem(403, detail)(scope, receive, send)
+        scope.setdefault("state", {})[ACTOR] = key.name
+        await self.app(scope, receive, send)
