@@ -94,6 +94,15 @@ class SubmissionInProgress(TaskConflict):
     a crash moments ago, until its claim lapses): the same request may succeed shortly."""
 
 
+class PayloadTooLarge(InvalidInput):
+    """Raised when a task's payload is larger than RQFLOW_MAX_PAYLOAD_BYTES: nothing is stored."""
+
+
+class Overloaded(DomainError):
+    """Raised when storing a submission would take the tasks not yet finished past
+    RQFLOW_MAX_UNFINISHED: nothing is stored, and the same request may succeed once workers catch up."""
+
+
 class UnreadableRecord(DomainError):
     """Raised when a stored task or schedule cannot be decoded (written by an older version, by hand,
     or damaged): it is left out of lists, counted in `/api/stats`, and can still be deleted."""

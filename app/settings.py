@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     """How long a COMPLETED or CANCELED task (with its result and history) is kept."""
     failed_ttl_s: int = Field(default=2_592_000, ge=1)
     """How long a FAILED task is kept: longer, since someone has to look at it."""
+    max_unfinished: int = Field(default=1_000_000, ge=0)
+    """Tasks stored and not finished (PENDING, SCHEDULED, QUEUED) past which submissions get 503
+    and store nothing (0: no cap): a client that piles up work faster than workers run it is
+    told so long before Redis is full."""
+    max_payload_bytes: int = Field(default=262_144, ge=0)
+    """One task's payload, as JSON; larger gets 413 (0: no cap but the body limit)."""
     keep_finished: int = Field(default=100_000, ge=1)
     """At most this many tasks of each ended status (COMPLETED, FAILED, CANCELED) are kept, the
     oldest going first, whatever their TTL (BullMQ's removeOnComplete/removeOnFail count): at

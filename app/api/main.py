@@ -118,7 +118,12 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         app.state.redis = redis
         app.state.redis_async = connect_async(settings)
         app.state.tasks = TaskService(
-            redis, registry, result_ttl_s=settings.result_ttl_s, failed_ttl_s=settings.failed_ttl_s
+            redis,
+            registry,
+            result_ttl_s=settings.result_ttl_s,
+            failed_ttl_s=settings.failed_ttl_s,
+            max_unfinished=settings.max_unfinished,
+            max_payload_bytes=settings.max_payload_bytes,
         )
         app.state.schedules = ScheduleService(redis, app.state.tasks, clock)
         try:

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -23,6 +24,8 @@ from app.errors import (
     InvalidInput,
     InvalidTask,
     MalformedBody,
+    Overloaded,
+    PayloadTooLarge,
     ScheduleNotFound,
     SubmissionInProgress,
     TaskConflict,
@@ -52,6 +55,8 @@ PROBLEMS: dict[type[DomainError], Problem] = {
     TaskNotFound: Problem(404, "Task not found"),
     ScheduleNotFound: Problem(404, "Schedule not found"),
     SubmissionInProgress: Problem(409, "Conflict", retry_after_s=1),
+    PayloadTooLarge: Problem(413, "Payload too large"),
+    Overloaded: Problem(503, "Too many unfinished tasks", type="too-many-unfinished", retry_after_s=5),
     TaskConflict: Problem(409, "Conflict"),
     # The server holds data it cannot present: its fault, not the client's, and said as such.
     UnreadableRecord: Problem(500, "Unreadable record", type="unreadable-record"),
@@ -125,6 +130,21 @@ async def redis_down(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def redis_refused(request: Request, exc: Exception) -> Response:
+    """Redis refused a command: at its maxmemory (under noeviction every write is refused; within
+    a script the refusal arrives as the script's error), or a fault of ours."""
+    if not isinstance(exc, OutOfMemoryError) and "OOM command not allowed" not in str(exc):
+        return await unexpected(request, exc)
+    log.error("Redis is at its maxmemory during %s %s: %s", request.method, request.url.path, exc)
+    response = problem(
+        503,
+        "the task store (Redis) is full (its maxmemory); nothing was changed, retry later",
+        problem_type="store-full",
+    )
+    response.headers["Retry-After"] = "30"
+    return response
+
+
 async def unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return problem(500, "an unexpected error occurred; it has been logged")
@@ -136,6 +156,7 @@ HANDLERS = {
     HTTPException: http_error,
     RedisConnectionError: redis_down,
     RedisTimeoutError: redis_down,
+    ResponseError: redis_refused,
     Exception: unexpected,
 }
 

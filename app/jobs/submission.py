@@ -25,15 +25,26 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
+from rq.defaults import RQ_KEY_PREFIX
 from rq.job import JobStatus
 from rq.queue import Queue
-from rq.registry import CanceledJobRegistry, DeferredJobRegistry
+from rq.rate_limit import RateLimitRegistry
+from rq.registry import CanceledJobRegistry, DeferredJobRegistry, ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
-from app import keys
+from app import codec, keys
 from app.clock import to_ms
 from app.defaults import CLAIM_TTL_MS
-from app.errors import DependencyCycle, FieldError, InvalidTask, SubmissionInProgress, TaskConflict, UnknownTaskType
+from app.errors import (
+    DependencyCycle,
+    FieldError,
+    InvalidTask,
+    Overloaded,
+    PayloadTooLarge,
+    SubmissionInProgress,
+    TaskConflict,
+    UnknownTaskType,
+)
 from app.graph import dependency_failed_error, edge_met, topological_order
 from app.jobs import store
 from app.jobs.bulk import FastTransaction
@@ -48,25 +59,62 @@ Placement = tuple[JobStatus, datetime, datetime | None, dict[str, str] | None]
 """Where a submitted task went: its status, creation time, enqueue time and error (Factory.task)."""
 
 
-STORED, CLAIMED = 1, 2
+STORED, CLAIMED, FULL = 1, 2, 3
 
-# KEYS: the claims set, then the job key of each new id. ARGV: now (ms), claim expiry (ms), then
-# the new ids. Claims nothing and returns STORED if any id is stored, CLAIMED if any is claimed
-# by a submission in flight; else claims them all and returns 0. Each step is one command per
-# 4,000 ids (Lua's `unpack` stops at 8,000 values), so 10,000 ids cost Redis a few milliseconds.
-RESERVE = """
+
+def _lua_list(names: list[str]) -> str:
+    return "{" + ", ".join(f"'{name}'" for name in names) + "}"
+
+
+UNFINISHED = f"""
+-- Tasks stored and not yet finished: queued (in a queue or a limit's waiting line), pending,
+-- or waiting for their time (a start time or a retry's backoff). A few counters, no walk.
+local function unfinished()
+    local n = 0
+    for _, queue in ipairs({_lua_list([Queue.redis_queue_namespace_prefix + q for q in keys.QUEUES])}) do
+        n = n + redis.call('LLEN', queue)
+    end
+    for _, registry in ipairs({
+    _lua_list(
+        [
+            *(DeferredJobRegistry.key_template.format(q) for q in keys.QUEUES),
+            *(ScheduledJobRegistry.key_template.format(q) for q in keys.QUEUES),
+            keys.HELD,
+        ]
+    )
+}) do
+        n = n + redis.call('ZCARD', registry)
+    end
+    for _, limit in ipairs(redis.call('SMEMBERS', '{RateLimitRegistry.rl_keys_key}')) do
+        n = n + redis.call('ZCARD', '{RQ_KEY_PREFIX}:rl:' .. limit .. ':rate_limited')
+    end
+    return n
+end
+"""
+"""A Lua function for the scripts that store tasks: what RQFLOW_MAX_UNFINISHED caps."""
+
+# KEYS: the claims set, then the job key of each new id. ARGV: now (ms), claim expiry (ms), the
+# cap on unfinished tasks (0: none), then the new ids. Claims nothing and returns STORED if any id
+# is stored, CLAIMED if any is claimed by a submission in flight, FULL if the new tasks would take
+# the unfinished ones past the cap; else claims them all and returns 0. Each step is one command
+# per 4,000 ids (Lua's `unpack` stops at 8,000 values), so 10,000 ids cost Redis a few milliseconds.
+RESERVE = (
+    UNFINISHED
+    + """
 local step = 4000
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 for i = 2, #KEYS, step do
     if redis.call('EXISTS', unpack(KEYS, i, math.min(i + step - 1, #KEYS))) > 0 then return 1 end  -- STORED
 end
-for i = 3, #ARGV, step do
+for i = 4, #ARGV, step do
     local scores = redis.call('ZMSCORE', KEYS[1], unpack(ARGV, i, math.min(i + step - 1, #ARGV)))
     for _, score in ipairs(scores) do
         if score then return 2 end  -- CLAIMED
     end
 end
-for i = 3, #ARGV, step / 2 do
+local cap = tonumber(ARGV[3])
+if cap > 0 and unfinished() + #ARGV - 3 > cap then return 3 end  -- FULL
+for i = 4, #ARGV, step / 2 do
     local members = {}
     for j = i, math.min(i + step / 2 - 1, #ARGV) do
         members[#members + 1] = ARGV[2]
@@ -76,18 +124,24 @@ for i = 3, #ARGV, step / 2 do
 end
 return 0
 """
+)
 
 
 # One task with nothing to read first (no dependencies, no concurrency limit): the check of its id
 # and all of its writes in one script, one round trip instead of the reservation's and the
-# transaction's. KEYS: the claims set, the job key. ARGV: now (ms), the id, and the writes in one
+# transaction's. KEYS: the claims set, the job key. ARGV: now (ms), the id, the writes in one
 # argument, packed by hiredis as one Redis command (RESP: `*<count>`, then `$<length>` and the
 # bytes of each word; each write is its number of words followed by the words), so that a client
-# packs three arguments, not forty, and in C. Returns STORED, CLAIMED, or 0 once written.
-WRITE_ONE = """
+# packs three arguments, not forty, and in C; then the cap on unfinished tasks (0: none).
+# Returns STORED, CLAIMED, FULL, or 0 once written.
+WRITE_ONE = (
+    UNFINISHED
+    + """
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end  -- STORED
 local claimed = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if claimed and tonumber(claimed) > tonumber(ARGV[1]) then return 2 end  -- CLAIMED
+local cap = tonumber(ARGV[4])
+if cap > 0 and unfinished() >= cap then return 3 end  -- FULL
 local blob, words = ARGV[3], {}
 local at = string.find(blob, '\\r\\n', 1, true) + 2
 while at <= #blob do
@@ -104,6 +158,7 @@ while i <= #words do
 end
 return 0
 """
+)
 
 
 class Submission:
@@ -114,12 +169,18 @@ class Submission:
         result_ttl_s: int,
         queues: dict[Any, Queue],
         failed_ttl_s: int | None = None,
+        max_unfinished: int = 0,
+        max_payload_bytes: int = 0,
     ) -> None:
+        """`max_unfinished`: RQFLOW_MAX_UNFINISHED (0: no cap); `max_payload_bytes`:
+        RQFLOW_MAX_PAYLOAD_BYTES, one task's payload as JSON (0: no cap)."""
         self.connection = connection
         self.registry = registry
         self.result_ttl_s = result_ttl_s
         self.queues = queues
         self.factory = Factory(queues, result_ttl_s, failed_ttl_s)
+        self.max_unfinished = max_unfinished
+        self.max_payload_bytes = max_payload_bytes
         self._reserve = connection.register_script(RESERVE)
         self._write_one = connection.register_script(WRITE_ONE)
         self._write_one_async: Any = None
@@ -159,11 +220,15 @@ class Submission:
                 return self._repeat(plan), False
         else:
             now_ms = int(time.time() * 1000)
-            taken = self._reserve(keys=[keys.CLAIMS, *new_keys], args=[now_ms, now_ms + CLAIM_TTL_MS, *ids])
+            taken = self._reserve(
+                keys=[keys.CLAIMS, *new_keys], args=[now_ms, now_ms + CLAIM_TTL_MS, self.max_unfinished, *ids]
+            )
             if taken == STORED:
                 return self._repeat(plan), False
             if taken == CLAIMED:
                 raise _in_progress("some of these ids")
+            if taken == FULL:
+                raise self._full(len(ids))
         written = False
         try:
             with gc_paused():
@@ -187,6 +252,8 @@ class Submission:
         if one is None:
             return None
         taken = self._write_one(keys=one.keys, args=one.words)
+        if taken == FULL:
+            raise self._full(1)
         if taken == STORED:
             return self._repeat([p]), False
         return [one.written(taken)], True
@@ -206,7 +273,16 @@ class Submission:
         if self._write_one_async is None:
             self._write_one_async = connection.register_script(WRITE_ONE)
         taken = await self._write_one_async(keys=one.keys, args=one.words, client=connection)
+        if taken == FULL:
+            raise self._full(1)
         return None if taken == STORED else (one.written(taken), True)
+
+    def _full(self, count: int) -> Overloaded:
+        what = "this task" if count == 1 else f"these {count} tasks"
+        return Overloaded(
+            f"the tasks not yet finished are at the limit of {self.max_unfinished} (RQFLOW_MAX_UNFINISHED) "
+            f"and {what} would pass it; nothing was stored, send again once workers have caught up"
+        )
 
     def _prepare_one(self, p: Planned) -> _OneWrite | None:
         recorder = _Recorder(self.connection)
@@ -216,7 +292,7 @@ class Submission:
             if args[0] in ("EVAL", "EVALSHA"):
                 return None
             writes += [len(args), *args]
-        words = [int(time.time() * 1000), p.task_id, pack_command(tuple(writes))]
+        words = [int(time.time() * 1000), p.task_id, pack_command(tuple(writes)), self.max_unfinished]
         return _OneWrite(self, placed, [keys.CLAIMS, TaskJob.key_for(p.task_id)], words)
 
     def _write(
@@ -262,6 +338,7 @@ class Submission:
         """Validate names and ids, and order the tasks parents first (or name the cycle); `actor`
         is the API key (its name) submitting them."""
         errors: list[FieldError] = []
+        too_large: list[FieldError] = []
         planned: dict[str, Planned] = {}
         for index, spec in enumerate(specs):
             task_id = spec.id or uuid4().hex
@@ -275,9 +352,19 @@ class Submission:
                     FieldError(_where(batch, index, "id"), f"task id {task_id!r} appears more than once in the batch")
                 )
                 continue
+            if self.max_payload_bytes and len(codec.dumps(spec.payload)) > self.max_payload_bytes:
+                too_large.append(
+                    FieldError(
+                        _where(batch, index, "payload"),
+                        f"task {task_id!r}: the payload is larger than {self.max_payload_bytes} bytes "
+                        f"of JSON (RQFLOW_MAX_PAYLOAD_BYTES)",
+                    )
+                )
             planned[task_id] = Planned(index, task_id, spec, task_type, spec.fingerprint(), actor)
         if errors:
             raise InvalidTask("; ".join(e.message for e in errors), errors)
+        if too_large:
+            raise PayloadTooLarge("; ".join(e.message for e in too_large[:20]), too_large)
         try:
             order = topological_order({i: [e.parent for e in p.spec.dependencies] for i, p in planned.items()})
         except DependencyCycle as cycle:

@@ -54,14 +54,24 @@ class TaskService:
     """Changes tasks (`reads` reads them). Every task is an RQ job whose id is the task id."""
 
     def __init__(
-        self, connection: Redis, registry: Registry, result_ttl_s: int, failed_ttl_s: int | None = None
+        self,
+        connection: Redis,
+        registry: Registry,
+        result_ttl_s: int,
+        failed_ttl_s: int | None = None,
+        *,
+        max_unfinished: int = 0,
+        max_payload_bytes: int = 0,
     ) -> None:
+        """The caps (0: none) apply to what the API submits: a schedule's runs are not refused."""
         self.connection = connection
         self.registry = registry
         self.result_ttl_s = result_ttl_s
         self.reads = TaskReader(connection)
         self.queues = self.reads.queues
-        self.submission = Submission(connection, registry, result_ttl_s, self.queues, failed_ttl_s)
+        self.submission = Submission(
+            connection, registry, result_ttl_s, self.queues, failed_ttl_s, max_unfinished, max_payload_bytes
+        )
 
     # -- submit --------------------------------------------------------------------------------
 
