@@ -94,6 +94,13 @@ MEMORY_SAMPLES = f"{PREFIX}:memory"
 """List of `<epoch s>:<used_memory>` readings, newest first, that the workers' maintenance pass
 takes: the growth `/health` and `/api/stats` forecast from."""
 
+
+def rate_limit_bucket(client: str) -> str:
+    """A client's GCRA state for the API's rate limit (app.jobs.ratelimit): its next theoretical
+    arrival time, expiring when it has been idle for the limit's period."""
+    return f"{PREFIX}:ratelimit:{client}"
+
+
 PRUNE_CURSORS = f"{PREFIX}:retention:cursors"
 """Hash: for each list index, the last entry the retention pass checked (app.jobs.retention)."""
 

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     """How long a COMPLETED or CANCELED task (with its result and history) is kept."""
     failed_ttl_s: int = Field(default=2_592_000, ge=1)
     """How long a FAILED task is kept: longer, since someone has to look at it."""
+    rate_limit: str | None = None
+    """`100/s`, `6000/min`, `50000/h`: per API key, or per client address where no keys are set;
+    a batch counts each of its tasks. Unset: no limit."""
     max_unfinished: int = Field(default=1_000_000, ge=0)
     """Tasks stored and not finished (PENDING, SCHEDULED, QUEUED) past which submissions get 503
     and store nothing (0: no cap): a client that piles up work faster than workers run it is

@@ -14,9 +14,11 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import BearerAuth, parse_keys
+from app.api.limits import RateLimit
 from app.api.problems import HANDLERS, problem
 from app.api.routes import BATCH_PATH, ROUTES
 from app.clock import Clock, now
+from app.jobs.ratelimit import Rate
 from app.jobs.store import connect, connect_async
 from app.jobs.tasks import TaskService
 from app.registry import load_registry
@@ -150,6 +152,9 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
     ]
     if settings.api_keys:
         middleware.append(Middleware(BearerAuth, keys=parse_keys(settings.api_keys)))
+    if settings.rate_limit:
+        # After the keys: a request counts against its key's name.
+        middleware.append(Middleware(RateLimit, rate=Rate.parse(settings.rate_limit), batch_path=BATCH_PATH))
     app = Starlette(
         routes=ROUTES,
         middleware=middleware,

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from app import codec
 from app.api.auth import ACTOR
+from app.api.limits import charge
 from app.api.problems import parse_json
 from app.api.responses import JsonResponse
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
@@ -95,8 +96,13 @@ async def submit_batch(request: Request) -> Response:
     minimal = "return=minimal" in prefer
     if request.headers.get("content-type", "").split(";")[0].strip().lower() == NDJSON:
         return await _submit_ndjson(request, dry_run, full="return=representation" in prefer)
-    body = await request.body()
-    status, content = await run_in_threadpool(_submit_batch, _service(request), body, dry_run, minimal, _actor(request))
+    specs = await run_in_threadpool(_parsed_batch, await request.body())
+    refused = None if dry_run else await charge(request, len(specs))
+    if refused is not None:
+        return refused
+    status, content = await run_in_threadpool(
+        _submit_batch, _service(request), specs, dry_run, minimal, _actor(request)
+    )
     headers = {"Preference-Applied": "return=minimal"} if minimal else None
     return Response(content, status_code=status, media_type="application/json", headers=headers)
 
@@ -121,6 +127,9 @@ async def _submit_ndjson(request: Request, dry_run: bool, full: bool) -> Respons
         raise InvalidInput(
             f"an NDJSON batch holds 1 to {MAX_NDJSON_BATCH} tasks", [FieldError("tasks", f"{len(specs)} tasks")]
         )
+    refused = None if dry_run else await charge(request, len(specs))
+    if refused is not None:
+        return refused
     tasks, created = await run_in_threadpool(_store_batch, _service(request), specs, dry_run, _actor(request))
     status = 200 if dry_run or not created else 201
     if full:
@@ -159,10 +168,16 @@ def _ndjson_lines(lines: list[bytes], line: int, specs: list[TaskSpec], errors: 
     return line
 
 
+def _parsed_batch(raw: bytes) -> list[TaskSpec]:
+    """Parsing and validating 10,000 tasks, off the event loop."""
+    with gc_paused():
+        return _batch_specs(parse_json(raw))
+
+
 def _submit_batch(
-    service: TaskService, raw: bytes, dry_run: bool, minimal: bool, actor: str | None
+    service: TaskService, specs: list[TaskSpec], dry_run: bool, minimal: bool, actor: str | None
 ) -> tuple[int, bytes]:
-    """Parsing, validating, storing and encoding 10,000 tasks, off the event loop."""
+    """Storing and encoding 10,000 tasks, off the event loop."""
 
     def encode(tasks: list[Task]) -> bytes:
         listed = [{"id": t.id, "status": t.status.value} if minimal else task_json(t) for t in tasks]
@@ -170,7 +185,6 @@ def _submit_batch(
 
     encoded: list[bytes] = []
     with gc_paused():
-        specs = _batch_specs(parse_json(raw))
         # The answer is encoded while Redis runs the transaction where it can be.
         tasks, created = service.submit_batch(
             specs, dry_run, meanwhile=lambda tasks: encoded.append(encode(tasks)), actor=actor
