@@ -6,17 +6,18 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from app import codec
+from app.api import openapi
 from app.api.auth import ACTOR
 from app.api.limits import charge
 from app.api.problems import parse_json
@@ -400,6 +401,21 @@ def _persistence(redis: Redis) -> dict[str, Any]:
     return report
 
 
+async def openapi_json(request: Request) -> Response:
+    return JsonResponse(_contract()[0])
+
+
+async def docs(request: Request) -> Response:
+    return HTMLResponse(_contract()[1])
+
+
+@cache
+def _contract() -> tuple[dict[str, Any], str]:
+    """The OpenAPI document and its page, made once per process."""
+    doc = openapi.document()
+    return doc, openapi.reference_page(doc)
+
+
 GET_TASK = Route("/api/tasks/{task_id}", get_task, methods=["GET"], name="get_task")
 
 ROUTES = [
@@ -422,4 +438,6 @@ ROUTES = [
     Route("/api/schedules/{schedule_id}", delete_schedule, methods=["DELETE"]),
     Route("/api/types", list_types, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
 ]

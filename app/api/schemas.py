@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.clock import iso
-from app.defaults import MAX_MS
+from app.defaults import MAX_BATCH, MAX_MS
 from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus, assemble
 from app.schedules import Schedule, ScheduleSpec, TaskTemplate
 
@@ -290,3 +290,136 @@ def task_json(task: Task, detailed: bool = False) -> dict[str, Any]:
     if detailed:
         body["waiting_for"] = task.waiting_for
     return body
+
+
+# -- Responses: their shapes for the published contract (app.api.openapi). A test holds each to
+# what the functions above and the routes produce, field for field, so the two cannot drift.
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackoffOut(_Out):
+    initial_ms: int
+    factor: float
+    max_ms: int
+    jitter: bool
+
+
+class DependencyOut(_Out):
+    """A dependency that runs its child even if it fails (others are shown as the parent's id)."""
+
+    id: str
+    allow_failure: Literal[True]
+
+
+class ErrorOut(_Out):
+    type: str
+    message: str
+
+
+class TaskOut(_Out):
+    id: str
+    type: str
+    name: str
+    payload: dict[str, Any]
+    duration_ms: int | None
+    dependencies: list[str | DependencyOut]
+    priority: PriorityName
+    run_at: datetime | None
+    delay_ms: int | None
+    max_attempts: int
+    backoff: BackoffOut
+    timeout_ms: int
+    status: TaskStatus
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: Any
+    error: ErrorOut | None
+    worker: str | None
+    schedule_id: str | None = Field(description="the schedule whose run this is")
+    waiting_for: dict[str, Any] | None = Field(default=None, description="only where one task is read on its own")
+
+
+class TaskStatusOut(_Out):
+    id: str
+    status: TaskStatus
+
+
+class BatchOut(_Out):
+    dry_run: bool
+    tasks: list[TaskOut | TaskStatusOut] = Field(
+        description="every task, or only id and status with Prefer: return=minimal"
+    )
+
+
+class BatchSummaryOut(_Out):
+    dry_run: bool
+    created: bool
+    count: int
+    statuses: dict[str, int]
+
+
+class EventOut(_Out):
+    event: str
+    at: datetime
+    attempt: int | None
+    worker: str | None
+    error: ErrorOut | None
+    detail: str | None
+    by: str | None = Field(description="the name of the API key whose request made the change")
+
+
+class ScheduleOut(_Out):
+    id: str
+    cron: str | None
+    timezone: str
+    interval_s: int | None
+    task: dict[str, Any]
+    start_at: datetime | None
+    end_at: datetime | None
+    max_runs: int | None
+    paused: bool
+    runs: int
+    last_run_at: datetime | None
+    next_run_at: datetime | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TypeOut(_Out):
+    name: str
+    description: str | None
+    max_attempts: int
+    timeout_ms: int
+    backoff: BackoffOut
+    concurrency: int | None
+
+
+class BatchIn(BaseModel):
+    """`POST /api/tasks/batch` with a JSON body (the route validates its members in one pass)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: list[TaskIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class FieldErrorOut(_Out):
+    field: str
+    message: str
+
+
+class ProblemOut(_Out):
+    """RFC 9457 problem details, the body of every error."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldErrorOut] | None = None
