@@ -214,8 +214,10 @@ def _problem(status: int, ref: dict[type[BaseModel], Any], headers: tuple[str, .
     return answer
 
 
-def document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the API."""
+def document(task_types: list[str] | None = None, keys: bool = True) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the API; of a running one with its registered `task_types`
+    (the only values `type` may take) and whether it has API keys (without, no operation needs
+    one, and none answers 401 or 403)."""
     models: list[type[BaseModel]] = [ProblemOut, TaskIn, TaskUpdateIn, ScheduleIn, BatchIn]
     models += [TaskOut, TaskStatusOut, BatchOut, BatchSummaryOut, EventOut, ScheduleOut, TypeOut]
     mode: dict[type[BaseModel], JsonSchemaMode] = {
@@ -231,7 +233,7 @@ def document() -> dict[str, Any]:
             "parameters": list(op.parameters),
             "responses": {},
         }
-        if op.access is None:
+        if op.access is None or not keys:
             operation["security"] = []
         else:
             operation["description"] = f"Needs an API key with the `{op.access}` scope (when keys are configured)."
@@ -258,7 +260,9 @@ def document() -> dict[str, Any]:
             if names:
                 response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in names}
             operation["responses"][str(status)] = response
-        statuses = set(op.problems) | ({401, 403, 429, 503} if op.access else {503})
+        statuses = (
+            set(op.problems) | ({429, 503} if op.access else {503}) | ({401, 403} if op.access and keys else set())
+        )
         for status in sorted(statuses):
             retry = ("Retry-After",) if status in (409, 429, 503) else ()
             operation["responses"][str(status)] = _problem(status, ref, retry + (limited if status == 429 else ()))
@@ -272,12 +276,20 @@ def document() -> dict[str, Any]:
         },
         "paths": paths,
         "components": {
-            "schemas": defs.get("$defs", {}),
+            "schemas": _with_types(defs.get("$defs", {}), task_types),
             "headers": HEADERS,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
     }
+
+
+def _with_types(schemas: dict[str, Any], task_types: list[str] | None) -> dict[str, Any]:
+    """The task bodies' `type` held to the registered types, where they are known."""
+    if task_types:
+        for name in ("TaskIn", "TaskTemplateIn"):
+            schemas[name]["properties"]["type"]["enum"] = sorted(task_types)
+    return schemas
 
 
 def reference_page(doc: dict[str, Any]) -> str:

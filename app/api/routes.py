@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from functools import cache, partial
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -402,18 +402,21 @@ def _persistence(redis: Redis) -> dict[str, Any]:
 
 
 async def openapi_json(request: Request) -> Response:
-    return JsonResponse(_contract()[0])
+    return JsonResponse(_contract(request.app)[0])
 
 
 async def docs(request: Request) -> Response:
-    return HTMLResponse(_contract()[1])
+    return HTMLResponse(_contract(request.app)[1])
 
 
-@cache
-def _contract() -> tuple[dict[str, Any], str]:
-    """The OpenAPI document and its page, made once per process."""
-    doc = openapi.document()
-    return doc, openapi.reference_page(doc)
+def _contract(app: Any) -> tuple[dict[str, Any], str]:
+    """The OpenAPI document of this app (its task types, whether it has keys) and its page,
+    made once."""
+    made: tuple[dict[str, Any], str] | None = getattr(app.state, "contract", None)
+    if made is None:
+        doc = openapi.document(list(app.state.registry), keys=bool(app.state.settings.api_keys))
+        made = app.state.contract = (doc, openapi.reference_page(doc))
+    return made
 
 
 GET_TASK = Route("/api/tasks/{task_id}", get_task, methods=["GET"], name="get_task")

@@ -9,6 +9,7 @@ from redis import Redis
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from app.api.main import create_app
 from app.api.openapi import OPERATIONS
 from app.api.routes import ROUTES
 from app.api.schemas import (
@@ -27,17 +28,25 @@ from workers.engine import EngineWorker
 CONTRACT = {"/openapi.json", "/docs"}
 
 
-def test_every_route_is_in_the_document_and_nothing_else_is(client: TestClient) -> None:
+def test_every_route_is_in_the_document_and_nothing_else_is(client: TestClient, settings: Settings) -> None:
     routes = {(r.path, m.lower()) for r in ROUTES if isinstance(r, Route) for m in r.methods or () if m != "HEAD"}
     assert {key for key in routes if key[0] not in CONTRACT} == set(OPERATIONS)
     doc = client.get("/openapi.json").json()
     assert doc["openapi"].startswith("3.1")
     assert {(p, m) for p, methods in doc["paths"].items() for m in methods} == set(OPERATIONS)
+    with TestClient(create_app(settings.model_copy(update={"api_keys": ["k"]}))) as keyed:
+        keyed_doc = keyed.get("/openapi.json").json()
     for (path, method), operation in ((k, doc["paths"][k[0]][k[1]]) for k in OPERATIONS):
+        keyed_operation = keyed_doc["paths"][path][method]
         if path.startswith("/api/"):
-            assert {"401", "403", "429", "503"} <= set(operation["responses"]), (path, method)
+            # Without keys no operation answers 401 or 403, nor asks for a key; with keys each does.
+            assert {"401", "403"}.isdisjoint(operation["responses"]) and operation["security"] == []
+            assert {"401", "403", "429", "503"} <= set(keyed_operation["responses"]), (path, method)
+            assert "security" not in keyed_operation
             assert "RateLimit" in operation["responses"]["429"]["headers"]
             assert "Retry-After" in operation["responses"]["429"]["headers"]
+    # A task's type is one of the registered types.
+    assert "echo" in doc["components"]["schemas"]["TaskIn"]["properties"]["type"]["enum"]
     created = doc["paths"]["/api/tasks"]["post"]["responses"]["201"]
     assert created["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TaskOut"}
     assert "Location" in created["headers"]
@@ -53,7 +62,7 @@ def test_the_reference_page_shows_every_operation_and_fetches_nothing(client: Te
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     for path, method in OPERATIONS:
         assert f"<span class=m>{method}</span> <code>{path}</code>" in page.text
-    assert "<script" not in page.text and "http" not in page.text.replace("/openapi.json", "")
+    assert "<script" not in page.text and "://" not in page.text  # nothing to run, nothing fetched
 
 
 def check(model: Any, body: Any) -> None:
