@@ -31,6 +31,7 @@ from app.api.schemas import (
     TypeOut,
 )
 from app.defaults import MAX_LIST_LIMIT, MAX_NDJSON_BATCH
+from app.jobs.store import INDEX_MEMBER_PATTERN
 
 PROBLEMS = {
     400: "the body is not JSON, or not strict JSON (NaN, duplicate keys, ...)",
@@ -90,9 +91,32 @@ LIST_QUERY = [
         "name": "cursor",
         "in": "query",
         "description": "from the `Link` header of the previous page",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": f"^{INDEX_MEMBER_PATTERN}$"},
     },
 ]
+
+
+TASK_LINKS = {
+    name: {"operationId": operation_id, "parameters": {"task_id": "$response.body#/id"}}
+    for name, operation_id in (
+        ("GetTask", "get_api_tasks_task_id"),
+        ("ChangeTask", "put_api_tasks_task_id"),
+        ("CancelTask", "post_api_tasks_task_id_cancel"),
+        ("RetryTask", "post_api_tasks_task_id_retry"),
+        ("TaskHistory", "get_api_tasks_task_id_history"),
+        ("DeleteTask", "delete_api_tasks_task_id"),
+    )
+}
+"""What can be done with a task an answer names (OpenAPI links, for clients and stateful tests)."""
+
+SCHEDULE_LINKS = {
+    name: {"operationId": operation_id, "parameters": {"schedule_id": "$response.body#/id"}}
+    for name, operation_id in (
+        ("GetSchedule", "get_api_schedules_schedule_id"),
+        ("ReplaceSchedule", "put_api_schedules_schedule_id"),
+        ("DeleteSchedule", "delete_api_schedules_schedule_id"),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -106,6 +130,8 @@ class Op:
     parameters: list[dict[str, Any]] = field(default_factory=list)
     problems: tuple[int, ...] = ()
     headers: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    links: dict[str, Any] = field(default_factory=dict)
+    """OpenAPI links of its success answers."""
 
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -118,6 +144,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body=TaskIn,
         problems=(400, 409, 413, 422),
         headers={201: ("Location",), 200: ("Location",)},
+        links=TASK_LINKS,
     ),
     ("/api/tasks", "get"): Op(
         "List tasks, newest first",
@@ -176,6 +203,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body=ScheduleIn,
         problems=(400, 409, 413, 422),
         headers={201: ("Location",), 200: ("Location",)},
+        links=SCHEDULE_LINKS,
     ),
     ("/api/schedules", "get"): Op("List schedules", "read", {200: [ScheduleOut]}),
     ("/api/schedules/{schedule_id}", "get"): Op(
@@ -256,6 +284,8 @@ def document(task_types: list[str] | None = None, keys: bool = True) -> dict[str
                 if op.body is BatchIn:
                     schema = {"oneOf": [schema, ref[BatchSummaryOut]]}
                 response["content"] = {"application/json": {"schema": schema}}
+            if op.links and status < 300:
+                response["links"] = op.links
             names = (*op.headers.get(status, ()), *limited)
             if names:
                 response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in names}

@@ -8,7 +8,16 @@ from datetime import datetime, timezone
 from operator import attrgetter
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from app.clock import iso
 from app.defaults import MAX_BATCH, MAX_MS
@@ -19,9 +28,18 @@ TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
 """RQ 3 allows only letters, digits, `_` and `-` in job ids, and job id = task id."""
 
 TaskId = Annotated[str, Field(pattern=TASK_ID_PATTERN)]
-Milliseconds = Annotated[int, Field(ge=0, le=MAX_MS, strict=True)]
-PositiveMilliseconds = Annotated[int, Field(ge=1, le=MAX_MS, strict=True)]
-MaxAttempts = Annotated[int, Field(ge=1, le=100, strict=True)]
+
+
+def _whole_number(value: Any) -> Any:
+    """JSON has one kind of number, and JSON Schema's `integer` is any number without a fraction:
+    400.0 is the integer 400, 400.5 is refused. Strings and booleans stay refused (strict)."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+Whole = BeforeValidator(_whole_number)
+Milliseconds = Annotated[int, Field(ge=0, le=MAX_MS, strict=True), Whole]
+PositiveMilliseconds = Annotated[int, Field(ge=1, le=MAX_MS, strict=True), Whole]
+MaxAttempts = Annotated[int, Field(ge=1, le=100, strict=True), Whole]
 Name = Annotated[str, Field(max_length=200)]
 PriorityName = Literal["high", "default", "low"]
 
@@ -119,6 +137,8 @@ class TaskTemplateIn(BaseModel):
 class TaskIn(TaskTemplateIn):
     """`POST /api/tasks` (and each member of a batch)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     id: TaskId | None = None
     dependencies: list[TaskId | DependencyIn] = Field(
         default_factory=list, max_length=1000, validation_alias=AliasChoices("dependencies", "depends_on")
@@ -179,15 +199,17 @@ class ScheduleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: Annotated[str, Field(pattern=SCHEDULE_ID_PATTERN)] | None = None
-    cron: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    interval_s: Annotated[int, Field(ge=1, le=366 * 86400, strict=True)] | None = Field(
+    cron: Annotated[str, Field(min_length=1, max_length=200, json_schema_extra={"format": "cron"})] | None = None
+    interval_s: Annotated[int, Field(ge=1, le=366 * 86400, strict=True), Whole] | None = Field(
         default=None, validate_default=True
     )
-    timezone: Annotated[str, Field(min_length=1, max_length=100)] = Field(default="UTC", validate_default=True)
+    timezone: Annotated[str, Field(min_length=1, max_length=100, json_schema_extra={"format": "time-zone"})] = Field(
+        default="UTC", validate_default=True
+    )
     task: TaskTemplateIn
     start_at: AwareDatetime | None = None
     end_at: AwareDatetime | None = None
-    max_runs: Annotated[int, Field(ge=1, strict=True)] | None = None
+    max_runs: Annotated[int, Field(ge=1, strict=True), Whole] | None = None
     paused: Annotated[bool, Field(strict=True)] = False
 
     @field_validator("interval_s")

@@ -117,6 +117,10 @@ def note_unreadable(connection: Redis, records: Sequence[UnreadableRecord]) -> N
     connection.sadd(keys.UNREADABLE, *(f"{r.kind}:{r.record_id}" for r in records))
 
 
+INDEX_MEMBER_PATTERN = r"[0-9]{20}:[A-Za-z0-9][A-Za-z0-9_-]{0,127}"
+"""What `index_member` makes (a task id is RQ's: letters, digits, `_` and `-`); a list's cursor."""
+
+
 def index_member(created_at: datetime, task_id: str) -> str:
     """`<created µs>:<id>`: list-index members sort by creation, then id."""
     micros = int(created_at.replace(tzinfo=created_at.tzinfo or timezone.utc).timestamp() * 1_000_000)
