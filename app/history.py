@@ -35,6 +35,7 @@ class EventName(str, Enum):
     RETRYING = "retrying"
     RETRY_REQUESTED = "retry_requested"
     UPDATED = "updated"
+    CANCEL_REQUESTED = "cancel_requested"
     REQUEUED = "requeued"
     COMPLETED = "completed"
     FAILED = "failed"

@@ -258,6 +258,10 @@ class TaskService:
                     send_stop_job_command(self.connection, task_id, serializer=JSONSerializer)
                 except (InvalidJobOperation, NoSuchJobError):
                     continue  # it ended meanwhile
+                # Its worker writes the end; who asked for it is said here.
+                history.record(
+                    self.connection, job.key, EventName.CANCEL_REQUESTED, attempt=job.attempts or None, by=actor
+                )
                 return Cancellation.STOPPING
             if status in (JobStatus.QUEUED, JobStatus.RATE_LIMITED):
                 try:
