@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import fields
 from datetime import datetime, timezone
 from operator import attrgetter
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_type_hints
 
 from pydantic import (
     AliasChoices,
@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    create_model,
     field_validator,
 )
 
@@ -341,31 +342,35 @@ class ErrorOut(_Out):
     message: str
 
 
-class TaskOut(_Out):
-    id: str
-    type: str
-    name: str
-    payload: dict[str, Any]
-    duration_ms: int | None
-    dependencies: list[str | DependencyOut]
-    priority: PriorityName
-    run_at: datetime | None
-    delay_ms: int | None
-    max_attempts: int
-    backoff: BackoffOut
-    timeout_ms: int
-    status: TaskStatus
-    attempts: int
-    created_at: datetime
-    updated_at: datetime
-    queued_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    result: Any
-    error: ErrorOut | None
-    worker: str | None
-    schedule_id: str | None = Field(description="the schedule whose run this is")
-    waiting_for: dict[str, Any] | None = Field(default=None, description="only where one task is read on its own")
+_SHOWN_TYPES: dict[Any, Any] = {
+    tuple[Edge, ...]: list[str | DependencyOut],
+    Backoff: BackoffOut,
+    TaskError | None: ErrorOut | None,
+    Priority: PriorityName,
+}
+"""How a Task field's type is shown where task_json shows it otherwise than as it is."""
+
+
+def _task_out() -> type[_Out]:
+    """The answer's model, field for field the Task dataclass (as `task_json` shows each): a
+    field added to Task is in the contract with no edit here. `waiting_for` is only there when
+    one task is read on its own."""
+    hints = get_type_hints(Task)
+    described = {
+        "schedule_id": "the schedule whose run this is",
+        "waiting_for": "only where one task is read on its own",
+    }
+    shown: dict[str, Any] = {}
+    for f in fields(Task):
+        kind = _SHOWN_TYPES.get(hints[f.name], hints[f.name])
+        default = None if f.name == "waiting_for" else ...
+        shown[f.name] = (kind, Field(default, description=described.get(f.name)))
+    model: type[_Out] = create_model("TaskFields", __base__=_Out, **shown)
+    return model
+
+
+class TaskOut(_task_out()):  # type: ignore[misc]  # a base made from Task's fields
+    """A task, as every answer shows it (`task_json`)."""
 
 
 class TaskStatusOut(_Out):
