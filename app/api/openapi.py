@@ -42,6 +42,7 @@ PROBLEMS = {
     413: "the body is over its limit, or a task's payload is",
     422: "a value does not fit: each error names its field",
     429: "over RQFLOW_RATE_LIMIT; nothing was done",
+    500: "the stored record cannot be decoded (written by hand or another version); DELETE removes it",
     503: "Redis is unreachable or full, or RQFLOW_MAX_UNFINISHED is reached; nothing was done",
 }
 
@@ -163,7 +164,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         problems=(400, 409, 413, 422),
         headers={201: ("Preference-Applied",), 200: ("Preference-Applied",)},
     ),
-    ("/api/tasks/{task_id}", "get"): Op("Read a task", "read", {200: TaskOut}, parameters=[TASK_ID], problems=(404,)),
+    ("/api/tasks/{task_id}", "get"): Op(
+        "Read a task", "read", {200: TaskOut}, parameters=[TASK_ID], problems=(404, 500)
+    ),
     ("/api/tasks/{task_id}", "put"): Op(
         "Change a task that has not started",
         "write",
@@ -186,7 +189,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "Run a FAILED or CANCELED task again", "write", {200: TaskOut}, parameters=[TASK_ID], problems=(404, 409)
     ),
     ("/api/tasks/{task_id}/history", "get"): Op(
-        "A task's events, oldest first", "read", {200: [EventOut]}, parameters=[TASK_ID], problems=(404,)
+        "A task's events, oldest first", "read", {200: [EventOut]}, parameters=[TASK_ID], problems=(404, 500)
     ),
     ("/api/tasks/{task_id}/status", "get"): Op(
         "A task's status alone", "read", {200: TaskStatusOut}, parameters=[TASK_ID], problems=(404,)
@@ -207,7 +210,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("/api/schedules", "get"): Op("List schedules", "read", {200: [ScheduleOut]}),
     ("/api/schedules/{schedule_id}", "get"): Op(
-        "Read a schedule", "read", {200: ScheduleOut}, parameters=[SCHEDULE_ID], problems=(404,)
+        "Read a schedule", "read", {200: ScheduleOut}, parameters=[SCHEDULE_ID], problems=(404, 500)
     ),
     ("/api/schedules/{schedule_id}", "put"): Op(
         "Replace a schedule",
