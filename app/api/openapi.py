@@ -21,6 +21,7 @@ from app.api.schemas import (
     BatchOut,
     BatchSummaryOut,
     EventOut,
+    ListQuery,
     ProblemOut,
     ScheduleIn,
     ScheduleOut,
@@ -30,8 +31,7 @@ from app.api.schemas import (
     TaskUpdateIn,
     TypeOut,
 )
-from app.defaults import MAX_LIST_LIMIT, MAX_NDJSON_BATCH
-from app.jobs.store import INDEX_MEMBER_PATTERN
+from app.defaults import MAX_NDJSON_BATCH
 
 PROBLEMS = {
     400: "the body is not JSON, or not strict JSON (NaN, duplicate keys, ...)",
@@ -75,26 +75,23 @@ DRY_RUN = {
     "description": "validate and answer what would be stored, storing nothing",
     "schema": {"type": "boolean", "default": False},
 }
-LIST_QUERY = [
-    {
-        "name": "status",
-        "in": "query",
-        "schema": {"enum": ["PENDING", "SCHEDULED", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELED"]},
-    },
-    {"name": "type", "in": "query", "schema": {"type": "string"}},
-    {"name": "schedule_id", "in": "query", "schema": {"type": "string"}},
-    {
-        "name": "limit",
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIST_LIMIT, "default": 100},
-    },
-    {
-        "name": "cursor",
-        "in": "query",
-        "description": "from the `Link` header of the previous page",
-        "schema": {"type": "string", "pattern": f"^{INDEX_MEMBER_PATTERN}$"},
-    },
-]
+
+
+def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """A query model's fields as query parameters (a query has no null: an optional one is absent)."""
+    found = []
+    for name, schema in model.model_json_schema(ref_template="#/components/schemas/{model}")["properties"].items():
+        branches = [b for b in schema.pop("anyOf", []) if b != {"type": "null"}]
+        schema = {**schema, **(branches[0] if len(branches) == 1 else {})}
+        if schema.get("default", 0) is None:
+            del schema["default"]
+        described = {"description": schema["description"]} if "description" in schema else {}
+        found.append({"name": name, "in": "query", "schema": schema, **described})
+    return found
+
+
+LIST_QUERY = _query(ListQuery)
+"""`GET /api/tasks`'s parameters, from the model that validates them."""
 
 
 TASK_LINKS = {
@@ -105,6 +102,7 @@ TASK_LINKS = {
         ("CancelTask", "post_api_tasks_task_id_cancel"),
         ("RetryTask", "post_api_tasks_task_id_retry"),
         ("TaskHistory", "get_api_tasks_task_id_history"),
+        ("TaskDependents", "get_api_tasks_task_id_dependents"),
         ("DeleteTask", "delete_api_tasks_task_id"),
     )
 }
@@ -190,6 +188,13 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("/api/tasks/{task_id}/history", "get"): Op(
         "A task's events, oldest first", "read", {200: [EventOut]}, parameters=[TASK_ID], problems=(404, 500)
+    ),
+    ("/api/tasks/{task_id}/dependents", "get"): Op(
+        "The tasks that depend on this one, oldest first",
+        "read",
+        {200: [TaskOut]},
+        parameters=[TASK_ID],
+        problems=(404,),
     ),
     ("/api/tasks/{task_id}/status", "get"): Op(
         "A task's status alone", "read", {200: TaskStatusOut}, parameters=[TASK_ID], problems=(404,)

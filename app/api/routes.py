@@ -9,7 +9,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from redis import Redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -22,14 +22,13 @@ from app.api.auth import ACTOR
 from app.api.limits import charge
 from app.api.problems import parse_json
 from app.api.responses import JsonResponse
-from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
+from app.api.schemas import ListQuery, ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
 from app.clock import iso
 from app.defaults import (
     CANCEL_RETRY_S,
     DELETE_POLL_S,
     DELETE_WAIT_S,
     MAX_BATCH,
-    MAX_LIST_LIMIT,
     MAX_NDJSON_BATCH,
     TAKEN_WAIT_S,
 )
@@ -38,7 +37,7 @@ from app.jobs import stats
 from app.jobs.reads import TaskReader
 from app.jobs.submission import gc_paused
 from app.jobs.tasks import Cancellation, TaskService
-from app.model import Task, TaskSpec, TaskStatus
+from app.model import Task, TaskSpec
 from app.registry import Registry
 from app.schedules import ScheduleService
 
@@ -46,16 +45,6 @@ BATCH_PATH = "/api/tasks/batch"
 BATCH_MEMBERS = TypeAdapter(list[TaskIn])
 """Validates a whole batch in one call into pydantic's core, not one call per member."""
 NDJSON = "application/x-ndjson"
-
-
-class ListQuery(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    status: TaskStatus | None = None
-    type: str | None = None
-    schedule_id: str | None = None
-    limit: int = Field(default=100, ge=1, le=MAX_LIST_LIMIT)
-    cursor: str | None = None
 
 
 def _service(request: Request) -> TaskService:
@@ -227,6 +216,7 @@ async def list_tasks(request: Request) -> Response:
         schedule_id=query.schedule_id,
         limit=query.limit,
         cursor=query.cursor,
+        id_prefix=query.id_prefix,
     )
     headers = {}
     if page.next_cursor:
@@ -283,6 +273,11 @@ async def delete_task(request: Request) -> Response:
             await asyncio.sleep(DELETE_POLL_S)
         await run_in_threadpool(partial(service.delete, task_id, running_or_not=True))
     return Response(status_code=204)
+
+
+async def task_dependents(request: Request) -> Response:
+    children = await run_in_threadpool(_reads(request).dependents, request.path_params["task_id"])
+    return JsonResponse([task_json(t) for t in children])
 
 
 async def task_history(request: Request) -> Response:
@@ -431,6 +426,7 @@ ROUTES = [
     Route("/api/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
     Route("/api/tasks/{task_id}/retry", retry_task, methods=["POST"]),
     Route("/api/tasks/{task_id}/history", task_history, methods=["GET"]),
+    Route("/api/tasks/{task_id}/dependents", task_dependents, methods=["GET"]),
     Route("/api/stats", get_stats, methods=["GET"]),
     Route("/api/workers", get_workers, methods=["GET"]),
     Route("/api/tasks/{task_id}/status", get_task_status, methods=["GET"]),

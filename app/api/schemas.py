@@ -21,7 +21,8 @@ from pydantic import (
 )
 
 from app.clock import iso
-from app.defaults import MAX_BATCH, MAX_MS
+from app.defaults import MAX_BATCH, MAX_LIST_LIMIT, MAX_MS
+from app.jobs.store import INDEX_MEMBER_PATTERN
 from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus, assemble
 from app.schedules import Schedule, ScheduleSpec, TaskTemplate
 
@@ -50,6 +51,23 @@ DURATION = AliasChoices("duration_ms", "duration")
 MAX_ATTEMPTS = AliasChoices("max_attempts", "maxAttempts")
 NAME = AliasChoices("name", "description")
 RUN_AT = AliasChoices("run_at", "execution_time")
+
+
+class ListQuery(BaseModel):
+    """`GET /api/tasks`'s query (its parameters in the contract are made from it)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    status: TaskStatus | None = None
+    type: str | None = None
+    schedule_id: str | None = None
+    id_prefix: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")] | None = Field(
+        default=None, description="only tasks whose id starts with this"
+    )
+    limit: int = Field(default=100, ge=1, le=MAX_LIST_LIMIT)
+    cursor: Annotated[str, Field(pattern=f"^{INDEX_MEMBER_PATTERN}$")] | None = Field(
+        default=None, description="from the `Link` header of the previous page"
+    )
 
 
 class BackoffIn(BaseModel):

@@ -82,6 +82,24 @@ class TaskReader:
             return task
         return replace(task, waiting_for=self._waiting_for(job))
 
+    def dependents(self, task_id: str) -> list[Task]:
+        """The tasks that depend on this one (its children), oldest first, so that a graph can be
+        drawn from either end. Children since deleted are left out; so are unreadable ones."""
+        with self.connection.pipeline(transaction=False) as reads:
+            reads.exists(TaskJob.key_for(task_id))
+            reads.smembers(TaskJob.dependents_key_for(task_id))
+            exists, children = reads.execute()
+        if not exists:
+            raise TaskNotFound(task_id)
+        found = []
+        for loaded in self._load(sorted(as_text(c) for c in children)):
+            if loaded is not None:
+                try:
+                    found.append(loaded[0].to_task(loaded[1]))
+                except UnreadableRecord:
+                    continue
+        return sorted(found, key=lambda t: (t.created_at, t.id))
+
     def _waiting_for(self, job: TaskJob) -> dict[str, Any] | None:
         """What keeps a task from starting, so an operator never has to guess."""
         status = job.get_status(refresh=False)
@@ -121,6 +139,7 @@ class TaskReader:
         schedule_id: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        id_prefix: str | None = None,
     ) -> Page:
         """Tasks newest first. A page may hold fewer than `limit` tasks when a filter is rare; follow
         `next_cursor` until it is None to see every match exactly once, even while tasks arrive."""
@@ -131,7 +150,7 @@ class TaskReader:
             index = keys.type_index(task_type) if task_type else keys.TASK_INDEX
             wanted_type = None
         upper = "(" + _decode_cursor(cursor) if cursor else "+"
-        chunk_size = max(limit, 100) if status or wanted_type else limit
+        chunk_size = max(limit, 100) if status or wanted_type or id_prefix else limit
         found: list[Task] = []
         scanned = 0
         while len(found) < limit and scanned < SCAN_BUDGET:
@@ -139,7 +158,7 @@ class TaskReader:
             if not members:
                 return Page(found, None)
             ids = [m.split(":", 1)[1] for m in members]
-            wanted = self._matching(ids, status)
+            wanted = self._matching(ids, status, id_prefix)
             loaded = self._load([i for i, ok in zip(ids, wanted, strict=True) if ok])
             loaded_by_id = {job.id: (job, latest) for job, latest in filter(None, loaded)}
             stale, unreadable = [], []
@@ -168,13 +187,23 @@ class TaskReader:
                 return Page(found, None)
         return Page(found, _encode_cursor(upper[1:]))
 
-    def _matching(self, ids: Sequence[str], status: TaskStatus | None) -> list[bool | None]:
-        """For each id: True to list it, False to skip it, None when the job no longer exists."""
+    def _matching(self, ids: Sequence[str], status: TaskStatus | None, id_prefix: str | None) -> list[bool | None]:
+        """For each id: True to list it, False to skip it, None when the job no longer exists (an id
+        without the prefix is skipped unread)."""
+        candidates = [i for i in ids if not id_prefix or i.startswith(id_prefix)]
         with self.connection.pipeline(transaction=False) as reads:
-            for task_id in ids:
+            for task_id in candidates:
                 reads.hget(TaskJob.key_for(task_id), "status")
-            raw = reads.execute()
-        return [None if r is None else (status is None or task_status(JobStatus(as_text(r))) is status) for r in raw]
+            raw = dict(zip(candidates, reads.execute(), strict=True))
+        found: list[bool | None] = []
+        for task_id in ids:
+            if task_id not in raw:
+                found.append(False)
+            elif raw[task_id] is None:
+                found.append(None)
+            else:
+                found.append(status is None or task_status(JobStatus(as_text(raw[task_id]))) is status)
+        return found
 
     def _load(self, ids: Sequence[str]) -> list[store.Loaded | None]:
         return store.load(self.connection, ids)

@@ -146,3 +146,32 @@ def test_stats_and_workers(client: TestClient, redis: Redis, settings: Settings,
         assert client.get("/api/stats").json()["workers_alive"] == 1
     finally:
         worker.register_death()
+
+
+def test_a_task_lists_its_dependents_so_a_graph_is_drawn_both_ways(client: TestClient, redis: Redis) -> None:
+    batch = [
+        {"id": "root", "type": "echo", "delay_ms": 60_000},
+        {"id": "left", "type": "echo", "dependencies": ["root"]},
+        {"id": "right", "type": "echo", "dependencies": [{"id": "root", "allow_failure": True}]},
+        {"id": "leaf", "type": "echo", "dependencies": ["left", "right"]},
+    ]
+    client.post("/api/tasks/batch", json={"tasks": batch})
+    assert [t["id"] for t in client.get("/api/tasks/root/dependents").json()] == ["left", "right"]
+    assert [t["id"] for t in client.get("/api/tasks/left/dependents").json()] == ["leaf"]
+    assert client.get("/api/tasks/leaf/dependents").json() == []
+    client.delete("/api/tasks/right")
+    assert [t["id"] for t in client.get("/api/tasks/root/dependents").json()] == ["left"]
+    assert client.get("/api/tasks/nope/dependents").status_code == 404
+
+
+def test_tasks_are_listed_by_id_prefix_across_pages(client: TestClient) -> None:
+    ids = [f"{group}-{n}" for n in range(7) for group in ("order", "mail")]
+    client.post("/api/tasks/batch", json={"tasks": [{"id": i, "type": "echo", "delay_ms": 60_000} for i in ids]})
+    seen, path = [], "/api/tasks?id_prefix=order-&limit=3"
+    while path:
+        page = client.get(path)
+        seen += [t["id"] for t in page.json()]
+        path = page.headers.get("link", "").split(";")[0].strip("<>")
+    assert sorted(seen) == sorted(i for i in ids if i.startswith("order-"))
+    assert client.get("/api/tasks?id_prefix=order-6").json()[0]["id"] == "order-6"
+    assert client.get("/api/tasks?id_prefix=bad%20prefix").status_code == 422
