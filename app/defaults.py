@@ -20,9 +20,9 @@ one is refused rather than costing the parser quadratic time."""
 # -- Submission -------------------------------------------------------------------------------------
 
 MAX_BATCH = 10_000
+"""Most tasks one batch may hold: a 10,000-task DAG is checked and written in well under a second."""
 MAX_NDJSON_BATCH = 100_000
 """An NDJSON batch is validated as it streams in and answered with a summary, so it may hold more."""
-"""Most tasks one batch may hold: a 10,000-task DAG is checked and written in well under a second."""
 
 CLAIM_TTL_MS = 30_000
 """A claim outlives any write it precedes (a 10,000-task batch writes in well under a second); one

@@ -259,8 +259,13 @@ def main() -> None:
                 ],
             )
             print("  (ratio: the peer's speed as a fraction of rqflow's)")
-            measured = (("rqflow", ours), ("RQ SimpleWorker", simple), ("RQ Worker", fork), ("Dramatiq", peer))
-            for label, r in (*measured, ("Huey", huey_noop)):
+            for label, r in [
+                ("rqflow", ours),
+                ("RQ SimpleWorker", simple),
+                ("RQ Worker", fork),
+                ("Dramatiq", peer),
+                ("Huey", huey_noop),
+            ]:
                 if r:
                     print(
                         f"  {label:18} {r['commands_per_task']:5.1f} Redis commands, "

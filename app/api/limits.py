@@ -18,7 +18,7 @@ from app.jobs.ratelimit import Rate, RateLimiter, Verdict
 
 POLICY = "rqflow"
 LIMITER = "rate_limiter"
-"""Where the request's limiter and client are kept in the scope's state, for the batch route."""
+"""Where the request's charge is kept in the scope's state, for the batch route."""
 
 
 def _headers(rate: Rate, verdict: Verdict) -> list[tuple[bytes, bytes]]:
@@ -66,17 +66,17 @@ class RateLimit:
             return await self.app(scope, receive, send)
         if self.limiter is None:  # the app's asyncio Redis client exists once its lifespan began
             self.limiter = RateLimiter(scope["app"].state.redis_async, self.rate)
-        client = client_of(scope)
-        # A batch is charged by the route, once it knows how many tasks it holds.
-        cost = 0 if scope["method"] == "POST" and scope["path"] == self.batch_path else 1
-        verdict = await self.limiter.take(client, cost)
-        if not verdict.allowed:
-            return await refusal(self.rate, verdict, cost)(scope, receive, send)
-        scope.setdefault("state", {})[LIMITER] = (self.limiter, client)
-        shown = _headers(self.rate, verdict)
+        charged = _Charge(self.limiter, client_of(scope))
+        # A batch is charged by the route, once it knows how many tasks it holds: one round trip.
+        if not (scope["method"] == "POST" and scope["path"] == self.batch_path):
+            refused = await charged.take(1)
+            if refused is not None:
+                return await refused(scope, receive, send)
+        scope.setdefault("state", {})[LIMITER] = charged
 
         async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and charged.verdict is not None:
+                shown = _headers(self.rate, charged.verdict)
                 already = {name for name, _ in message.get("headers", [])}
                 message["headers"] = [*message.get("headers", []), *(h for h in shown if h[0] not in already)]
             await send(message)
@@ -84,11 +84,21 @@ class RateLimit:
         await self.app(scope, receive, send_with_headers)
 
 
+class _Charge:
+    """One request's client against the limit, and the last verdict on it (for the headers)."""
+
+    def __init__(self, limiter: RateLimiter, client: str) -> None:
+        self.limiter = limiter
+        self.client = client
+        self.verdict: Verdict | None = None
+
+    async def take(self, cost: int) -> ProblemResponse | None:
+        """Spend `cost`; the 429 to answer instead, if it does not fit."""
+        self.verdict = await self.limiter.take(self.client, cost)
+        return None if self.verdict.allowed else refusal(self.limiter.rate, self.verdict, cost)
+
+
 async def charge(request: Request, tasks: int) -> ProblemResponse | None:
     """Charge a batch's tasks to its client; the 429 to answer instead, if they do not fit."""
-    found = request.scope.get("state", {}).get(LIMITER)
-    if found is None:
-        return None  # no rate limit
-    limiter, client = found
-    verdict = await limiter.take(client, tasks)
-    return None if verdict.allowed else refusal(limiter.rate, verdict, tasks)
+    charged: _Charge | None = request.scope.get("state", {}).get(LIMITER)
+    return None if charged is None else await charged.take(tasks)

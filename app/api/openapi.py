@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from app.api.auth import needed
 from app.api.schemas import (
     BatchIn,
     BatchOut,
@@ -94,35 +95,45 @@ LIST_QUERY = _query(ListQuery)
 """`GET /api/tasks`'s parameters, from the model that validates them."""
 
 
-TASK_LINKS = {
-    name: {"operationId": operation_id, "parameters": {"task_id": "$response.body#/id"}}
-    for name, operation_id in (
-        ("GetTask", "get_api_tasks_task_id"),
-        ("ChangeTask", "put_api_tasks_task_id"),
-        ("CancelTask", "post_api_tasks_task_id_cancel"),
-        ("RetryTask", "post_api_tasks_task_id_retry"),
-        ("TaskHistory", "get_api_tasks_task_id_history"),
-        ("TaskDependents", "get_api_tasks_task_id_dependents"),
-        ("DeleteTask", "delete_api_tasks_task_id"),
-    )
-}
+def _operation_id(path: str, method: str) -> str:
+    return f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}"
+
+
+def _links(parameter: str, targets: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """OpenAPI links from an answer's `id` to the operations `targets` names (path, method)."""
+    return {
+        name: {"operationId": _operation_id(path, method), "parameters": {parameter: "$response.body#/id"}}
+        for name, (path, method) in targets.items()
+    }
+
+
+TASK_LINKS = _links(
+    "task_id",
+    {
+        "GetTask": ("/api/tasks/{task_id}", "get"),
+        "ChangeTask": ("/api/tasks/{task_id}", "put"),
+        "CancelTask": ("/api/tasks/{task_id}/cancel", "post"),
+        "RetryTask": ("/api/tasks/{task_id}/retry", "post"),
+        "TaskHistory": ("/api/tasks/{task_id}/history", "get"),
+        "TaskDependents": ("/api/tasks/{task_id}/dependents", "get"),
+        "DeleteTask": ("/api/tasks/{task_id}", "delete"),
+    },
+)
 """What can be done with a task an answer names (OpenAPI links, for clients and stateful tests)."""
 
-SCHEDULE_LINKS = {
-    name: {"operationId": operation_id, "parameters": {"schedule_id": "$response.body#/id"}}
-    for name, operation_id in (
-        ("GetSchedule", "get_api_schedules_schedule_id"),
-        ("ReplaceSchedule", "put_api_schedules_schedule_id"),
-        ("DeleteSchedule", "delete_api_schedules_schedule_id"),
-    )
-}
+SCHEDULE_LINKS = _links(
+    "schedule_id",
+    {
+        "GetSchedule": ("/api/schedules/{schedule_id}", "get"),
+        "ReplaceSchedule": ("/api/schedules/{schedule_id}", "put"),
+        "DeleteSchedule": ("/api/schedules/{schedule_id}", "delete"),
+    },
+)
 
 
 @dataclass(frozen=True)
 class Op:
     summary: str
-    access: str | None
-    """The API key scope it needs; None: no key (it is not under /api)."""
     answers: dict[int, type[BaseModel] | list[type[BaseModel]] | dict[str, Any] | None]
     """Success statuses and what they answer (a model, a list of one, any JSON object, or nothing)."""
     body: type[BaseModel] | None = None
@@ -138,7 +149,6 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 OPERATIONS: dict[tuple[str, str], Op] = {
     ("/api/tasks", "post"): Op(
         "Submit one task",
-        "write",
         {201: TaskOut, 200: TaskOut},
         body=TaskIn,
         problems=(400, 409, 413, 422),
@@ -147,7 +157,6 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("/api/tasks", "get"): Op(
         "List tasks, newest first",
-        "read",
         {200: [TaskOut]},
         parameters=LIST_QUERY,
         problems=(422,),
@@ -155,80 +164,70 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("/api/tasks/batch", "post"): Op(
         "Submit a batch (a DAG), all or nothing",
-        "write",
         {201: BatchOut, 200: BatchOut},
         body=BatchIn,
         parameters=[DRY_RUN],
         problems=(400, 409, 413, 422),
         headers={201: ("Preference-Applied",), 200: ("Preference-Applied",)},
     ),
-    ("/api/tasks/{task_id}", "get"): Op(
-        "Read a task", "read", {200: TaskOut}, parameters=[TASK_ID], problems=(404, 500)
-    ),
+    ("/api/tasks/{task_id}", "get"): Op("Read a task", {200: TaskOut}, parameters=[TASK_ID], problems=(404, 500)),
     ("/api/tasks/{task_id}", "put"): Op(
         "Change a task that has not started",
-        "write",
         {200: TaskOut},
         body=TaskUpdateIn,
         parameters=[TASK_ID],
         problems=(400, 404, 409, 413, 422),
     ),
     ("/api/tasks/{task_id}", "delete"): Op(
-        "Delete a task (canceling it first)", "admin", {204: None}, parameters=[TASK_ID], problems=(404, 409)
+        "Delete a task (canceling it first)", {204: None}, parameters=[TASK_ID], problems=(404, 409)
     ),
     ("/api/tasks/{task_id}/cancel", "post"): Op(
         "Cancel a task (a running one is asked to stop)",
-        "write",
         {200: TaskOut, 202: TaskOut},
         parameters=[TASK_ID],
         problems=(404, 409),
     ),
     ("/api/tasks/{task_id}/retry", "post"): Op(
-        "Run a FAILED or CANCELED task again", "write", {200: TaskOut}, parameters=[TASK_ID], problems=(404, 409)
+        "Run a FAILED or CANCELED task again", {200: TaskOut}, parameters=[TASK_ID], problems=(404, 409)
     ),
     ("/api/tasks/{task_id}/history", "get"): Op(
-        "A task's events, oldest first", "read", {200: [EventOut]}, parameters=[TASK_ID], problems=(404, 500)
+        "A task's events, oldest first", {200: [EventOut]}, parameters=[TASK_ID], problems=(404, 500)
     ),
     ("/api/tasks/{task_id}/dependents", "get"): Op(
         "The tasks that depend on this one, oldest first",
-        "read",
         {200: [TaskOut]},
         parameters=[TASK_ID],
         problems=(404,),
     ),
     ("/api/tasks/{task_id}/status", "get"): Op(
-        "A task's status alone", "read", {200: TaskStatusOut}, parameters=[TASK_ID], problems=(404,)
+        "A task's status alone", {200: TaskStatusOut}, parameters=[TASK_ID], problems=(404,)
     ),
-    ("/api/stats", "get"): Op("Counts by status, queues, throughput, Redis memory", "read", {200: ANY_OBJECT}),
-    ("/api/workers", "get"): Op(
-        "Workers alive, with what they run", "read", {200: {"type": "array", "items": ANY_OBJECT}}
-    ),
-    ("/api/types", "get"): Op("Registered task types", "read", {200: [TypeOut]}),
+    ("/api/stats", "get"): Op("Counts by status, queues, throughput, Redis memory", {200: ANY_OBJECT}),
+    ("/api/workers", "get"): Op("Workers alive, with what they run", {200: {"type": "array", "items": ANY_OBJECT}}),
+    ("/api/types", "get"): Op("Registered task types", {200: [TypeOut]}),
     ("/api/schedules", "post"): Op(
         "Create a recurring schedule",
-        "admin",
         {201: ScheduleOut, 200: ScheduleOut},
         body=ScheduleIn,
         problems=(400, 409, 413, 422),
         headers={201: ("Location",), 200: ("Location",)},
         links=SCHEDULE_LINKS,
     ),
-    ("/api/schedules", "get"): Op("List schedules", "read", {200: [ScheduleOut]}),
+    ("/api/schedules", "get"): Op("List schedules", {200: [ScheduleOut]}),
     ("/api/schedules/{schedule_id}", "get"): Op(
-        "Read a schedule", "read", {200: ScheduleOut}, parameters=[SCHEDULE_ID], problems=(404, 500)
+        "Read a schedule", {200: ScheduleOut}, parameters=[SCHEDULE_ID], problems=(404, 500)
     ),
     ("/api/schedules/{schedule_id}", "put"): Op(
         "Replace a schedule",
-        "admin",
         {200: ScheduleOut},
         body=ScheduleIn,
         parameters=[SCHEDULE_ID],
         problems=(400, 404, 409, 413, 422),
     ),
     ("/api/schedules/{schedule_id}", "delete"): Op(
-        "Delete a schedule", "admin", {204: None}, parameters=[SCHEDULE_ID], problems=(404,)
+        "Delete a schedule", {204: None}, parameters=[SCHEDULE_ID], problems=(404,)
     ),
-    ("/health", "get"): Op("Redis reachable, its persistence and memory, with warnings", None, {200: ANY_OBJECT}),
+    ("/health", "get"): Op("Redis reachable, its persistence and memory, with warnings", {200: ANY_OBJECT}),
 }
 
 
@@ -246,8 +245,12 @@ def _problem(status: int, ref: dict[type[BaseModel], Any], headers: tuple[str, .
         "content": {"application/problem+json": {"schema": ref[ProblemOut]}},
     }
     if headers:
-        answer["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in headers}
+        answer["headers"] = _header_refs(headers)
     return answer
+
+
+def _header_refs(names: tuple[str, ...]) -> dict[str, Any]:
+    return {name: {"$ref": f"#/components/headers/{name}"} for name in names}
 
 
 def document(task_types: list[str] | None = None, keys: bool = True) -> dict[str, Any]:
@@ -263,16 +266,18 @@ def document(task_types: list[str] | None = None, keys: bool = True) -> dict[str
     ref = {m: refs[(m, mode[m])] for m in models}
     paths: dict[str, dict[str, Any]] = {}
     for (path, method), op in OPERATIONS.items():
+        # The scope a key needs is the auth middleware's own rule, so the two cannot disagree.
+        access = needed(method.upper(), path).name.lower() if path.startswith("/api/") else None
         operation: dict[str, Any] = {
             "summary": op.summary,
-            "operationId": f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}",
+            "operationId": _operation_id(path, method),
             "parameters": list(op.parameters),
             "responses": {},
         }
-        if op.access is None or not keys:
+        if access is None or not keys:
             operation["security"] = []
         else:
-            operation["description"] = f"Needs an API key with the `{op.access}` scope (when keys are configured)."
+            operation["description"] = f"Needs an API key with the `{access}` scope (when keys are configured)."
         if op.body is not None:
             content: dict[str, Any] = {"application/json": {"schema": ref[op.body]}}
             if op.body is BatchIn:
@@ -284,7 +289,7 @@ def document(task_types: list[str] | None = None, keys: bool = True) -> dict[str
                     }
                 }
             operation["requestBody"] = {"required": True, "content": content}
-        limited = ("RateLimit-Policy", "RateLimit") if op.access else ()
+        limited = ("RateLimit-Policy", "RateLimit") if access else ()
         for status, answer in op.answers.items():
             response: dict[str, Any] = {"description": "done" if status < 300 else "accepted"}
             if answer is not None:
@@ -296,11 +301,9 @@ def document(task_types: list[str] | None = None, keys: bool = True) -> dict[str
                 response["links"] = op.links
             names = (*op.headers.get(status, ()), *limited)
             if names:
-                response["headers"] = {name: {"$ref": f"#/components/headers/{name}"} for name in names}
+                response["headers"] = _header_refs(names)
             operation["responses"][str(status)] = response
-        statuses = (
-            set(op.problems) | ({429, 503} if op.access else {503}) | ({401, 403} if op.access and keys else set())
-        )
+        statuses = set(op.problems) | ({429, 503} if access else {503}) | ({401, 403} if access and keys else set())
         for status in sorted(statuses):
             retry = ("Retry-After",) if status in (409, 429, 503) else ()
             operation["responses"][str(status)] = _problem(status, ref, retry + (limited if status == 429 else ()))

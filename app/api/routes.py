@@ -87,7 +87,7 @@ async def submit_batch(request: Request) -> Response:
     if request.headers.get("content-type", "").split(";")[0].strip().lower() == NDJSON:
         return await _submit_ndjson(request, dry_run, full="return=representation" in prefer)
     specs = await run_in_threadpool(_parsed_batch, await request.body())
-    refused = None if dry_run else await charge(request, len(specs))
+    refused = await charge(request, 0 if dry_run else len(specs))  # a dry run spends nothing
     if refused is not None:
         return refused
     status, content = await run_in_threadpool(
@@ -117,14 +117,13 @@ async def _submit_ndjson(request: Request, dry_run: bool, full: bool) -> Respons
         raise InvalidInput(
             f"an NDJSON batch holds 1 to {MAX_NDJSON_BATCH} tasks", [FieldError("tasks", f"{len(specs)} tasks")]
         )
-    refused = None if dry_run else await charge(request, len(specs))
+    refused = await charge(request, 0 if dry_run else len(specs))  # a dry run spends nothing
     if refused is not None:
         return refused
     tasks, created = await run_in_threadpool(_store_batch, _service(request), specs, dry_run, _actor(request))
     status = 200 if dry_run or not created else 201
     if full:
-        content = codec.dumps({"dry_run": dry_run, "tasks": [task_json(t) for t in tasks]})
-        return Response(content, status_code=status, media_type="application/json")
+        return Response(_batch_answer(tasks, dry_run), status_code=status, media_type="application/json")
     counts = Counter(task.status.value for task in tasks)
     summary = {"dry_run": dry_run, "created": created, "count": len(tasks), "statuses": counts}
     return JsonResponse(summary, status_code=status, headers={"Preference-Applied": "return=minimal"})
@@ -168,11 +167,7 @@ def _submit_batch(
     service: TaskService, specs: list[TaskSpec], dry_run: bool, minimal: bool, actor: str | None
 ) -> tuple[int, bytes]:
     """Storing and encoding 10,000 tasks, off the event loop."""
-
-    def encode(tasks: list[Task]) -> bytes:
-        listed = [{"id": t.id, "status": t.status.value} if minimal else task_json(t) for t in tasks]
-        return codec.dumps({"dry_run": dry_run, "tasks": listed})
-
+    encode = partial(_batch_answer, dry_run=dry_run, minimal=minimal)
     encoded: list[bytes] = []
     with gc_paused():
         # The answer is encoded while Redis runs the transaction where it can be.
@@ -181,6 +176,12 @@ def _submit_batch(
         )
         content = encoded[-1] if encoded else encode(tasks)
     return 200 if dry_run or not created else 201, content
+
+
+def _batch_answer(tasks: list[Task], dry_run: bool, minimal: bool = False) -> bytes:
+    """A batch's answer: every task, or (`Prefer: return=minimal`) the id and status of each."""
+    listed = [{"id": t.id, "status": t.status.value} if minimal else task_json(t) for t in tasks]
+    return codec.dumps({"dry_run": dry_run, "tasks": listed})
 
 
 def _batch_specs(body: Any) -> list[TaskSpec]:
@@ -366,11 +367,15 @@ async def list_types(request: Request) -> Response:
 
 
 async def health(request: Request) -> Response:
-    redis: Redis = request.app.state.redis
-    report = await run_in_threadpool(_persistence, redis)
-    report["memory"] = memory = await run_in_threadpool(stats.memory, redis)
+    return JsonResponse({"status": "ok", "redis": await run_in_threadpool(_redis_report, request.app.state.redis)})
+
+
+def _redis_report(redis: Redis) -> dict[str, Any]:
+    """What /health says of Redis: its persistence and its memory, with every warning."""
+    report = _persistence(redis)
+    report["memory"] = memory = stats.memory(redis)
     report["warnings"] += memory["warnings"]
-    return JsonResponse({"status": "ok", "redis": report})
+    return report
 
 
 def _persistence(redis: Redis) -> dict[str, Any]:

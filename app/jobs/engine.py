@@ -103,11 +103,9 @@ for i = 1, n_done do
         local ttl = tonumber(f[4]) or tonumber(result_ttl_default)
         -- The result in the job hash, RQ's own field for it (which `Job.restore` reads), not a
         -- stream per task: Redis gives a stream 4.7 KB to hold one entry.
-        if value ~= '' then
-            redis.call('HSET', key, 'status', 'finished', 'ended_at', now, 'last_heartbeat', now, result_field, value)
-        else
-            redis.call('HSET', key, 'status', 'finished', 'ended_at', now, 'last_heartbeat', now)
-        end
+        local done = {'status', 'finished', 'ended_at', now, 'last_heartbeat', now}
+        if value ~= '' then done[7], done[8] = result_field, value end
+        redis.call('HSET', key, unpack(done))
         redis.call('ZREM', wip_prefix .. f[3], id .. ':' .. execution)
         add_event(key, history_field, cjson.encode({now_ms, completed_event, tonumber(f[7]) or cjson.null, worker}),
             max_events)

@@ -66,25 +66,22 @@ def _lua_list(names: list[str]) -> str:
     return "{" + ", ".join(f"'{name}'" for name in names) + "}"
 
 
+_QUEUED = _lua_list([Queue.redis_queue_namespace_prefix + q for q in keys.QUEUES])
+_WAITING = _lua_list(
+    [
+        *(DeferredJobRegistry.key_template.format(q) for q in keys.QUEUES),
+        *(ScheduledJobRegistry.key_template.format(q) for q in keys.QUEUES),
+        keys.HELD,
+    ]
+)
+
 UNFINISHED = f"""
 -- Tasks stored and not yet finished: queued (in a queue or a limit's waiting line), pending,
 -- or waiting for their time (a start time or a retry's backoff). A few counters, no walk.
 local function unfinished()
     local n = 0
-    for _, queue in ipairs({_lua_list([Queue.redis_queue_namespace_prefix + q for q in keys.QUEUES])}) do
-        n = n + redis.call('LLEN', queue)
-    end
-    for _, registry in ipairs({
-    _lua_list(
-        [
-            *(DeferredJobRegistry.key_template.format(q) for q in keys.QUEUES),
-            *(ScheduledJobRegistry.key_template.format(q) for q in keys.QUEUES),
-            keys.HELD,
-        ]
-    )
-}) do
-        n = n + redis.call('ZCARD', registry)
-    end
+    for _, queue in ipairs({_QUEUED}) do n = n + redis.call('LLEN', queue) end
+    for _, registry in ipairs({_WAITING}) do n = n + redis.call('ZCARD', registry) end
     for _, limit in ipairs(redis.call('SMEMBERS', '{RateLimitRegistry.rl_keys_key}')) do
         n = n + redis.call('ZCARD', '{RQ_KEY_PREFIX}:rl:' .. limit .. ':rate_limited')
     end
@@ -252,8 +249,6 @@ class Submission:
         if one is None:
             return None
         taken = self._write_one(keys=one.keys, args=one.words)
-        if taken == FULL:
-            raise self._full(1)
         if taken == STORED:
             return self._repeat([p]), False
         return [one.written(taken)], True
@@ -273,8 +268,6 @@ class Submission:
         if self._write_one_async is None:
             self._write_one_async = connection.register_script(WRITE_ONE)
         taken = await self._write_one_async(keys=one.keys, args=one.words, client=connection)
-        if taken == FULL:
-            raise self._full(1)
         return None if taken == STORED else (one.written(taken), True)
 
     def _full(self, count: int) -> Overloaded:
@@ -583,8 +576,11 @@ class _OneWrite:
     words: list[Any]
 
     def written(self, taken: Any) -> Task:
+        """The task WRITE_ONE stored, or why it did not (any outcome but STORED)."""
         if taken == CLAIMED:
             raise _in_progress("this id")
+        if taken == FULL:
+            raise self.submission._full(1)
         tasks: dict[str, Task] = {}
         self.submission._answer(self.placed, tasks, None)
         (task,) = tasks.values()
