@@ -24,6 +24,10 @@ MAX_BATCH = 10_000
 MAX_NDJSON_BATCH = 100_000
 """An NDJSON batch is validated as it streams in and answered with a summary, so it may hold more."""
 
+SUMMARY_OVER = 1_000
+"""A batch of more tasks is answered with a summary (counts by status) unless the client asks for
+the tasks (`Prefer: return=representation` or `return=minimal`)."""
+
 CLAIM_TTL_MS = 30_000
 """A claim outlives any write it precedes (a 10,000-task batch writes in well under a second); one
 left by a crashed API process lapses by itself, and the same submission then goes through."""

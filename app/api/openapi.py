@@ -63,7 +63,7 @@ HEADERS: dict[str, dict[str, Any]] = {
         "schema": {"type": "string"},
     },
     "Preference-Applied": {
-        "description": "`return=minimal` when only ids and statuses are answered",
+        "description": "`return=minimal` when the client asked for only ids and statuses",
         "schema": {"type": "string"},
     },
 }
@@ -285,7 +285,7 @@ def document(task_types: list[str] | None = None, keys: bool = True) -> dict[str
                     "schema": {
                         "type": "string",
                         "description": f"one task (a TaskIn) a line, up to {MAX_NDJSON_BATCH}; answered with "
-                        "a BatchSummaryOut unless `Prefer: return=representation`",
+                        "a BatchSummaryOut unless `Prefer: return=representation` or `return=minimal`",
                     }
                 }
             operation["requestBody"] = {"required": True, "content": content}

@@ -30,6 +30,7 @@ from app.defaults import (
     DELETE_WAIT_S,
     MAX_BATCH,
     MAX_NDJSON_BATCH,
+    SUMMARY_OVER,
     TAKEN_WAIT_S,
 )
 from app.errors import DomainError, FieldError, InvalidInput, TaskConflict
@@ -80,28 +81,35 @@ async def submit_task(request: Request) -> Response:
 
 async def submit_batch(request: Request) -> Response:
     dry_run = request.query_params.get("dry_run", "false").lower() in ("1", "true", "yes")
-    # RFC 7240: a client that needs only ids and statuses back spares both sides the echo of
-    # every task (5 MB for 10,000).
-    prefer = request.headers.get("prefer", "").replace(" ", "").lower().split(",")
-    minimal = "return=minimal" in prefer
-    if request.headers.get("content-type", "").split(";")[0].strip().lower() == NDJSON:
-        return await _submit_ndjson(request, dry_run, full="return=representation" in prefer)
-    specs = await run_in_threadpool(_parsed_batch, await request.body())
+    ndjson = request.headers.get("content-type", "").split(";")[0].strip().lower() == NDJSON
+    specs = await (_ndjson_specs(request) if ndjson else run_in_threadpool(_parsed_batch, await request.body()))
     refused = await charge(request, 0 if dry_run else len(specs))  # a dry run spends nothing
     if refused is not None:
         return refused
-    status, content = await run_in_threadpool(
-        _submit_batch, _service(request), specs, dry_run, minimal, _actor(request)
-    )
-    headers = {"Preference-Applied": "return=minimal"} if minimal else None
+    form = _answer_form(request.headers.get("prefer", ""), len(specs), ndjson)
+    status, content = await run_in_threadpool(_submit_batch, _service(request), specs, dry_run, form, _actor(request))
+    # Preference-Applied names only a preference the client stated (RFC 7240, section 3).
+    stated = f"return={form}" in request.headers.get("prefer", "").replace(" ", "").lower()
+    headers = {"Preference-Applied": f"return={form}"} if stated and form != "representation" else None
     return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 
-async def _submit_ndjson(request: Request, dry_run: bool, full: bool) -> Response:
+def _answer_form(prefer: str, count: int, ndjson: bool) -> str:
+    """How a batch is answered (RFC 7240 `Prefer: return=...`): every task in full
+    (`representation`), the id and status of each (`minimal`), or, by default for a batch of more
+    than SUMMARY_OVER tasks and for NDJSON, a `summary` (counts by status): echoing 10,000 tasks
+    costs the server more than storing them, and a client that sent them has them."""
+    asked = prefer.replace(" ", "").lower().split(",")
+    for form in ("representation", "minimal"):
+        if f"return={form}" in asked:
+            return form
+    return "summary" if ndjson or count > SUMMARY_OVER else "representation"
+
+
+async def _ndjson_specs(request: Request) -> list[TaskSpec]:
     """A batch of up to MAX_NDJSON_BATCH tasks, one JSON object a line, all or nothing like any
     batch. The body is validated as it arrives, a chunk at a time off the event loop, and never
-    held whole; the answer is a summary (counts by status) unless `Prefer: return=representation`
-    asks for every task."""
+    held whole."""
     specs: list[TaskSpec] = []
     errors: list[FieldError] = []
     pending = b""
@@ -117,23 +125,7 @@ async def _submit_ndjson(request: Request, dry_run: bool, full: bool) -> Respons
         raise InvalidInput(
             f"an NDJSON batch holds 1 to {MAX_NDJSON_BATCH} tasks", [FieldError("tasks", f"{len(specs)} tasks")]
         )
-    refused = await charge(request, 0 if dry_run else len(specs))  # a dry run spends nothing
-    if refused is not None:
-        return refused
-    tasks, created = await run_in_threadpool(_store_batch, _service(request), specs, dry_run, _actor(request))
-    status = 200 if dry_run or not created else 201
-    if full:
-        return Response(_batch_answer(tasks, dry_run), status_code=status, media_type="application/json")
-    counts = Counter(task.status.value for task in tasks)
-    summary = {"dry_run": dry_run, "created": created, "count": len(tasks), "statuses": counts}
-    return JsonResponse(summary, status_code=status, headers={"Preference-Applied": "return=minimal"})
-
-
-def _store_batch(
-    service: TaskService, specs: list[TaskSpec], dry_run: bool, actor: str | None
-) -> tuple[list[Task], bool]:
-    with gc_paused():
-        return service.submit_batch(specs, dry_run, actor=actor)
+    return specs
 
 
 def _ndjson_lines(lines: list[bytes], line: int, specs: list[TaskSpec], errors: list[FieldError]) -> int:
@@ -164,24 +156,31 @@ def _parsed_batch(raw: bytes) -> list[TaskSpec]:
 
 
 def _submit_batch(
-    service: TaskService, specs: list[TaskSpec], dry_run: bool, minimal: bool, actor: str | None
+    service: TaskService, specs: list[TaskSpec], dry_run: bool, form: str, actor: str | None
 ) -> tuple[int, bytes]:
     """Storing and encoding 10,000 tasks, off the event loop."""
-    encode = partial(_batch_answer, dry_run=dry_run, minimal=minimal)
     encoded: list[bytes] = []
+
+    def encode(tasks: list[Task]) -> None:
+        encoded.append(codec.dumps({"dry_run": dry_run, "tasks": [task_json(t) for t in tasks]}))
+
     with gc_paused():
-        # The answer is encoded while Redis runs the transaction where it can be.
-        tasks, created = service.submit_batch(
-            specs, dry_run, meanwhile=lambda tasks: encoded.append(encode(tasks)), actor=actor
+        # The full answer is encoded while Redis runs the transaction where it can be.
+        outcome = service.store_batch(
+            specs, dry_run, meanwhile=encode if form == "representation" else None, actor=actor
         )
-        content = encoded[-1] if encoded else encode(tasks)
-    return 200 if dry_run or not created else 201, content
-
-
-def _batch_answer(tasks: list[Task], dry_run: bool, minimal: bool = False) -> bytes:
-    """A batch's answer: every task, or (`Prefer: return=minimal`) the id and status of each."""
-    listed = [{"id": t.id, "status": t.status.value} if minimal else task_json(t) for t in tasks]
-    return codec.dumps({"dry_run": dry_run, "tasks": listed})
+        status = 200 if dry_run or not outcome.created else 201
+        if form == "representation":
+            if not encoded:
+                encode(outcome.tasks())
+            return status, encoded[-1]
+        statuses = outcome.statuses()
+        if form == "minimal":
+            listed = [{"id": task_id, "status": state.value} for task_id, state in statuses]
+            return status, codec.dumps({"dry_run": dry_run, "tasks": listed})
+        counts = Counter(state.value for _, state in statuses)
+        summary = {"dry_run": dry_run, "created": outcome.created, "count": len(statuses), "statuses": counts}
+        return status, codec.dumps(summary)
 
 
 def _batch_specs(body: Any) -> list[TaskSpec]:

@@ -399,11 +399,16 @@ class TaskStatusOut(_Out):
 class BatchOut(_Out):
     dry_run: bool
     tasks: list[TaskOut | TaskStatusOut] = Field(
-        description="every task, or only id and status with Prefer: return=minimal"
+        description="every task, or only id and status with Prefer: return=minimal (a batch of more than "
+        "1,000 tasks is answered with a BatchSummaryOut unless one of the two is asked for)"
     )
 
 
 class BatchSummaryOut(_Out):
+    """The answer to a batch of more than 1,000 tasks, and to any NDJSON batch, unless the client
+    asks for the tasks: `Prefer: return=representation` (every task) or `return=minimal` (the id
+    and status of each)."""
+
     dry_run: bool
     created: bool
     count: int

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Any
@@ -51,6 +51,7 @@ from app.jobs.bulk import FastTransaction
 from app.jobs.dependencies import parent_statuses
 from app.jobs.factory import Factory, Planned, Shapes
 from app.jobs.job import TaskJob
+from app.jobs.status import task_status
 from app.jobs.timers import hold
 from app.model import Priority, Task, TaskSpec, TaskStatus
 from app.registry import Registry
@@ -199,6 +200,21 @@ class Submission:
         the transaction, so that a caller can encode its answer in that time instead of after it;
         again if the transaction is retried, and not at all where there is no such wait (a repeat,
         a dry run, or tasks whose place a limit decides inside Redis).
+        """
+        outcome = self.store(specs, batch=batch, dry_run=dry_run, meanwhile=meanwhile, actor=actor)
+        return outcome.tasks(), outcome.created
+
+    def store(
+        self,
+        specs: Sequence[TaskSpec],
+        *,
+        batch: bool,
+        dry_run: bool = False,
+        meanwhile: Callable[[list[Task]], None] | None = None,
+        actor: str | None = None,
+    ) -> Outcome:
+        """`submit`, answering with an Outcome that builds the tasks only if asked: a summary of
+        10,000 tasks needs their statuses, not 10,000 Task objects.
 
         The new ids are reserved first by one atomic script (WATCHing thousands of keys costs Redis
         quadratic time); parents outside the batch are WATCHed until the write commits.
@@ -214,14 +230,14 @@ class Submission:
                 return written_one
         if dry_run:
             if self.connection.exists(*new_keys):
-                return self._repeat(plan), False
+                return self._repeat(plan)
         else:
             now_ms = int(time.time() * 1000)
             taken = self._reserve(
                 keys=[keys.CLAIMS, *new_keys], args=[now_ms, now_ms + CLAIM_TTL_MS, self.max_unfinished, *ids]
             )
             if taken == STORED:
-                return self._repeat(plan), False
+                return self._repeat(plan)
             if taken == CLAIMED:
                 raise _in_progress("some of these ids")
             if taken == FULL:
@@ -229,20 +245,24 @@ class Submission:
         written = False
         try:
             with gc_paused():
-                tasks = self._write(plan, outside, batch, dry_run, meanwhile)
+                outcome = self._write(plan, outside, batch, dry_run, meanwhile)
             written = True
         finally:
             if not dry_run and not written:
                 self.connection.zrem(keys.CLAIMS, *ids)  # a successful write drops them itself
-        limited = [p.task_id for p in plan if p.task_type.concurrency and tasks[p.task_id].status is TaskStatus.QUEUED]
+        limited = [
+            p.task_id
+            for p, placement in outcome.placed
+            if p.task_type.concurrency and task_status(placement[0]) is TaskStatus.QUEUED
+        ]
         if limited and not dry_run:
             # Whether a limited task got a slot (and so a queued_at) was decided inside Redis.
-            tasks.update(
+            outcome.known.update(
                 (job.id, job.to_task(latest)) for job, latest in filter(None, store.load(self.connection, limited))
             )
-        return [tasks[p.task_id] for p in sorted(plan, key=lambda p: p.index)], True
+        return outcome
 
-    def _submit_one(self, p: Planned) -> tuple[list[Task], bool] | None:
+    def _submit_one(self, p: Planned) -> Outcome | None:
         """One task in one round trip (WRITE_ONE); None if its writes need more than plain
         commands (a script of their own), and the general path must take it."""
         one = self._prepare_one(p)
@@ -250,8 +270,9 @@ class Submission:
             return None
         taken = self._write_one(keys=one.keys, args=one.words)
         if taken == STORED:
-            return self._repeat([p]), False
-        return [one.written(taken)], True
+            return self._repeat([p])
+        one.check(taken)
+        return Outcome(self.factory, [p], True, one.placed)
 
     async def submit_one(
         self, connection: AsyncRedis, spec: TaskSpec, actor: str | None = None
@@ -268,7 +289,11 @@ class Submission:
         if self._write_one_async is None:
             self._write_one_async = connection.register_script(WRITE_ONE)
         taken = await self._write_one_async(keys=one.keys, args=one.words, client=connection)
-        return None if taken == STORED else (one.written(taken), True)
+        if taken == STORED:
+            return None
+        one.check(taken)
+        (task,) = Outcome(self.factory, [p], True, one.placed).tasks()
+        return task, True
 
     def _full(self, count: int) -> Overloaded:
         what = "this task" if count == 1 else f"these {count} tasks"
@@ -295,7 +320,7 @@ class Submission:
         batch: bool,
         dry_run: bool,
         meanwhile: Callable[[list[Task]], None] | None = None,
-    ) -> dict[str, Task]:
+    ) -> Outcome:
         with FastTransaction.on(self.connection) as pipe:
             while True:
                 try:
@@ -304,28 +329,17 @@ class Submission:
                     statuses = dict(zip(outside, parent_statuses(self.connection, outside), strict=True))
                     self._check_parents_exist(plan, statuses, batch)
                     placed = self._write_all(plan, statuses, pipe, dry_run)
-                    tasks: dict[str, Task] = {}
-                    if any(p.task_type.concurrency for p in plan):
-                        meanwhile = None
-                    answer = partial(self._answer, placed, tasks, meanwhile)
+                    outcome = Outcome(self.factory, sorted(plan, key=lambda p: p.index), not dry_run, placed)
                     if dry_run:
                         pipe.reset()
-                        self._answer(placed, tasks, None)
+                    elif meanwhile is None or any(p.task_type.concurrency for p in plan):
+                        pipe.execute()
                     else:
-                        pipe.execute(while_waiting=answer)  # Redis runs the writes meanwhile
-                    return tasks
+                        # Redis runs the writes meanwhile.
+                        pipe.execute(while_waiting=partial(_tell, meanwhile, outcome))
+                    return outcome
                 except WatchError:
                     continue
-
-    def _answer(
-        self,
-        placed: list[tuple[Planned, Placement]],
-        into: dict[str, Task],
-        meanwhile: Callable[[list[Task]], None] | None,
-    ) -> None:
-        into.update((p.task_id, self.factory.task(p, *placement)) for p, placement in placed)
-        if meanwhile is not None:
-            meanwhile([into[p.task_id] for p, _ in sorted(placed, key=lambda pair: pair[0].index)])
 
     def _plan(self, specs: Sequence[TaskSpec], batch: bool, actor: str | None = None) -> list[Planned]:
         """Validate names and ids, and order the tasks parents first (or name the cycle); `actor`
@@ -380,7 +394,7 @@ class Submission:
         if missing:
             raise InvalidTask("; ".join(e.message for e in missing), missing)
 
-    def _repeat(self, plan: list[Planned]) -> list[Task]:
+    def _repeat(self, plan: list[Planned]) -> Outcome:
         loaded = store.load(self.connection, [p.task_id for p in plan])
         differing = [
             p.task_id
@@ -390,8 +404,8 @@ class Submission:
         if differing:
             listed = ", ".join(differing[:20])
             raise TaskConflict(f"tasks with these ids exist with other contents (or not all exist): {listed}")
-        by_id = {found[0].id: found[0].to_task(found[1]) for found in loaded if found}
-        return [by_id[p.task_id] for p in sorted(plan, key=lambda p: p.index)]
+        known = {found[0].id: found[0].to_task(found[1]) for found in loaded if found}
+        return Outcome(self.factory, sorted(plan, key=lambda p: p.index), False, [], known)
 
     def _write_all(
         self, plan: list[Planned], outside: dict[str, TaskStatus | None], pipe: Pipeline, dry_run: bool
@@ -549,6 +563,10 @@ def _due(spec: TaskSpec, now: datetime) -> datetime | None:
     return due if due is not None and due > now else None
 
 
+def _tell(meanwhile: Callable[[list[Task]], None], outcome: Outcome) -> None:
+    meanwhile(outcome.tasks())
+
+
 def _where(batch: bool, index: int, field: str) -> str:
     return f"tasks.{index}.{field}" if batch else field
 
@@ -566,6 +584,39 @@ def _one_script(p: Planned) -> bool:
     return not p.spec.dependencies and not p.task_type.concurrency
 
 
+@dataclass
+class Outcome:
+    """What a submission stored: the tasks, built only when asked for, or just their statuses."""
+
+    factory: Factory
+    order: list[Planned]
+    """The tasks in request order."""
+    created: bool
+    """False: the same submission came again (or a dry run), and nothing was written."""
+    placed: list[tuple[Planned, Placement]]
+    """Where each new task went, as written."""
+    known: dict[str, Task] = field(default_factory=dict)
+    """Tasks as read back from Redis (a repeat's, or those whose place a limit decided), or
+    already built; they take precedence over `placed`."""
+
+    def tasks(self) -> list[Task]:
+        known, factory = self.known, self.factory
+        placements = {p.task_id: placement for p, placement in self.placed}
+        for p in self.order:
+            if p.task_id not in known:
+                known[p.task_id] = factory.task(p, *placements[p.task_id])
+        return [known[p.task_id] for p in self.order]
+
+    def statuses(self) -> list[tuple[str, TaskStatus]]:
+        """Each task's id and status, in request order."""
+        known = self.known
+        placements = {p.task_id: placement[0] for p, placement in self.placed}
+        return [
+            (p.task_id, known[p.task_id].status if p.task_id in known else task_status(placements[p.task_id]))
+            for p in self.order
+        ]
+
+
 @dataclass(frozen=True)
 class _OneWrite:
     """One task's check and writes, ready for WRITE_ONE, and what to answer once it ran."""
@@ -575,16 +626,12 @@ class _OneWrite:
     keys: list[str]
     words: list[Any]
 
-    def written(self, taken: Any) -> Task:
-        """The task WRITE_ONE stored, or why it did not (any outcome but STORED)."""
+    def check(self, taken: Any) -> None:
+        """Why WRITE_ONE did not store the task, if it did not (any outcome but STORED)."""
         if taken == CLAIMED:
             raise _in_progress("this id")
         if taken == FULL:
             raise self.submission._full(1)
-        tasks: dict[str, Task] = {}
-        self.submission._answer(self.placed, tasks, None)
-        (task,) = tasks.values()
-        return task
 
 
 class _Recorder(Pipeline):

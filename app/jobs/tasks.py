@@ -33,7 +33,7 @@ from app.jobs.dependencies import WAITING, cancel_dependent, cancel_task, cascad
 from app.jobs.job import TaskJob
 from app.jobs.reads import TaskReader
 from app.jobs.status import task_status
-from app.jobs.submission import Submission
+from app.jobs.submission import Outcome, Submission
 from app.jobs.timers import hold
 from app.model import CALL_FIELDS, ErrorType, Priority, Task, TaskChanges, TaskSpec, TaskStatus
 from app.registry import Registry
@@ -99,6 +99,17 @@ class TaskService:
         """A whole DAG, all or nothing; dependencies may point inside the batch in any order.
         `meanwhile`: as Submission.submit's."""
         return self.submission.submit(specs, batch=True, dry_run=dry_run, meanwhile=meanwhile, actor=actor)
+
+    def store_batch(
+        self,
+        specs: Sequence[TaskSpec],
+        dry_run: bool = False,
+        meanwhile: Callable[[list[Task]], None] | None = None,
+        actor: str | None = None,
+    ) -> Outcome:
+        """`submit_batch`, answering with what was stored rather than the tasks themselves, for
+        callers that need only ids and statuses of a large batch."""
+        return self.submission.store(specs, batch=True, dry_run=dry_run, meanwhile=meanwhile, actor=actor)
 
     def release(self, task_id: str, at_ms: int) -> None:
         """A timed task's time has come (called by the scheduler's timer): queue it if its

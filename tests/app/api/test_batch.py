@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,47 @@ def test_prefer_return_minimal_answers_ids_and_statuses_only(client: TestClient)
     assert full.status_code == 200  # the same batch again: nothing new
     assert "preference-applied" not in full.headers
     assert full.json()["tasks"][0]["dependencies"] == ["a"]  # the whole task, as by default
+
+
+def test_a_batch_of_more_than_a_thousand_tasks_is_answered_with_a_summary_unless_asked(
+    settings: Settings, redis: Redis
+) -> None:
+    limited = settings.model_copy(update={"type_limits": {"sleepy": TypeLimits(concurrency=1)}})
+    with TestClient(create_app(limited)) as client:
+        client.post("/api/tasks", json={"id": "broken", "type": "echo"})
+        redis.hset("rq:job:broken", "status", "failed")
+        tasks = [
+            {"id": f"s{n}", "type": "echo"} | ({"dependencies": [f"s{n - 10}"]} if n >= 10 else {}) for n in range(995)
+        ]
+        tasks += [
+            {"id": "later", "type": "echo", "delay_ms": 60_000},
+            {"id": "doomed", "type": "echo", "dependencies": ["broken"]},
+            {"id": "limited-1", "type": "sleepy", "payload": {"seconds": 0}},
+            {"id": "limited-2", "type": "sleepy", "payload": {"seconds": 0}},
+            {"id": "limited-3", "type": "sleepy", "payload": {"seconds": 0}},
+            {"id": "last", "type": "echo", "dependencies": ["s994"]},
+        ]
+        expected = {"QUEUED": 10 + 3, "PENDING": 985 + 1, "SCHEDULED": 1, "CANCELED": 1}
+        response = client.post("/api/tasks/batch", json={"tasks": tasks})
+        assert response.status_code == 201
+        assert "preference-applied" not in response.headers
+        assert response.json() == {"dry_run": False, "created": True, "count": 1001, "statuses": expected}
+        again = client.post("/api/tasks/batch", json={"tasks": tasks})  # a repeat reads the statuses back
+        assert again.status_code == 200
+        assert again.json() == {"dry_run": False, "created": False, "count": 1001, "statuses": expected}
+        full = client.post("/api/tasks/batch", json={"tasks": tasks}, headers={"Prefer": "return=representation"})
+        assert [t["id"] for t in full.json()["tasks"]] == [t["id"] for t in tasks]
+        assert full.json()["tasks"][-1]["dependencies"] == ["s994"]
+        ids = client.post("/api/tasks/batch", json={"tasks": tasks}, headers={"Prefer": "return=minimal"})
+        assert ids.headers["preference-applied"] == "return=minimal"
+        assert ids.json()["tasks"][-2:] == [
+            {"id": "limited-3", "status": "QUEUED"},
+            {"id": "last", "status": "PENDING"},
+        ]
+        shown = Counter(client.get(f"/api/tasks/{t['id']}").json()["status"] for t in tasks)
+        assert shown == expected  # what the summary counted is what the tasks read back as
+        a_thousand = client.post("/api/tasks/batch", json={"tasks": [{"type": "echo"} for _ in range(1000)]})
+        assert len(a_thousand.json()["tasks"]) == 1000  # up to 1,000: every task, as before
 
 
 def ndjson(tasks: list[dict[str, Any]]) -> bytes:
