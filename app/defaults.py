@@ -65,6 +65,17 @@ cursor, so a rare status never turns a request into a scan of every task."""
 MAX_EVENTS = 100
 """Per task; a task retried or re-armed forever keeps its newest events."""
 
+EVENT_ENTRIES_KEPT = 10_000
+"""Entries the event stream keeps (about: Redis trims whole nodes); an entry holds the events of
+one step, at most EVENTS_PER_ENTRY. A client resuming from an older one is told it missed some."""
+EVENTS_PER_ENTRY = 100
+"""Most events one stream entry holds: a 10,000-task batch is told in 100 entries, not one."""
+EVENTS_KEEPALIVE_S = 15
+"""How often `GET /api/events` sends a comment line when nothing happens, so proxies keep it open."""
+
+HISTOGRAM_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+"""Upper bounds of the histograms of wait, run and lag times (seconds), and of request durations."""
+
 FINISHED_BUCKET_S = 10
 """Width of the counters of finished tasks behind `/api/stats` throughput."""
 

@@ -20,6 +20,7 @@ from typing import Any
 from app import codec, keys
 from app.clock import from_ms
 from app.defaults import MAX_EVENTS
+from app.jobs.events import TELL
 
 log = logging.getLogger(__name__)
 
@@ -58,29 +59,40 @@ class Event:
     """The API key (its name) whose request made the change, where one did."""
 
 
-ADD_EVENT = """
--- Append one event (a JSON line) to the history in the job hash `key`, keeping the newest `max`.
-local function add_event(key, field, line, max)
-    local kept = redis.call('HGET', key, field)
+ADD_EVENT = (
+    TELL
+    + f"""
+-- Append one event to the history in the job hash `key`, keeping the newest {MAX_EVENTS}, and tell of
+-- it (app.jobs.events). `event`: {{at_ms, name, attempt, worker, error, detail, by}}, no trailing
+-- nulls; `f`: as `tell` takes it.
+local function add_event(key, event, f)
+    local line = cjson.encode(event)
+    local kept = redis.call('HGET', key, '{keys.FIELD_HISTORY}')
     if kept then
         kept = kept .. '\\n' .. line
         local _, breaks = string.gsub(kept, '\\n', '')
-        for _ = 1, breaks + 1 - max do
+        for _ = 1, breaks + 1 - {MAX_EVENTS} do
             kept = string.sub(kept, string.find(kept, '\\n', 1, true) + 1)
         end
     else
         kept = line
     end
-    redis.call('HSET', key, field, kept)
+    redis.call('HSET', key, '{keys.FIELD_HISTORY}', kept)
+    tell(key, event, f)
 end
 """
+)
 """The Lua function every script that records an event calls (this module's, app.jobs.release's
-and the worker engine's), so that there is one way of appending."""
+and the worker engine's), so that there is one way of appending; such a script calls `flush()`
+before it returns."""
 
 _RECORD = (
     ADD_EVENT
     + """
-if redis.call('EXISTS', KEYS[1]) == 1 then add_event(KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])) end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    add_event(KEYS[1], cjson.decode(ARGV[1]))
+    flush()
+end
 """
 )
 
@@ -111,7 +123,7 @@ def record(
     ]
     while line[-1] is None:
         line.pop()
-    target.eval(_RECORD, 1, job_key, keys.FIELD_HISTORY, codec.dumps(line), MAX_EVENTS)
+    target.eval(_RECORD, 1, job_key, codec.dumps(line))
 
 
 def decode(kept: bytes | str | None) -> list[Event]:

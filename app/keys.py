@@ -120,6 +120,18 @@ UNREADABLE = f"{PREFIX}:unreadable"
 counted in /api/stats so that a damaged record is seen, not silently missing."""
 
 
+EVENTS = f"{PREFIX}:events"
+"""Stream of what happens to tasks, schedules and workers (app.events), written in the same step
+as the change it tells of; `GET /api/events` reads it. Each entry holds a JSON array of events."""
+
+METRICS = f"{PREFIX}:metrics"
+"""Hash of the counters and histogram buckets that tasks' events add to, whichever process on
+whichever machine makes them (app.metrics reads it for `/metrics`)."""
+
+HTTP_METRICS = f"{PREFIX}:metrics:http"
+"""Hash of the API's request counts and durations, which each API process adds to once a second."""
+
+
 def wake_key(queue: str) -> str:
     """A queue's doorbell: a sorted set of one member, added whenever a task is pushed onto the
     queue, which an idle engine worker waits on (BZPOPMIN) instead of popping the queue itself.

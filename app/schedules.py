@@ -26,7 +26,7 @@ from redis.client import Pipeline
 from app import codec, cron, keys
 from app.clock import Clock, from_ms, now, to_ms
 from app.errors import BadCron, BadTimezone, FieldError, InvalidInput, ScheduleNotFound, TaskConflict, UnreadableRecord
-from app.jobs import store
+from app.jobs import events, store
 from app.jobs.tasks import TaskService
 from app.jobs.timers import Timer, arm
 from app.model import Backoff, Priority, TaskSpec
@@ -266,6 +266,9 @@ class ScheduleService:
             after = max(schedule.next_run_at, self.clock())
             upcoming = next_fire(schedule.spec, after, anchor=schedule.created_at, runs=runs)
             pipe.multi()
+            fired = events.event("schedule_fired", schedule=schedule_id, task=run_id(schedule_id, schedule.next_run_at))
+            events.told(pipe, [fired | ({"error": error} if error else {})])
+            events.lag_observed(pipe, fired["at"] / 1000 - at_ms / 1000)
             next_run_ms = to_ms(upcoming) if upcoming else ""
             pipe.hset(
                 key, mapping={"runs": runs, "last_run_ms": at_ms, "next_run_ms": next_run_ms, "last_error": error or ""}

@@ -44,8 +44,10 @@ HUEY = shutil.which("huey_consumer", path=str(BIN))
 
 def counters(redis: Redis) -> dict[str, int]:
     """Calls by command, and the replies Redis wrote (one per round trip, pipelines included)."""
-    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in redis.info("commandstats").items()}
-    return {**calls, "_round_trips": int(redis.info("stats")["total_writes_processed"])}
+    stats = redis.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    usec = {"usec:" + name.removeprefix("cmdstat_"): int(v["usec"]) for name, v in stats.items()}
+    return {**calls, **usec, "_round_trips": int(redis.info("stats")["total_writes_processed"])}
 
 
 def per_task(before: dict[str, int], after: dict[str, int], n: int) -> dict[str, float]:
@@ -66,7 +68,9 @@ def timed(redis: Redis, n: int, submit: Callable[[], None], done: Callable[[], b
     ended = time.perf_counter()
     spent = per_task(before, counters(redis), n)
     round_trips = spent.pop("_round_trips", 0.0)
+    usec = {k.removeprefix("usec:"): spent.pop(k) for k in list(spent) if k.startswith("usec:")}
     spent.pop("info", None)  # the bench's own reads
+    usec.pop("info", None)
     return {
         "tasks": n,
         "per_s": n / (ended - started),
@@ -74,6 +78,9 @@ def timed(redis: Redis, n: int, submit: Callable[[], None], done: Callable[[], b
         "commands_per_task": sum(spent.values()),
         "round_trips_per_task": round_trips,
         "by_command": dict(sorted(spent.items(), key=lambda kv: -kv[1])),
+        # A command a script or transaction runs counts in its own line and in the script's too.
+        "scripts_usec_per_task": sum(usec.get(k, 0.0) for k in ("evalsha", "eval", "exec")),
+        "events_metrics_usec_per_task": sum(usec.get(k, 0.0) for k in ("xadd", "hincrby", "hincrbyfloat")),
     }
 
 
@@ -273,6 +280,11 @@ def main() -> None:
                     )
             top = ", ".join(f"{k} {v:.2f}" for k, v in list(ours["by_command"].items())[:14])
             print(f"  rqflow by command (per task): {top}")
+            print(
+                f"  rqflow's events and metrics (XADD, HINCRBY, HINCRBYFLOAT; the attempt count's HINCRBY "
+                f"too): {ours['events_metrics_usec_per_task']:.2f} us of Redis per task, within the "
+                f"{ours['scripts_usec_per_task']:.2f} us its scripts and transactions take"
+            )
 
             print(f"\n[{args.sleep_tasks} tasks sleeping 10 ms, RQFLOW_CONCURRENCY=16]")
             sleepy = {"type": "data_processing", "duration_ms": 10}

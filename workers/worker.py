@@ -33,11 +33,11 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now
 from rq.worker import BaseWorker, SimpleWorker, Worker
 
-from app import history, keys
+from app import history, keys, logs
 from app.defaults import MAINTENANCE_LOCK_S
 from app.errors import ForbiddenJob, UnknownTaskType
 from app.history import EventName
-from app.jobs import stats
+from app.jobs import events, stats
 from app.jobs.dependencies import cascade
 from app.jobs.job import TaskJob
 from app.jobs.repair import repair
@@ -90,6 +90,7 @@ class TaskWorkerMixin(BaseWorker):
 
     def __init__(self, queues: Any, *args: Any, settings: Settings | None = None, **kwargs: Any) -> None:
         settings = settings or get_settings()
+        logs.configure(settings.log_level, settings.log_format)
         registry = load_registry(settings.task_modules, settings.type_limits)
         entry.install(registry, settings)
         # Whatever the command line said: rqflow jobs are JSON and only TaskJob may run them, and
@@ -139,6 +140,15 @@ class TaskWorkerMixin(BaseWorker):
             delay = min(delay * 2, RECONNECT_MAX_S)
             with contextlib.suppress(RedisConnectionError, RedisTimeoutError):
                 self.register_death()  # so that its next birth is not refused
+
+    def register_birth(self) -> None:
+        super().register_birth()
+        # RQ writes the birth in a transaction of its own; the event follows it at once.
+        events.told(self.connection, [events.event("worker_started", worker=self.name, queues=self.queue_names())])
+
+    def register_death(self) -> None:
+        super().register_death()
+        events.told(self.connection, [events.event("worker_stopped", worker=self.name)])
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """RQ keeps a running task's heartbeat for the monitoring interval plus 60 s; rqflow's margin is

@@ -97,7 +97,7 @@ for i = 1, n_done do
     at = at + 6
     local key = job_prefix .. id
     local f = redis.call('HMGET', key, 'status', 'worker_name', 'origin', 'result_ttl', 'rate_limit_key',
-        'rate_limit_concurrency', 'rqflow_attempts', 'dependency_ids')
+        'rate_limit_concurrency', 'rqflow_attempts', 'dependency_ids', 'description', 'started_at')
     -- Only a task this worker still runs: one canceled, deleted or given up on meanwhile is left as it is.
     if f[1] == 'started' and f[2] == worker then
         local ttl = tonumber(f[4]) or tonumber(result_ttl_default)
@@ -107,8 +107,7 @@ for i = 1, n_done do
         if value ~= '' then done[7], done[8] = result_field, value end
         redis.call('HSET', key, unpack(done))
         redis.call('ZREM', wip_prefix .. f[3], id .. ':' .. execution)
-        add_event(key, history_field, cjson.encode({now_ms, completed_event, tonumber(f[7]) or cjson.null, worker}),
-            max_events)
+        add_event(key, {now_ms, completed_event, tonumber(f[7]) or cjson.null, worker}, {'finished', f[9], nil, f[10]})
         local dependents = redis.call('SMEMBERS', key .. ':dependents')
         if ttl and ttl > 0 then
             redis.call('EXPIRE', key, ttl)
@@ -137,7 +136,7 @@ local claimed, n_claimed = {ended, tostring(working)}, 0
 local function start(id)
     local key = job_prefix .. id
     local f = redis.call('HMGET', key, 'status', 'origin', 'data', 'timeout', 'rqflow_spec',
-        'success_callback_name', 'failure_callback_name', 'stopped_callback_name')
+        'success_callback_name', 'failure_callback_name', 'stopped_callback_name', 'description', 'enqueued_at')
     if f[1] ~= 'queued' then return false end
     -- No PERSIST: a queued task's job never has an expiry (rqflow sets no RQ `ttl`, and a retry
     -- of a finished task persists it, app.jobs.tasks).
@@ -146,7 +145,7 @@ local function start(id)
     n_claimed = n_claimed + 1
     local execution = execution_base .. '-' .. n_claimed
     redis.call('ZADD', wip_prefix .. f[2], lease_score, id .. ':' .. execution)
-    add_event(key, history_field, cjson.encode({now_ms, started_event, attempt, worker}), max_events)
+    add_event(key, {now_ms, started_event, attempt, worker}, {'started', f[9], f[10]})
     local callbacks = (f[6] or '') .. (f[7] or '') .. (f[8] or '')
     for _, v in ipairs({id, f[2], f[3], f[4] or '', f[5] or '', attempt, execution .. '|' .. callbacks}) do
         claimed[#claimed + 1] = v
@@ -166,6 +165,7 @@ for _, queue in ipairs(queues) do
         redis.call('ZADD', wake_prefix .. queue, 0, 'w')
     end
 end
+flush()
 return claimed
 """
 

@@ -33,16 +33,15 @@ from rq.registry import DeferredJobRegistry
 from rq.utils import as_text, utcformat
 
 from app import history, keys
-from app.defaults import MAX_EVENTS
 from app.history import EventName
 
 # ARGV: now as RQ writes times, now (ms), parent id (or ""), the key prefixes and names of `_FIXED`,
 # then the child ids when there is no parent. Returns the ids it released.
 PRELUDE = """
 local now, now_ms, parent = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local job_prefix, deferred_prefix, queue_prefix, queues_key, rl_prefix, rl_keys, history_field, max_events =
-    ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local queued_event, wake_prefix = ARGV[12], ARGV[13]
+local job_prefix, deferred_prefix, queue_prefix, queues_key, rl_prefix, rl_keys =
+    ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local queued_event, wake_prefix = ARGV[10], ARGV[11]
 """
 """The script's arguments (`args`), which a script built on FUNCTIONS starts with."""
 
@@ -113,7 +112,7 @@ for _, id in ipairs(children) do
         end
         local event = {now_ms, queued_event}
         if tonumber(f[6]) and tonumber(f[6]) > 0 then event[3] = tonumber(f[6]) end
-        add_event(key, history_field, cjson.encode(event), max_events)
+        add_event(key, event)
         released[#released + 1] = id
     end
 end
@@ -130,17 +129,6 @@ end
 """What releasing a task means, as Lua functions (`release`, `free_slot`) for scripts that end
 tasks in the same call (app.jobs.engine)."""
 
-SCRIPT = (
-    PRELUDE
-    + FUNCTIONS
-    + """
-if parent ~= '' then
-    return release(redis.call('SMEMBERS', job_prefix .. parent .. ':dependents'))
-end
-return release({unpack(ARGV, 13)})
-"""
-)
-
 _FIXED = (
     Job.redis_job_namespace_prefix,
     DeferredJobRegistry.key_template.format(""),
@@ -148,8 +136,6 @@ _FIXED = (
     Queue.redis_queues_keys,
     f"{RQ_KEY_PREFIX}:rl:",
     RateLimitRegistry.rl_keys_key,
-    keys.FIELD_HISTORY,
-    str(MAX_EVENTS),
     EventName.QUEUED.value,
     keys.wake_key(""),
 )
@@ -157,6 +143,21 @@ _FIXED = (
 ARGC = 3 + len(_FIXED)
 """How many arguments `args` starts a script's ARGV with (a script built on PRELUDE reads its
 own from ARGV[ARGC + 1] on)."""
+
+SCRIPT = (
+    PRELUDE
+    + FUNCTIONS
+    + f"""
+local released
+if parent ~= '' then
+    released = release(redis.call('SMEMBERS', job_prefix .. parent .. ':dependents'))
+else
+    released = release({{unpack(ARGV, {ARGC + 1})}})
+end
+flush()
+return released
+"""
+)
 
 
 def args(parent: str, children: Sequence[str], now: datetime | None = None) -> list[Any]:

@@ -12,6 +12,7 @@ import gc
 import json
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ from app.errors import (
     UnknownTaskType,
 )
 from app.graph import dependency_failed_error, edge_met, topological_order
-from app.jobs import store
+from app.jobs import events, store
 from app.jobs.bulk import FastTransaction
 from app.jobs.dependencies import parent_statuses
 from app.jobs.factory import Factory, Planned, Shapes
@@ -420,6 +421,9 @@ class Submission:
         everything: dict[str, float] = {}
         indexes: dict[str, dict[str, float]] = {keys.TASK_INDEX: everything}
         pushes: dict[str, list[str]] = {}
+        told: dict[int, dict[str, Any]] = {}
+        counts: Counter[str] = Counter()
+        at_ms = int(created_at.timestamp() * 1000)
         if not dry_run:
             pipe.multi()
         # A dry run makes every write into a no-op and so returns exactly what would be stored.
@@ -451,6 +455,11 @@ class Submission:
                 target.execute_command("HSET", TaskJob.key_for(p.task_id), *shapes.fields(p, status))
                 pushes.setdefault(self.queues[p.spec.priority].name, []).append(p.task_id)
             placed.append((p, (status, created_at, queued_at, error)))
+            shown = task_status(status)
+            told[p.index] = events.event("submitted", at_ms, task=p.task_id, status=shown.value, type=p.spec.type)
+            counts[events.submitted_field(p.spec.type)] += 1
+            if shown is TaskStatus.CANCELED:  # doomed by a parent that had failed: it ends here
+                counts[events.finished_field(p.spec.type, shown)] += 1
             member = index_prefix + p.task_id
             everything[member] = 0
             indexes.setdefault(keys.type_index(p.spec.type), {})[member] = 0
@@ -464,6 +473,8 @@ class Submission:
             target.rpush(queue_key, *ids)
             target.zadd(keys.wake_key(queue_name), {"w": 0})
         target.zrem(keys.CLAIMS, *(p.task_id for p in plan))
+        events.told(target, [told[index] for index in sorted(told)])  # in request order
+        events.counted(target, counts)
         return placed
 
     def enqueue(self, job: TaskJob, pipe: Any) -> None:

@@ -27,7 +27,7 @@ from app.clock import to_ms
 from app.defaults import CANCEL_ATTEMPTS
 from app.errors import TaskConflict, UnreadableRecord
 from app.history import EventName
-from app.jobs import release, store
+from app.jobs import events, release, store
 from app.jobs import spec as spec_fields
 from app.jobs.dependencies import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
 from app.jobs.job import TaskJob
@@ -133,6 +133,7 @@ class TaskService:
                         self.connection.zrem(keys.HELD, task_id)
                         return
                     pipe.multi()
+                    events.lag_observed(pipe, time.time() - at_ms / 1000)
                     pipe.zrem(keys.HELD, job.id)
                     if verdict.met is None:
                         job.set_status(JobStatus.DEFERRED, pipeline=pipe)
@@ -345,6 +346,9 @@ class TaskService:
                 pipe.zrem(index, member)
             if job.spec.get("schedule_id"):
                 pipe.zrem(keys.schedule_runs_index(job.spec["schedule_id"]), member)
+            status = task_status(job.get_status(refresh=False)).value
+            task_type = job.kwargs.get("task_type", "")
+            events.told(pipe, [events.event("deleted", task=task_id, type=task_type, status=status)])
             pipe.execute()
         return Cancellation.CANCELED
 
