@@ -6,7 +6,7 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     child_max_memory_mb: int = Field(default=1024, ge=16)
     """An engine child whose resident memory passes this after a task is replaced."""
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    """`json`: one JSON object a line (app.logs), for log search; `text`: readable lines."""
 
     cors_origins: Annotated[list[str], NoDecode] = []
     """Origins (`https://console.example.com`) whose pages may call the API from a browser; none

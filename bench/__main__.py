@@ -29,7 +29,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 from rq.utils import as_text, str_to_date
 
-from tests.support import ROOT, RedisServer, free_port, wait_until
+from tests.support import ROOT, RedisServer, api_process, wait_until
 
 BIN = Path(sys.executable).parent
 WORKER_CLASSES = {
@@ -92,29 +92,8 @@ def workers(url: str, worker_class: str, count: int, env: dict[str, str], *flags
 
 @contextmanager
 def api(url: str, env: dict[str, str]) -> Iterator[int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.api"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**env, "RQFLOW_REDIS_URL": url, "RQFLOW_PORT": str(port), "RQFLOW_LOG_LEVEL": "WARNING"},
-    )
-
-    def up() -> bool:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/health")
-            return conn.getresponse().status == 200
-        except OSError:
-            return False
-
-    wait_until(up, timeout=30, what="the API")
-    try:
+    with api_process(url, {**env, "RQFLOW_LOG_LEVEL": "WARNING"}, output=subprocess.DEVNULL) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def submit_over_http(port: int, n: int, clients: int) -> None:

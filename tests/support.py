@@ -155,6 +155,46 @@ def engine_worker(url: str, *flags: str, env: dict[str, str] | None = None) -> I
         worker.wait(10)
 
 
+@contextmanager
+def api_process(url: str, env: dict[str, str] | None = None, output: int | None = None) -> Iterator[int]:
+    """`python -m app.api` (the Procfile's web process) on a free port, in `env` (by default this
+    process's, with the test task types); yields the port once /health answers, and stops it on
+    the way out."""
+    import http.client
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.api"],
+        cwd=ROOT,
+        stdout=output if output is not None else output_file("api"),
+        stderr=subprocess.STDOUT,
+        env={
+            **(env if env is not None else {**os.environ, "RQFLOW_TASK_MODULES": "tests.handlers"}),
+            "PYTHONPATH": str(ROOT),
+            "RQFLOW_REDIS_URL": url,
+            "RQFLOW_PORT": str(port),
+        },
+    )
+
+    def up() -> bool:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+        try:
+            conn.request("GET", "/health")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+        finally:
+            conn.close()
+
+    try:
+        wait_until(up, timeout=30, what="the API")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def post_task(client: Any, body: dict[str, Any], status: int = 201) -> dict[str, Any]:
     response = client.post("/api/tasks", json=body)
     assert response.status_code == status, response.text

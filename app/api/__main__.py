@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 
+from app import logs
 from app.api.main import create_app
 from app.settings import get_settings
 
 
 def main() -> int:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     if not settings.binds_loopback_only and not settings.api_keys and not settings.allow_public_without_keys:
         print(
             f"refusing to listen on {settings.host} without API keys: set RQFLOW_API_KEYS "
@@ -23,7 +23,13 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_level": settings.log_level.lower()}
+    # log_config=None: uvicorn's lines go through rqflow's one handler (app.logs), in its format.
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": settings.log_level.lower(),
+        "log_config": None,
+    }
     if settings.api_processes > 1:
         # uvicorn's workers each build the app from the environment, as this process did.
         uvicorn.run("app.api.__main__:app_from_environment", factory=True, workers=settings.api_processes, **common)
@@ -33,7 +39,9 @@ def main() -> int:
 
 
 def app_from_environment() -> Starlette:
-    return create_app(get_settings())
+    settings = get_settings()
+    logs.configure(settings.log_level, settings.log_format)  # each of uvicorn's worker processes
+    return create_app(settings)
 
 
 if __name__ == "__main__":

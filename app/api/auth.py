@@ -62,6 +62,12 @@ def parse_keys(entries: list[str]) -> list[ApiKey]:
     return found
 
 
+def protected(path: str) -> bool:
+    """Whether a path needs a key when keys are configured: the API and the metrics (which name
+    task types and routes); not `/health`, the contract or its page."""
+    return path.startswith("/api/") or path == "/metrics"
+
+
 def needed(method: str, path: str) -> Access:
     """The access a request needs: reading is READ; deleting a task and any change to schedules
     ADMIN; every other change WRITE."""
@@ -73,7 +79,7 @@ def needed(method: str, path: str) -> Access:
 
 
 class BearerAuth:
-    """`Authorization: Bearer <key>` on /api/* when keys are configured (pure ASGI: nothing is
+    """`Authorization: Bearer <key>` on /api/* and /metrics when keys are configured (pure ASGI: nothing is
     buffered, so streamed answers pass through)."""
 
     def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
@@ -81,7 +87,7 @@ class BearerAuth:
         self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        if scope["type"] != "http" or not protected(scope["path"]):
             return await self.app(scope, receive, send)
         scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
         given = token.strip().encode()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,9 +17,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.auth import BearerAuth, parse_keys
 from app.api.limits import RateLimit
+from app.api.observe import Observe, flush_every
 from app.api.problems import HANDLERS, problem
 from app.api.routes import BATCH_PATH, ROUTES
 from app.clock import Clock, now
+from app.jobs.metrics import HttpCounts
 from app.jobs.ratelimit import Rate
 from app.jobs.store import connect, connect_async
 from app.jobs.tasks import TaskService
@@ -128,13 +132,19 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
             max_payload_bytes=settings.max_payload_bytes,
         )
         app.state.schedules = ScheduleService(redis, app.state.tasks, clock)
+        flushing = asyncio.create_task(flush_every(http_counts, redis))
         try:
             yield
         finally:
+            flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flushing
             redis.close()
             await app.state.redis_async.aclose()
 
-    middleware = [Middleware(ResponseHeaders)]
+    http_counts = HttpCounts()
+    # Outermost: it sees every answer, the refusals of keys and limits included.
+    middleware = [Middleware(Observe, counts=http_counts), Middleware(ResponseHeaders)]
     if settings.cors_origins:
         # Off unless origins are named: a browser page elsewhere then may call the API with a key.
         middleware.append(

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from app.api.auth import needed
+from app.api.auth import needed, protected
 from app.api.schemas import (
     BatchIn,
     BatchOut,
@@ -33,6 +33,7 @@ from app.api.schemas import (
     TypeOut,
 )
 from app.defaults import MAX_NDJSON_BATCH
+from app.model import TaskStatus
 
 PROBLEMS = {
     400: "the body is not JSON, or not strict JSON (NaN, duplicate keys, ...)",
@@ -95,6 +96,25 @@ LIST_QUERY = _query(ListQuery)
 """`GET /api/tasks`'s parameters, from the model that validates them."""
 
 
+EVENT_FILTERS: list[dict[str, Any]] = [
+    *(
+        {"name": name, "in": "query", "required": False, "description": f"only events of this {name}", "schema": schema}
+        for name, schema in (
+            ("task", {"type": "string"}),
+            ("type", {"type": "string"}),
+            ("status", {"type": "string", "enum": [s.value for s in TaskStatus]}),
+        )
+    ),
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "description": "resume after this event (EventSource sends it when it reconnects)",
+        "schema": {"type": "string", "pattern": r"^\d+-\d+/\d+$"},
+    },
+]
+
+
 def _operation_id(path: str, method: str) -> str:
     return f"{method}_{path.strip('/').replace('/', '_').replace('{', '').replace('}', '')}"
 
@@ -142,6 +162,8 @@ class Op:
     headers: dict[int, tuple[str, ...]] = field(default_factory=dict)
     links: dict[str, Any] = field(default_factory=dict)
     """OpenAPI links of its success answers."""
+    media: str = "application/json"
+    """The media type of its success answers."""
 
 
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
@@ -227,7 +249,26 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("/api/schedules/{schedule_id}", "delete"): Op(
         "Delete a schedule", {204: None}, parameters=[SCHEDULE_ID], problems=(404,)
     ),
+    ("/api/events", "get"): Op(
+        "Server-Sent Events of what happens to tasks, schedules and workers, as it happens",
+        {
+            200: {
+                "type": "string",
+                "description": "`id: <entry id>/<n>` and `data: <JSON>` (task, event, status, type, at, and "
+                "attempt, worker, error where they apply) an event; `event: reset` when events after "
+                "Last-Event-ID were trimmed away; a comment line every 15 s of quiet",
+            }
+        },
+        parameters=EVENT_FILTERS,
+        problems=(422,),
+        media="text/event-stream",
+    ),
     ("/health", "get"): Op("Redis reachable, its persistence and memory, with warnings", {200: ANY_OBJECT}),
+    ("/metrics", "get"): Op(
+        "Prometheus metrics of tasks, queues, workers and requests",
+        {200: {"type": "string", "description": "the Prometheus text format 0.0.4"}},
+        media="text/plain",
+    ),
 }
 
 
@@ -267,7 +308,7 @@ def document(task_types: list[str] | None = None, keys: bool = True) -> dict[str
     paths: dict[str, dict[str, Any]] = {}
     for (path, method), op in OPERATIONS.items():
         # The scope a key needs is the auth middleware's own rule, so the two cannot disagree.
-        access = needed(method.upper(), path).name.lower() if path.startswith("/api/") else None
+        access = needed(method.upper(), path).name.lower() if protected(path) else None
         operation: dict[str, Any] = {
             "summary": op.summary,
             "operationId": _operation_id(path, method),
@@ -289,21 +330,21 @@ def document(task_types: list[str] | None = None, keys: bool = True) -> dict[str
                     }
                 }
             operation["requestBody"] = {"required": True, "content": content}
-        limited = ("RateLimit-Policy", "RateLimit") if access else ()
+        limited = ("RateLimit-Policy", "RateLimit") if access and path.startswith("/api/") else ()
         for status, answer in op.answers.items():
             response: dict[str, Any] = {"description": "done" if status < 300 else "accepted"}
             if answer is not None:
                 schema = _schema(answer, ref)
                 if op.body is BatchIn:
                     schema = {"oneOf": [schema, ref[BatchSummaryOut]]}
-                response["content"] = {"application/json": {"schema": schema}}
+                response["content"] = {op.media: {"schema": schema}}
             if op.links and status < 300:
                 response["links"] = op.links
             names = (*op.headers.get(status, ()), *limited)
             if names:
                 response["headers"] = _header_refs(names)
             operation["responses"][str(status)] = response
-        statuses = set(op.problems) | ({429, 503} if access else {503}) | ({401, 403} if access and keys else set())
+        statuses = set(op.problems) | ({429, 503} if limited else {503}) | ({401, 403} if access and keys else set())
         for status in sorted(statuses):
             retry = ("Retry-After",) if status in (409, 429, 503) else ()
             operation["responses"][str(status)] = _problem(status, ref, retry + (limited if status == 429 else ()))

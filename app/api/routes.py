@@ -23,6 +23,7 @@ from app.api.limits import charge
 from app.api.problems import parse_json
 from app.api.responses import JsonResponse
 from app.api.schemas import ListQuery, ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
+from app.api.stream import stream_events
 from app.clock import iso
 from app.defaults import (
     CANCEL_RETRY_S,
@@ -34,7 +35,7 @@ from app.defaults import (
     TAKEN_WAIT_S,
 )
 from app.errors import DomainError, FieldError, InvalidInput, TaskConflict
-from app.jobs import stats
+from app.jobs import metrics, stats
 from app.jobs.reads import TaskReader
 from app.jobs.submission import gc_paused
 from app.jobs.tasks import Cancellation, TaskService
@@ -400,6 +401,11 @@ def _persistence(redis: Redis) -> dict[str, Any]:
     return report
 
 
+async def prometheus_metrics(request: Request) -> Response:
+    content = await run_in_threadpool(metrics.exposition, request.app.state.redis)
+    return Response(content, media_type=metrics.CONTENT_TYPE)
+
+
 async def openapi_json(request: Request) -> Response:
     return JsonResponse(_contract(request.app)[0])
 
@@ -440,7 +446,9 @@ ROUTES = [
     Route("/api/schedules/{schedule_id}", replace_schedule, methods=["PUT"]),
     Route("/api/schedules/{schedule_id}", delete_schedule, methods=["DELETE"]),
     Route("/api/types", list_types, methods=["GET"]),
+    Route("/api/events", stream_events, methods=["GET"]),
     Route("/health", health, methods=["GET"]),
+    Route("/metrics", prometheus_metrics, methods=["GET"]),
     Route("/openapi.json", openapi_json, methods=["GET"]),
     Route("/docs", docs, methods=["GET"]),
 ]

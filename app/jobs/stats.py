@@ -33,6 +33,17 @@ from app.jobs.job import TaskJob
 
 
 def stats(connection: Redis) -> dict[str, Any]:
+    seen = counts(connection)
+    return {
+        **seen,
+        "unreadable": unreadable(connection),
+        "memory": memory(connection),
+    }
+
+
+def counts(connection: Redis) -> dict[str, Any]:
+    """Tasks by status, queue lengths, waiting lines, workers, throughput and repairs: a few
+    counters and registry sizes (what `/metrics` reads on each scrape)."""
     registries = (
         StartedJobRegistry,
         DeferredJobRegistry,
@@ -79,8 +90,6 @@ def stats(connection: Redis) -> dict[str, Any]:
         "finished_last_minute": finished,
         "throughput_per_s": round(finished / WINDOW_S, 3),
         "repairs": repairs,
-        "unreadable": unreadable(connection),
-        "memory": memory(connection),
     }
 
 

@@ -1,0 +1,88 @@
+"""What the API tells about its requests: an id for each (`X-Request-ID`, taken or made, on every
+log line written while answering it and on the answer), and its count and duration by route
+template for `/metrics` (app.jobs.metrics), sent to Redis once a second. Pure ASGI: a streamed
+answer passes through as it is sent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from uuid import uuid4
+
+from redis import Redis
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import keys
+from app.jobs.metrics import HttpCounts
+from app.logs import REQUEST_ID
+
+FLUSH_S = 1.0
+"""How often each API process adds its request counts to Redis."""
+
+_GIVEN_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+"""A request id a client may set: anything else (too long, or able to forge a log line) is
+replaced with one of ours."""
+
+
+class Observe:
+    def __init__(self, app: ASGIApp, counts: HttpCounts) -> None:
+        self.app = app
+        self.counts = counts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        given = Headers(scope=scope).get("x-request-id", "")
+        request_id = given if _GIVEN_ID.fullmatch(given) else uuid4().hex
+        token = REQUEST_ID.set(request_id)
+        status = 500
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                route = scope.get("route")
+                # The route's template, never the raw path: ids would make a series each.
+                template = getattr(route, "path", None) or "unmatched"
+                self.counts.observe(template, scope["method"], status, time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            REQUEST_ID.reset(token)
+
+
+def flush(counts: HttpCounts, redis: Redis) -> None:
+    """Add what was counted to Redis (keys.HTTP_METRICS); what fails to reach it is counted again."""
+    taken, sums = counts.take()
+    if not taken:
+        return
+    try:
+        with redis.pipeline(transaction=False) as pipe:
+            for field, n in taken.items():
+                pipe.hincrby(keys.HTTP_METRICS, field, n)
+            for field, seconds in sums.items():
+                pipe.hincrbyfloat(keys.HTTP_METRICS, field, round(seconds, 6))
+            pipe.execute()
+    except Exception:
+        counts.restore(taken, sums)
+        raise
+
+
+async def flush_every(counts: HttpCounts, redis: Redis) -> None:
+    """`flush` once a second until canceled (the app's lifespan), then once more. In a thread, on
+    the app's blocking client: no asyncio connection is shared with the requests' event loop."""
+    try:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            with contextlib.suppress(Exception):  # Redis away: the counts wait for the next second
+                await asyncio.to_thread(flush, counts, redis)
+    finally:
+        with contextlib.suppress(Exception):
+            flush(counts, redis)
