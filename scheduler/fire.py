@@ -19,6 +19,7 @@ from typing import Any
 from rq.job import Job
 from rq.queue import Queue
 
+from app import logs
 from app.defaults import TIMER_MAX_EARLY_S
 from app.errors import DomainError
 from app.jobs.store import connect
@@ -31,6 +32,10 @@ from app.settings import get_settings
 __all__ = ["FireQueue", "TimerJob", "fire"]
 
 log = logging.getLogger(__name__)
+
+# rqscheduler imports this module (its --job-class) right after setting up its own log handler:
+# from here on, its lines go out as every rqflow process's do (app.logs).
+logs.configure(get_settings().log_level, get_settings().log_format)
 
 
 @lru_cache(maxsize=1)

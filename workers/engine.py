@@ -87,6 +87,7 @@ class _EngineLoop(BaseWorker):
         next_heartbeat = time.monotonic()
         next_sweep = time.monotonic() + LEASE_SWEEP_S
         idle_since = time.monotonic()
+        debug = log.isEnabledFor(logging.DEBUG)
         poll_s = IDLE_POLL_S
         try:
             while True:
@@ -128,6 +129,8 @@ class _EngineLoop(BaseWorker):
                     done += 1
                     published = outcome.started <= self._published_at
                     if outcome.result_json is not None:
+                        if debug:  # a line a task costs ~10 us: only when asked for
+                            log.debug("task %s completed", outcome.task.id, extra=self._about(outcome))
                         ended.append(
                             Ended(
                                 outcome.task.id,
@@ -190,9 +193,22 @@ class _EngineLoop(BaseWorker):
                     log.warning("task %s still running at the end of the shutdown grace period", child.task.id)
                     pool.kill(child, SHUTDOWN)
 
+    def _about(self, outcome: Outcome) -> dict[str, Any]:
+        """What a log line about a run says besides its message (app.logs)."""
+        task = outcome.task
+        return {
+            "task_id": task.id,
+            "type": task.task_type,
+            "attempt": task.attempt,
+            "worker": self.name,
+            "duration_ms": round((outcome.ended - outcome.started) * 1000, 3),
+            "error": f"{outcome.error_type}: {outcome.message}" if outcome.error_type else None,
+        }
+
     def _end_badly(self, outcome: Outcome) -> None:
         """A failed, timed-out, canceled or cut-off run, through RQ's own failure handling."""
         task = outcome.task
+        log.warning("task %s attempt %s ended badly", task.id, task.attempt, extra=self._about(outcome))
         try:
             job = TaskJob.fetch(task.id, connection=self.connection)
             assert isinstance(job, TaskJob)
