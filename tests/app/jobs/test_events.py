@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -15,6 +17,7 @@ from app.jobs import events
 from app.jobs.tasks import TaskService
 from app.model import Edge, TaskSpec
 from app.settings import Settings
+from tests.support import wait_until
 from workers.engine import EngineWorker
 
 
@@ -132,3 +135,14 @@ def test_an_event_id_reads_back_and_nothing_else_passes_for_one() -> None:
     assert events.parse_id(events.event_id("1700000000000-3", 7)) == ("1700000000000-3", 7)
     for bad in ("", "1700000000000-3", "x-1/2", "1-2/", "1-2/-1", "1/2"):
         assert events.parse_id(bad) is None, bad
+
+
+def test_a_timed_task_released_late_is_counted_in_the_schedulers_lag(service: TaskService, redis: Redis) -> None:
+    service.submit(TaskSpec(type="echo", id="timed", delay_ms=20))
+    due_ms = json.loads(redis.hget("rq:job:timed", "rqflow_spec") or b"{}")["due_ms"]
+    wait_until(lambda: time.time() * 1000 >= due_ms + 100, timeout=5, what="the task to be 100 ms overdue")
+    service.release("timed", due_ms)
+    counts = {k.decode(): float(v) for k, v in redis.hgetall(keys.METRICS).items()}
+    assert sum(v for k, v in counts.items() if k.startswith("lag||")) == 1
+    assert counts["lag_sum|"] >= 0.1
+    assert story(redis, "timed") == [("submitted", "SCHEDULED"), ("queued", "QUEUED")]
