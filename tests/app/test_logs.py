@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ from redis import Redis
 
 from app import logs
 from app.settings import Settings
-from tests.support import PROCESS_OUTPUT, api_process, engine_worker, wait_until
+from deploy.launch import read_procfile
+from tests.support import PROCESS_OUTPUT, ROOT, api_process, engine_worker, output_file, wait_until
 
 SECRET = "payload-secret-7f3a"
 
@@ -84,3 +87,31 @@ def test_a_worker_logs_a_failed_attempt_as_json_with_its_task(settings: Settings
     assert failed["level"] == "WARNING" and failed["type"] == "flaky" and failed["attempt"] == 1
     assert failed["worker"] and failed["duration_ms"] >= 0 and failed["error"] == "ValueError: attempt 1 fails"
     assert SECRET not in output.read_text()
+
+
+def test_the_scheduler_logs_json_too(settings: Settings) -> None:
+    scheduler = read_procfile(ROOT / "Procfile")["scheduler"]
+    env = {
+        **os.environ,
+        "RQFLOW_REDIS_URL": str(settings.redis_url),
+        "RQFLOW_LOG_FORMAT": "json",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    process = subprocess.Popen(
+        ["/bin/sh", "-c", f"exec {scheduler}"],
+        env=env,
+        cwd=ROOT,
+        stdout=output_file("scheduler"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        output = [path for path in PROCESS_OUTPUT if "scheduler" in path.name][-1]
+        lines = wait_until(
+            lambda: [line for line in json_lines(output) if line["logger"].startswith("rq_scheduler")],
+            timeout=20,
+            what="rq-scheduler's own lines",
+        )
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert all(line["level"] and line["time"] and line["message"] for line in lines)
