@@ -12,6 +12,9 @@ from app import logs
 from app.api.main import create_app
 from app.settings import get_settings
 
+SHUTDOWN_GRACE_S = 3
+"""How long a stopping API process lets requests finish before closing what is still open."""
+
 
 def main() -> int:
     settings = get_settings()
@@ -29,6 +32,9 @@ def main() -> int:
         "port": settings.port,
         "log_level": settings.log_level.lower(),
         "log_config": None,
+        # An event stream never ends by itself: on SIGTERM, uvicorn would wait for every client to
+        # leave. Past this, it closes them (EventSource reconnects, to another process).
+        "timeout_graceful_shutdown": SHUTDOWN_GRACE_S,
     }
     if settings.api_processes > 1:
         # uvicorn's workers each build the app from the environment, as this process did.

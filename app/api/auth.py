@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -78,30 +79,48 @@ def needed(method: str, path: str) -> Access:
     return Access.WRITE
 
 
+def find_key(given: bytes, keys: list[ApiKey]) -> ApiKey | None:
+    """The configured key whose secret is `given`: every key compared, in constant time, so the
+    time taken says nothing of which matched."""
+    found = None
+    for candidate in keys:
+        if hmac.compare_digest(given, candidate.secret) and found is None:
+            found = candidate
+    return found
+
+
+SessionReader = Callable[[Headers], "tuple[str, Access] | None"]
+"""The key (its name and access) a request's console session cookie stands for (app.api.session)."""
+
+
 class BearerAuth:
     """`Authorization: Bearer <key>` on /api/* and /metrics when keys are configured (pure ASGI: nothing is
     buffered, so streamed answers pass through)."""
 
-    def __init__(self, app: ASGIApp, keys: list[ApiKey]) -> None:
+    def __init__(self, app: ASGIApp, keys: list[ApiKey], session: SessionReader | None = None) -> None:
         self.app = app
         self.keys = keys
+        self.session = session
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not protected(scope["path"]):
             return await self.app(scope, receive, send)
-        scheme, _, token = Headers(scope=scope).get("authorization", "").partition(" ")
-        given = token.strip().encode()
-        key = None
-        for candidate in self.keys:  # every key compared, so the time says nothing of which matched
-            if hmac.compare_digest(given, candidate.secret) and key is None:
-                key = candidate
-        if scheme.lower() != "bearer" or key is None:
+        headers = Headers(scope=scope)
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        key = find_key(token.strip().encode(), self.keys) if scheme.lower() == "bearer" else None
+        held = (key.name, key.access) if key is not None else None
+        if held is None and self.session is not None and scope["method"] in ("GET", "HEAD"):
+            # The console's pages read through the API with their session (EventSource cannot
+            # send a header); a cookie never authorizes a change, so no other site can make one.
+            held = self.session(headers)
+        if held is None:
             response = problem(401, "send a valid API key as `Authorization: Bearer <key>`")
             response.headers["WWW-Authenticate"] = 'Bearer realm="rqflow"'
             return await response(scope, receive, send)
+        name, has = held
         access = needed(scope["method"], scope["path"])
-        if key.access < access:
-            detail = f"the key {key.name!r} may {key.access.name.lower()}; this needs {access.name.lower()} access"
+        if has < access:
+            detail = f"the key {name!r} may {has.name.lower()}; this needs {access.name.lower()} access"
             return await problem(403, detail)(scope, receive, send)
-        scope.setdefault("state", {})[ACTOR] = key.name
+        scope.setdefault("state", {})[ACTOR] = name
         await self.app(scope, receive, send)

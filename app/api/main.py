@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api import console, session
 from app.api.auth import BearerAuth, parse_keys
 from app.api.limits import RateLimit
 from app.api.observe import Observe, flush_every
@@ -161,12 +162,13 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_body_bytes),
     ]
     if settings.api_keys:
-        middleware.append(Middleware(BearerAuth, keys=parse_keys(settings.api_keys)))
+        keys = parse_keys(settings.api_keys)
+        middleware.append(Middleware(BearerAuth, keys=keys, session=session.reader(keys)))
     if settings.rate_limit:
         # After the keys: a request counts against its key's name.
         middleware.append(Middleware(RateLimit, rate=Rate.parse(settings.rate_limit), batch_path=BATCH_PATH))
     app = Starlette(
-        routes=ROUTES,
+        routes=[*ROUTES, *console.ROUTES],
         middleware=middleware,
         exception_handlers=HANDLERS,
         lifespan=lifespan,

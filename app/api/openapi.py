@@ -106,6 +106,13 @@ EVENT_FILTERS: list[dict[str, Any]] = [
         )
     ),
     {
+        "name": "last_event_id",
+        "in": "query",
+        "required": False,
+        "description": "resume after this event, for a client that cannot send Last-Event-ID (which wins)",
+        "schema": {"type": "string", "pattern": r"^\d+-\d+/\d+$"},
+    },
+    {
         "name": "Last-Event-ID",
         "in": "header",
         "required": False,

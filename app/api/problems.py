@@ -97,9 +97,18 @@ def _field_errors(errors: tuple[FieldError, ...]) -> list[dict[str, str]]:
     return [{"field": e.loc, "message": e.message} for e in errors]
 
 
+def _shape(exc: DomainError) -> Problem:
+    return next((PROBLEMS[cls] for cls in type(exc).__mro__ if cls in PROBLEMS), FALLBACK)
+
+
+def status_of(exc: DomainError) -> int:
+    """The HTTP status a domain error is answered with (the console shows it on a page)."""
+    return _shape(exc).status
+
+
 async def domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DomainError)
-    shape = next((PROBLEMS[cls] for cls in type(exc).__mro__ if cls in PROBLEMS), FALLBACK)
+    shape = _shape(exc)
     errors = _field_errors(exc.errors) if isinstance(exc, InvalidInput) else None
     response = problem(shape.status, exc.detail, title=shape.title, problem_type=shape.type, errors=errors)
     if shape.retry_after_s is not None:

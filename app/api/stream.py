@@ -42,7 +42,9 @@ async def stream_events(request: Request) -> Response:
         raise InvalidInput(
             f"status must be one of {', '.join(sorted(statuses))}", [FieldError("status", wanted["status"])]
         )
-    last = request.headers.get("last-event-id", "").strip()
+    # The header (EventSource's, on reconnecting) wins over the query parameter, which a page
+    # uses to start from where it was rendered (EventSource cannot set a header).
+    last = (request.headers.get("last-event-id") or request.query_params.get("last_event_id") or "").strip()
     after = events.parse_id(last) if last else None
     if last and after is None:
         raise InvalidInput(

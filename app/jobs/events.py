@@ -201,3 +201,10 @@ def entries(raw: Iterable[Any], after: tuple[str, int] | None = None) -> list[To
             if isinstance(data, dict):
                 found.append(Told(event_id(entry, n), data))
     return found
+
+
+def newest_id(connection: Any) -> str:
+    """The id of the newest event held ("" when there is none): where a reader rendered now
+    resumes from."""
+    told = entries(connection.xrevrange(keys.EVENTS, count=1))
+    return told[-1].id if told else ""

@@ -156,6 +156,16 @@ def unreadable(connection: Redis) -> dict[str, Any]:
     return {"count": len(still), "records": still[:UNREADABLE_SHOWN]}
 
 
+def limit_load(connection: Redis) -> dict[str, dict[str, int]]:
+    """For each task type with a concurrency limit in use: the slots its tasks hold and how many
+    wait for one (RQ's rate limit registries)."""
+    found = {}
+    for limit in RateLimitRegistry.all(connection):
+        name = as_text(limit.key).removeprefix("type:")
+        found[name] = {"holding": limit.get_allowed_job_count(), "waiting": limit.get_rate_limited_job_count()}
+    return found
+
+
 def workers(connection: Redis) -> list[dict[str, Any]]:
     found = []
     for worker in Worker.all(connection=connection):

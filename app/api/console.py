@@ -1,0 +1,667 @@
+"""The web console at /console: HTML rendered on the server (Jinja2) from the same services the
+API uses, forms that work without JavaScript, and one small script of our own that refreshes the
+live parts of a page from the event stream.
+
+Every change is a POST from the console's own pages: refused from another site (the browser
+says where a request comes from), and refused to a key whose scope does not allow it (whose
+pages show those controls disabled). With API keys configured, a login form takes a key and
+sets a signed session cookie (app.api.session); without keys (on loopback) there is no login.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from app import codec
+from app.api import layout, session
+from app.api.auth import Access, ApiKey, find_key, parse_keys
+from app.api.problems import status_of
+from app.api.routes import batch_specs
+from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, task_json
+from app.api.session import NOBODY_NEEDED, Viewer
+from app.clock import iso
+from app.errors import DomainError, FieldError, InvalidInput, TaskNotFound
+from app.jobs import events, stats
+from app.jobs.tasks import Cancellation, TaskService
+from app.model import Priority, Task, TaskStatus
+from app.schedules import ScheduleService, ScheduleSpec, next_fire
+
+HERE = Path(__file__).parent
+TEMPLATES = Jinja2Templates(directory=HERE / "templates")
+TEMPLATES.env.filters["iso"] = lambda at: iso(at) if at else ""
+TEMPLATES.env.filters["json"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+"""Only the console's own script and styles run; no inline script, nothing from elsewhere."""
+
+PAGE_SIZE = 50
+BULK_MAX = 10_000
+"""Most tasks one "all matching" action takes on."""
+GRAPH_MAX = 150
+"""Most tasks a task page draws of its ancestors and descendants."""
+WAITING = (TaskStatus.PENDING, TaskStatus.SCHEDULED, TaskStatus.QUEUED)
+
+
+def _keys(request: Request) -> list[ApiKey]:
+    keys: list[ApiKey] | None = getattr(request.app.state, "console_keys", None)
+    if keys is None:
+        keys = request.app.state.console_keys = parse_keys(request.app.state.settings.api_keys)
+    return keys
+
+
+def _viewer(request: Request) -> Viewer | None:
+    keys = _keys(request)
+    return session.from_headers(request.headers, keys) if keys else NOBODY_NEEDED
+
+
+def _tasks(request: Request) -> TaskService:
+    service: TaskService = request.app.state.tasks
+    return service
+
+
+def _schedules(request: Request) -> ScheduleService:
+    service: ScheduleService = request.app.state.schedules
+    return service
+
+
+def render(request: Request, template: str, viewer: Viewer, status: int = 200, **context: Any) -> HTMLResponse:
+    context.update(
+        request=request,
+        events_after=getattr(request.state, "events_after", ""),
+        viewer=viewer,
+        may_write=viewer.may(Access.WRITE),
+        may_admin=viewer.may(Access.ADMIN),
+        keys_configured=bool(_keys(request)),
+        statuses=[s.value for s in TaskStatus],
+        priorities=[p.value for p in Priority],
+    )
+    response = TEMPLATES.TemplateResponse(request, template, context, status_code=status)
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _login_redirect(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/console/login?{urlencode({'next': target})}", status_code=303)
+
+
+async def _form(request: Request) -> dict[str, list[str]]:
+    """An urlencoded form (what a plain HTML form sends), every value of every field."""
+    fields: dict[str, list[str]] = {}
+    for name, value in parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True):
+        fields.setdefault(name, []).append(value)
+    return fields
+
+
+def _one(form: dict[str, list[str]], name: str) -> str:
+    return (form.get(name) or [""])[0].strip()
+
+
+class Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+
+def _check_write(request: Request, viewer: Viewer, access: Access) -> None:
+    if not session.same_origin(request.headers):
+        raise Refused(403, "this change came from another site's page; it was refused")
+    if not viewer.may(access):
+        raise Refused(
+            403, f"the key {viewer.name!r} may {viewer.access.name.lower()}; this needs {access.name.lower()}"
+        )
+
+
+Handler = Callable[[Request, Viewer], Awaitable[Response]]
+
+
+def page(
+    access: Access = Access.READ, write: bool = False
+) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """A console handler: the viewer found (or sent to log in), writes checked, refusals and
+    domain errors shown as a page."""
+
+    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            viewer = _viewer(request)
+            if viewer is None:
+                if write:
+                    return render(request, "message.html", NOBODY_NEEDED, 401, title="Log in first", message="")
+                return _login_redirect(request)
+            try:
+                if write:
+                    _check_write(request, viewer, access)
+                else:
+                    # Before anything is read: the page's live updates start from here, so a change
+                    # made while it is rendered is not missed.
+                    request.state.events_after = await run_in_threadpool(events.newest_id, request.app.state.redis)
+                return await handler(request, viewer)
+            except Refused as refused:
+                return render(request, "message.html", viewer, refused.status, title="Refused", message=refused.message)
+            except TaskNotFound as missing:
+                return render(request, "message.html", viewer, 404, title="Not found", message=missing.detail)
+            except DomainError as error:
+                return render(request, "message.html", viewer, status_of(error), title="Not done", message=error.detail)
+
+        endpoint.__name__ = handler.__name__
+        return endpoint
+
+    return wrap
+
+
+# -- login ------------------------------------------------------------------------------------------
+
+
+async def login(request: Request) -> Response:
+    keys = _keys(request)
+    target = request.query_params.get("next", "/console")
+    target = target if target.startswith("/console") else "/console"
+    if not keys:
+        return RedirectResponse(target, status_code=303)
+    if request.method == "GET":
+        return render(request, "login.html", NOBODY_NEEDED, next=target, error=None)
+    if not session.same_origin(request.headers):
+        return render(request, "login.html", NOBODY_NEEDED, 403, next=target, error="refused: another site's page")
+    form = await _form(request)
+    key = find_key(_one(form, "key").encode(), keys)
+    if key is None:
+        return render(
+            request, "login.html", NOBODY_NEEDED, 401, next=target, error="That key is not one of this server's."
+        )
+    response = RedirectResponse(target, status_code=303)
+    secure = request.url.hostname not in ("127.0.0.1", "localhost", "::1")
+    response.set_cookie(
+        session.COOKIE,
+        session.issue(key, keys),
+        max_age=session.LIFETIME_S,
+        httponly=True,
+        samesite="strict",
+        secure=secure,
+    )
+    return response
+
+
+async def logout(request: Request) -> Response:
+    response = RedirectResponse("/console/login" if _keys(request) else "/console", status_code=303)
+    response.delete_cookie(session.COOKIE)
+    return response
+
+
+# -- overview -----------------------------------------------------------------------------------------
+
+
+@page()
+async def overview(request: Request, viewer: Viewer) -> Response:
+    redis = request.app.state.redis
+    seen = await run_in_threadpool(stats.counts, redis)
+    limits = await run_in_threadpool(stats.limit_load, redis)
+    workers = await run_in_threadpool(stats.workers, redis)
+    failures = await run_in_threadpool(
+        lambda: _tasks(request).reads.list_tasks(status=TaskStatus.FAILED, limit=5).tasks
+    )
+    registry = request.app.state.registry
+    types = [
+        {"name": t.name, "concurrency": t.concurrency, **limits.get(t.name, {"holding": 0, "waiting": 0})}
+        for t in registry.values()
+    ]
+    return render(request, "overview.html", viewer, seen=seen, types=types, workers=workers, failures=failures)
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+
+
+FILTERS = ("status", "type", "schedule_id", "id_prefix")
+
+
+def _filters(params: Any) -> dict[str, str]:
+    return {name: str(params.get(name, "")).strip() for name in FILTERS if str(params.get(name, "")).strip()}
+
+
+def _list(service: TaskService, filters: dict[str, str], limit: int, cursor: str | None = None) -> Any:
+    status = TaskStatus(filters["status"].upper()) if filters.get("status") else None
+    return service.reads.list_tasks(
+        status=status,
+        task_type=filters.get("type"),
+        schedule_id=filters.get("schedule_id"),
+        id_prefix=filters.get("id_prefix"),
+        limit=limit,
+        cursor=cursor,
+    )
+
+
+def _waiting_line(task: Task) -> str:
+    waiting = task.waiting_for or {}
+    if "dependencies" in waiting:
+        return "dependencies: " + ", ".join(waiting["dependencies"]) if waiting["dependencies"] else "its parents"
+    if "limit" in waiting:
+        limit = waiting["limit"]
+        return f"a slot of {limit['key']} ({limit['holding_slots']}/{limit['concurrency']} taken)"
+    if "time" in waiting:
+        return f"its time, {waiting['time']}"
+    if "worker" in waiting:
+        return f"a free worker ({waiting['worker']['queued']} queued in {waiting['worker']['queue']})"
+    return ""
+
+
+@page()
+async def tasks(request: Request, viewer: Viewer) -> Response:
+    filters = _filters(request.query_params)
+    if filters.get("status", "").upper() not in ("", *(s.value for s in TaskStatus)):
+        raise InvalidInput("unknown status", [FieldError("status", filters["status"])])
+    service = _tasks(request)
+    cursor = request.query_params.get("cursor") or None
+    found = await run_in_threadpool(_list, service, filters, PAGE_SIZE, cursor)
+    rows = []
+    for task in found.tasks:
+        if task.status in WAITING:
+            task = await run_in_threadpool(service.reads.get, task.id)
+        rows.append({"task": task, "waiting": _waiting_line(task)})
+    next_url = f"/console/tasks?{urlencode({**filters, 'cursor': found.next_cursor})}" if found.next_cursor else None
+    types = sorted(t.name for t in request.app.state.registry.values())
+    return render(request, "tasks.html", viewer, rows=rows, filters=filters, next_url=next_url, types=types)
+
+
+def _matching_ids(service: TaskService, filters: dict[str, str]) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while len(ids) < BULK_MAX:
+        found = _list(service, filters, 1000, cursor)
+        ids += [t.id for t in found.tasks]
+        cursor = found.next_cursor
+        if not cursor:
+            break
+    return ids[:BULK_MAX]
+
+
+ACTIONS = {"cancel": Access.WRITE, "retry": Access.WRITE, "delete": Access.ADMIN}
+
+
+@page(Access.WRITE, write=True)
+async def bulk(request: Request, viewer: Viewer) -> Response:
+    """Cancel, retry or delete the selected tasks, or all the filter matches: first a page that
+    says how many and asks, then (confirmed) the action, task by task."""
+    form = await _form(request)
+    action = _one(form, "action")
+    if action not in ACTIONS:
+        raise Refused(400, f"unknown action {action!r}")
+    if not viewer.may(ACTIONS[action]):
+        raise Refused(403, f"the key {viewer.name!r} may not {action} tasks")
+    service = _tasks(request)
+    filters = {name: _one(form, name) for name in FILTERS if _one(form, name)}
+    every = _one(form, "scope") == "all"
+    ids = await run_in_threadpool(_matching_ids, service, filters) if every else form.get("id", [])
+    if not ids:
+        raise Refused(400, "no task was selected")
+    if _one(form, "confirmed") != "yes":
+        return render(
+            request, "confirm.html", viewer, action=action, ids=ids, every=every, filters=filters, count=len(ids)
+        )
+    done, failed = 0, []
+    for task_id in ids:
+        try:
+            await run_in_threadpool(_act, service, action, task_id, viewer.name)
+            done += 1
+        except DomainError as error:
+            failed.append(f"{task_id}: {error.detail}")
+    return render(request, "done.html", viewer, action=action, done=done, failed=failed[:50], back="/console/tasks")
+
+
+def _act(service: TaskService, action: str, task_id: str, actor: str | None) -> None:
+    if action == "cancel":
+        service.cancel(task_id, actor)
+    elif action == "retry":
+        service.retry(task_id, actor)
+    elif service.delete(task_id) is Cancellation.STOPPING:
+        service.delete(task_id, running_or_not=True)
+
+
+def _graph(service: TaskService, root: Task) -> layout.Drawing:
+    """The task with its ancestors and descendants, as far as GRAPH_MAX tasks."""
+    seen: dict[str, Task] = {root.id: root}
+    edges: set[tuple[str, str]] = set()
+    up, down = [root], [root]
+    while up and len(seen) < GRAPH_MAX:
+        task = up.pop()
+        for edge in task.dependencies:
+            edges.add((edge.parent, task.id))
+            if edge.parent not in seen:
+                try:
+                    seen[edge.parent] = parent = service.reads.get(edge.parent)
+                except TaskNotFound:
+                    continue
+                up.append(parent)
+    while down and len(seen) < GRAPH_MAX:
+        task = down.pop()
+        for child in service.reads.dependents(task.id):
+            edges.add((task.id, child.id))
+            if child.id not in seen:
+                seen[child.id] = child
+                down.append(child)
+    return layout.layered({t.id: t.status.value for t in seen.values()}, edges)
+
+
+@page()
+async def task_page(request: Request, viewer: Viewer) -> Response:
+    service = _tasks(request)
+    task_id = request.path_params["task_id"]
+    task = await run_in_threadpool(service.reads.get, task_id)
+    history = await run_in_threadpool(service.reads.history, task_id)
+    graph = await run_in_threadpool(_graph, service, task)
+    return render(
+        request,
+        "task.html",
+        viewer,
+        task=task,
+        shown=task_json(task, detailed=True),
+        waiting=_waiting_line(task),
+        history=history,
+        graph=graph,
+        editable=task.status in WAITING,
+        errors={},
+        values={},
+    )
+
+
+@page(Access.WRITE, write=True)
+async def task_action(request: Request, viewer: Viewer) -> Response:
+    task_id, action = request.path_params["task_id"], request.path_params["action"]
+    if action not in ACTIONS:
+        raise Refused(404, f"no action {action!r}")
+    if not viewer.may(ACTIONS[action]):
+        raise Refused(403, f"the key {viewer.name!r} may not {action} tasks")
+    await run_in_threadpool(_act, _tasks(request), action, task_id, viewer.name)
+    return RedirectResponse("/console/tasks" if action == "delete" else f"/console/tasks/{task_id}", status_code=303)
+
+
+def _field_errors(error: Exception) -> dict[str, str]:
+    """Errors by form field, from pydantic's or the domain's."""
+    found: dict[str, str] = {}
+    if isinstance(error, ValidationError):
+        for e in error.errors():
+            found.setdefault(str(e["loc"][0]) if e["loc"] else "form", e["msg"])
+    elif isinstance(error, InvalidInput) and error.errors:
+        for bad in error.errors:
+            found.setdefault(bad.loc.split(".")[0], bad.message)
+    elif isinstance(error, DomainError):
+        found["form"] = error.detail
+    return found
+
+
+def _task_body(form: dict[str, list[str]], errors: dict[str, str], editing: bool = False) -> dict[str, Any]:
+    """A task body (as the API takes it) from the form's fields; what does not parse goes in
+    `errors` by field."""
+    body: dict[str, Any] = {}
+    for name in ("id", "type", "priority", "name") if not editing else ("priority", "name"):
+        if _one(form, name):
+            body[name] = _one(form, name)
+    if _one(form, "payload"):
+        try:
+            body["payload"] = codec.loads_request(_one(form, "payload").encode())
+        except DomainError as bad:
+            errors["payload"] = f"not JSON: {bad.detail}"
+    if not editing and _one(form, "dependencies"):
+        body["dependencies"] = [d for d in _one(form, "dependencies").replace(",", " ").split() if d]
+    if _one(form, "run_at"):
+        text = _one(form, "run_at")
+        try:
+            at = datetime.fromisoformat(text)
+            body["run_at"] = (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).isoformat()
+        except ValueError:
+            errors["run_at"] = "a date and time, e.g. 2026-12-01T09:30 (UTC unless an offset is given)"
+    if _one(form, "max_attempts"):
+        if _one(form, "max_attempts").isdigit():
+            body["max_attempts"] = int(_one(form, "max_attempts"))
+        else:
+            errors["max_attempts"] = "a whole number"
+    return body
+
+
+@page()
+async def new_task(request: Request, viewer: Viewer) -> Response:
+    types = list(request.app.state.registry.values())
+    return render(request, "new.html", viewer, types=types, errors={}, values={"priority": "default"})
+
+
+@page(Access.WRITE, write=True)
+async def create_task(request: Request, viewer: Viewer) -> Response:
+    form = await _form(request)
+    errors: dict[str, str] = {}
+    body = _task_body(form, errors)
+    values = {
+        name: _one(form, name)
+        for name in ("id", "type", "payload", "dependencies", "priority", "run_at", "max_attempts", "name")
+    }
+    types = list(request.app.state.registry.values())
+    if not errors:
+        try:
+            spec = TaskIn.model_validate(body).to_spec()
+            task, _ = await run_in_threadpool(_tasks(request).submit, spec, viewer.name)
+            return RedirectResponse(f"/console/tasks/{task.id}", status_code=303)
+        except (ValidationError, DomainError) as error:
+            errors = _field_errors(error)
+    return render(request, "new.html", viewer, 422, types=types, errors=errors, values=values)
+
+
+@page(Access.WRITE, write=True)
+async def edit_task(request: Request, viewer: Viewer) -> Response:
+    service = _tasks(request)
+    task_id = request.path_params["task_id"]
+    form = await _form(request)
+    errors: dict[str, str] = {}
+    body = _task_body(form, errors, editing=True)
+    if not errors:
+        try:
+            changes = TaskUpdateIn.model_validate(body).to_changes()
+            await run_in_threadpool(service.update, task_id, changes, viewer.name)
+            return RedirectResponse(f"/console/tasks/{task_id}", status_code=303)
+        except (ValidationError, DomainError) as error:
+            errors = _field_errors(error)
+    task = await run_in_threadpool(service.reads.get, task_id)
+    return render(
+        request,
+        "task.html",
+        viewer,
+        422,
+        task=task,
+        shown=task_json(task, detailed=True),
+        waiting=_waiting_line(task),
+        history=await run_in_threadpool(service.reads.history, task_id),
+        graph=await run_in_threadpool(_graph, service, task),
+        editable=task.status in WAITING,
+        errors=errors,
+        values={name: _one(form, name) for name in ("payload", "priority", "run_at", "max_attempts", "name")},
+    )
+
+
+# -- batches ----------------------------------------------------------------------------------------
+
+
+@page()
+async def batch_form(request: Request, viewer: Viewer) -> Response:
+    return render(request, "batch.html", viewer, text="", preview=None, error=None)
+
+
+@page(Access.WRITE, write=True)
+async def batch_submit(request: Request, viewer: Viewer) -> Response:
+    form = await _form(request)
+    text = _one(form, "tasks")
+    try:
+        body = codec.loads_request(text.encode()) if text else None
+        specs = batch_specs(body if isinstance(body, dict) else {"tasks": body})
+        dry_run = _one(form, "action") != "submit"
+        outcome = await run_in_threadpool(_tasks(request).store_batch, specs, dry_run, None, viewer.name)
+    except (ValidationError, DomainError) as error:
+        message = error.detail if isinstance(error, DomainError) else str(error)
+        return render(request, "batch.html", viewer, 422, text=text, preview=None, error=message)
+    statuses = outcome.statuses()
+    if not dry_run:
+        return render(
+            request, "done.html", viewer, action="submit", done=len(statuses), failed=[], back="/console/tasks"
+        )
+    tasks = outcome.tasks()
+    edges = [(e.parent, t.id) for t in tasks for e in t.dependencies]
+    preview = layout.layered({t.id: t.status.value for t in tasks}, edges)
+    return render(request, "batch.html", viewer, text=text, preview=preview, error=None, count=len(tasks))
+
+
+# -- schedules --------------------------------------------------------------------------------------
+
+
+@page()
+async def schedules(request: Request, viewer: Viewer) -> Response:
+    found = await run_in_threadpool(_schedules(request).list_schedules)
+    return render(request, "schedules.html", viewer, schedules=found)
+
+
+def _schedule_body(form: dict[str, list[str]], errors: dict[str, str]) -> dict[str, Any]:
+    task: dict[str, Any] = {"type": _one(form, "type"), "priority": _one(form, "priority") or "default"}
+    if _one(form, "payload"):
+        try:
+            task["payload"] = codec.loads_request(_one(form, "payload").encode())
+        except DomainError as bad:
+            errors["payload"] = f"not JSON: {bad.detail}"
+    body: dict[str, Any] = {"task": task, "timezone": _one(form, "timezone") or "UTC"}
+    if _one(form, "id"):
+        body["id"] = _one(form, "id")
+    if _one(form, "kind") == "interval":
+        if _one(form, "interval_s").isdigit():
+            body["interval_s"] = int(_one(form, "interval_s"))
+        else:
+            errors["interval_s"] = "a whole number of seconds"
+    else:
+        body["cron"] = _one(form, "cron")
+    if _one(form, "paused") == "yes":
+        body["paused"] = True
+    return body
+
+
+def _next_five(spec: ScheduleSpec) -> list[datetime]:
+    now = datetime.now(timezone.utc)
+    fires: list[datetime] = []
+    after = spec.start_at - timedelta(microseconds=1) if spec.start_at and spec.start_at > now else now
+    while len(fires) < 5:
+        upcoming = next_fire(spec, after, anchor=spec.start_at or now, runs=len(fires))
+        if upcoming is None:
+            break
+        fires.append(upcoming)
+        after = upcoming
+    return fires
+
+
+@page()
+async def new_schedule(request: Request, viewer: Viewer) -> Response:
+    types = list(request.app.state.registry.values())
+    values = {"kind": "cron", "timezone": "UTC", "priority": "default"}
+    return render(request, "schedule_new.html", viewer, types=types, errors={}, values=values, fires=None)
+
+
+@page(Access.ADMIN, write=True)
+async def save_schedule(request: Request, viewer: Viewer) -> Response:
+    form = await _form(request)
+    errors: dict[str, str] = {}
+    body = _schedule_body(form, errors)
+    values = {
+        name: _one(form, name)
+        for name in ("id", "type", "payload", "priority", "kind", "cron", "interval_s", "timezone")
+    }
+    types = list(request.app.state.registry.values())
+    fires = None
+    if not errors:
+        try:
+            spec = ScheduleIn.model_validate(body).to_spec()
+            fires = _next_five(spec)
+            if _one(form, "action") == "save":
+                schedule, _ = await run_in_threadpool(_schedules(request).create, spec)
+                return RedirectResponse(f"/console/schedules/{schedule.id}", status_code=303)
+        except (ValidationError, DomainError) as error:
+            errors = _field_errors(error)
+            if "task" in errors:
+                errors["type"] = errors.pop("task")
+    status = 422 if errors else 200
+    return render(request, "schedule_new.html", viewer, status, types=types, errors=errors, values=values, fires=fires)
+
+
+@page()
+async def schedule_page(request: Request, viewer: Viewer) -> Response:
+    schedule_id = request.path_params["schedule_id"]
+    schedule = await run_in_threadpool(_schedules(request).get, schedule_id)
+    runs = await run_in_threadpool(_list, _tasks(request), {"schedule_id": schedule_id}, PAGE_SIZE)
+    fires = _next_five(schedule.spec) if not schedule.spec.paused else []
+    return render(request, "schedule.html", viewer, schedule=schedule, runs=runs.tasks, fires=fires)
+
+
+@page(Access.ADMIN, write=True)
+async def schedule_action(request: Request, viewer: Viewer) -> Response:
+    schedule_id, action = request.path_params["schedule_id"], request.path_params["action"]
+    service = _schedules(request)
+    if action == "delete":
+        await run_in_threadpool(service.delete, schedule_id)
+        return RedirectResponse("/console/schedules", status_code=303)
+    if action not in ("pause", "resume"):
+        raise Refused(404, f"no action {action!r}")
+    schedule = await run_in_threadpool(service.get, schedule_id)
+    spec = replace(schedule.spec, id=schedule_id, paused=action == "pause")
+    await run_in_threadpool(service.replace, schedule_id, spec)
+    return RedirectResponse(f"/console/schedules/{schedule_id}", status_code=303)
+
+
+# -- workers and types ------------------------------------------------------------------------------
+
+
+@page()
+async def workers(request: Request, viewer: Viewer) -> Response:
+    found = await run_in_threadpool(stats.workers, request.app.state.redis)
+    return render(request, "workers.html", viewer, workers=found)
+
+
+@page()
+async def types(request: Request, viewer: Viewer) -> Response:
+    limits = await run_in_threadpool(stats.limit_load, request.app.state.redis)
+    found = [(t, limits.get(t.name)) for t in request.app.state.registry.values()]
+    return render(request, "types.html", viewer, types=found)
+
+
+async def home(request: Request) -> Response:
+    return RedirectResponse("/console", status_code=307)
+
+
+ROUTES = [
+    Route("/", home, methods=["GET"]),
+    Route("/console", overview, methods=["GET"]),
+    Route("/console/login", login, methods=["GET", "POST"]),
+    Route("/console/logout", logout, methods=["POST"]),
+    Route("/console/tasks", tasks, methods=["GET"]),
+    Route("/console/tasks/bulk", bulk, methods=["POST"]),
+    Route("/console/tasks/new", new_task, methods=["GET"]),
+    Route("/console/tasks/new", create_task, methods=["POST"]),
+    Route("/console/tasks/{task_id}", task_page, methods=["GET"]),
+    Route("/console/tasks/{task_id}/edit", edit_task, methods=["POST"]),
+    Route("/console/tasks/{task_id}/{action}", task_action, methods=["POST"]),
+    Route("/console/batch", batch_form, methods=["GET"]),
+    Route("/console/batch", batch_submit, methods=["POST"]),
+    Route("/console/schedules", schedules, methods=["GET"]),
+    Route("/console/schedules/new", new_schedule, methods=["GET"]),
+    Route("/console/schedules/new", save_schedule, methods=["POST"]),
+    Route("/console/schedules/{schedule_id}", schedule_page, methods=["GET"]),
+    Route("/console/schedules/{schedule_id}/{action}", schedule_action, methods=["POST"]),
+    Route("/console/workers", workers, methods=["GET"]),
+    Route("/console/types", types, methods=["GET"]),
+    Mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static"),
+]

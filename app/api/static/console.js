@@ -1,0 +1,110 @@
+// The live parts of a console page (elements with data-live) are fetched again whenever the event
+// stream tells of a change, and swapped in place; never the part that holds the focus (it waits
+// until the focus leaves), never while a dialog is open, and ticked boxes stay ticked. A hidden
+// tab closes its stream and catches up when it is shown again.
+(function () {
+  "use strict";
+  if (!document.querySelector("[data-live]") || !window.EventSource || !window.fetch) {
+    return;
+  }
+  var source = null;
+  var timer = null;
+  var inFlight = false;
+  var again = false;
+  var held = false;
+
+  function focusedIn(region) {
+    var active = document.activeElement;
+    return active && active !== document.body && region.contains(active);
+  }
+
+  function swap(html) {
+    var fresh = new DOMParser().parseFromString(html, "text/html");
+    held = false;
+    document.querySelectorAll("[data-live]").forEach(function (region) {
+      var next = fresh.querySelector('[data-live="' + region.getAttribute("data-live") + '"]');
+      if (!next) {
+        return;
+      }
+      if (focusedIn(region) || document.querySelector("dialog[open]")) {
+        held = true;
+        return;
+      }
+      var ticked = {};
+      region.querySelectorAll("input[type=checkbox]:checked").forEach(function (box) {
+        ticked[box.name + "=" + box.value] = true;
+      });
+      region.replaceChildren.apply(region, Array.prototype.slice.call(document.importNode(next, true).childNodes));
+      region.querySelectorAll("input[type=checkbox]").forEach(function (box) {
+        if (ticked[box.name + "=" + box.value]) {
+          box.checked = true;
+        }
+      });
+    });
+  }
+
+  function refresh() {
+    if (inFlight) {
+      again = true;
+      return;
+    }
+    inFlight = true;
+    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+      .then(function (response) {
+        return response.ok ? response.text() : null;
+      })
+      .then(function (html) {
+        if (html) {
+          swap(html);
+        }
+      })
+      .catch(function () {})
+      .then(function () {
+        inFlight = false;
+        if (again) {
+          again = false;
+          later();
+        }
+      });
+  }
+
+  function later() {
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 250);
+  }
+
+  function listen() {
+    if (source === null) {
+      // From where the page was rendered: nothing that happened since is missed.
+      var after = document.body.getAttribute("data-events-after");
+      source = new EventSource("/api/events" + (after ? "?last_event_id=" + encodeURIComponent(after) : ""));
+      source.onmessage = later;
+      source.addEventListener("reset", later);
+    }
+  }
+
+  function stop() {
+    if (source !== null) {
+      source.close();
+      source = null;
+    }
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    if (document.hidden) {
+      stop();
+    } else {
+      document.body.removeAttribute("data-events-after"); // caught up by the refresh below
+      listen();
+      later();
+    }
+  });
+  document.addEventListener("focusout", function () {
+    if (held) {
+      later();
+    }
+  });
+  if (!document.hidden) {
+    listen();
+  }
+})();
