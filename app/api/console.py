@@ -537,7 +537,7 @@ def _schedule_body(form: dict[str, list[str]], errors: dict[str, str]) -> dict[s
             task["payload"] = codec.loads_request(_one(form, "payload").encode())
         except DomainError as bad:
             errors["payload"] = f"not JSON: {bad.detail}"
-    body: dict[str, Any] = {"task": task, "timezone": _one(form, "timezone") or "UTC"}
+    body: dict[str, Any] = {"task": task}
     if _one(form, "id"):
         body["id"] = _one(form, "id")
     if _one(form, "kind") == "interval":
@@ -547,6 +547,7 @@ def _schedule_body(form: dict[str, list[str]], errors: dict[str, str]) -> dict[s
             errors["interval_s"] = "a whole number of seconds"
     else:
         body["cron"] = _one(form, "cron")
+        body["timezone"] = _one(form, "timezone") or "UTC"  # a time zone means something to cron only
     if _one(form, "paused") == "yes":
         body["paused"] = True
     return body
@@ -567,35 +568,82 @@ def _next_five(spec: ScheduleSpec) -> list[datetime]:
 
 @page()
 async def new_schedule(request: Request, viewer: Viewer) -> Response:
-    types = list(request.app.state.registry.values())
     values = {"kind": "cron", "timezone": "UTC", "priority": "default"}
-    return render(request, "schedule_new.html", viewer, types=types, errors={}, values=values, fires=None)
+    return _schedule_form(request, viewer, values, {}, None, None)
+
+
+SCHEDULE_FIELDS = ("id", "type", "payload", "priority", "kind", "cron", "interval_s", "timezone")
 
 
 @page(Access.ADMIN, write=True)
 async def save_schedule(request: Request, viewer: Viewer) -> Response:
+    """A new schedule, or (with a schedule id in the path) a changed one: previewed, or saved."""
+    editing = request.path_params.get("schedule_id")
     form = await _form(request)
     errors: dict[str, str] = {}
     body = _schedule_body(form, errors)
-    values = {
-        name: _one(form, name)
-        for name in ("id", "type", "payload", "priority", "kind", "cron", "interval_s", "timezone")
-    }
-    types = list(request.app.state.registry.values())
+    if editing:
+        body["id"] = editing
+    values = {name: _one(form, name) for name in SCHEDULE_FIELDS} | ({"id": editing} if editing else {})
     fires = None
     if not errors:
         try:
-            spec = ScheduleIn.model_validate(body).to_spec()
+            spec = ScheduleIn.model_validate(body).to_spec(editing)
             fires = _next_five(spec)
             if _one(form, "action") == "save":
-                schedule, _ = await run_in_threadpool(_schedules(request).create, spec)
+                service = _schedules(request)
+                if editing:
+                    current = await run_in_threadpool(service.get, editing)
+                    spec = replace(spec, paused=current.spec.paused)  # pausing has buttons of its own
+                    await run_in_threadpool(service.replace, editing, spec)
+                    return RedirectResponse(f"/console/schedules/{editing}", status_code=303)
+                schedule, _ = await run_in_threadpool(service.create, spec)
                 return RedirectResponse(f"/console/schedules/{schedule.id}", status_code=303)
         except (ValidationError, DomainError) as error:
             errors = _field_errors(error)
             if "task" in errors:
                 errors["type"] = errors.pop("task")
-    status = 422 if errors else 200
-    return render(request, "schedule_new.html", viewer, status, types=types, errors=errors, values=values, fires=fires)
+    return _schedule_form(request, viewer, values, errors, fires, editing, 422 if errors else 200)
+
+
+def _schedule_form(
+    request: Request,
+    viewer: Viewer,
+    values: dict[str, str],
+    errors: dict[str, str],
+    fires: list[datetime] | None,
+    editing: str | None,
+    status: int = 200,
+) -> Response:
+    types = list(request.app.state.registry.values())
+    return render(
+        request,
+        "schedule_new.html",
+        viewer,
+        status,
+        types=types,
+        errors=errors,
+        values=values,
+        fires=fires,
+        editing=editing,
+    )
+
+
+@page()
+async def edit_schedule(request: Request, viewer: Viewer) -> Response:
+    schedule_id = request.path_params["schedule_id"]
+    spec = (await run_in_threadpool(_schedules(request).get, schedule_id)).spec
+    values = {
+        "id": schedule_id,
+        "type": spec.task.type,
+        "payload": json.dumps(spec.task.payload) if spec.task.payload else "",
+        "priority": spec.task.priority.value,
+        "kind": "interval" if spec.interval_s else "cron",
+        "cron": spec.cron or "",
+        "interval_s": str(spec.interval_s or ""),
+        "timezone": spec.timezone,
+    }
+    return _schedule_form(request, viewer, values, {}, None, schedule_id)
 
 
 @page()
@@ -660,6 +708,8 @@ ROUTES = [
     Route("/console/schedules/new", new_schedule, methods=["GET"]),
     Route("/console/schedules/new", save_schedule, methods=["POST"]),
     Route("/console/schedules/{schedule_id}", schedule_page, methods=["GET"]),
+    Route("/console/schedules/{schedule_id}/edit", edit_schedule, methods=["GET"]),
+    Route("/console/schedules/{schedule_id}/edit", save_schedule, methods=["POST"]),
     Route("/console/schedules/{schedule_id}/{action}", schedule_action, methods=["POST"]),
     Route("/console/workers", workers, methods=["GET"]),
     Route("/console/types", types, methods=["GET"]),

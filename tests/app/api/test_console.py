@@ -89,7 +89,7 @@ def test_a_running_task_is_canceled_from_its_page(console: str, page: Any, redis
     expect(page.locator("[data-status]")).to_have_text("CANCELED", timeout=20_000)
 
 
-def test_a_recurring_schedule_is_created_paused_and_deleted(console: str, page: Any) -> None:
+def test_a_recurring_schedule_is_created_paused_changed_and_deleted(console: str, page: Any) -> None:
     page.goto(f"{console}/console/schedules/new")
     page.get_by_label("Id", exact=True).fill("nightly")
     page.get_by_label("Task type").select_option("echo")
@@ -102,6 +102,13 @@ def test_a_recurring_schedule_is_created_paused_and_deleted(console: str, page: 
     page.wait_for_url("**/console/schedules/nightly")
     page.get_by_role("button", name="Pause").click()
     expect(page.locator(".facts")).to_contain_text("paused")
+    page.get_by_role("link", name="Change it").click()
+    page.get_by_label("every so many seconds").check()
+    page.get_by_label("Interval (seconds)").fill("90")
+    page.get_by_role("button", name="Save").click()
+    page.wait_for_url("**/console/schedules/nightly")
+    expect(page.locator(".facts")).to_contain_text("every 90 s")
+    expect(page.locator(".facts")).to_contain_text("paused")  # a change leaves it paused
     page.goto(f"{console}/console/schedules")
     page.get_by_role("button", name="Delete nightly").click()
     page.wait_for_url("**/console/schedules")
@@ -145,6 +152,8 @@ PAGES = [
     "/console/schedules",
     "/console/schedules/new",
     "/console/schedules/every-hour",
+    "/console/schedules/every-hour/edit",
+    "/console/login",
     "/console/workers",
     "/console/types",
 ]
@@ -179,3 +188,20 @@ def test_a_live_update_keeps_the_focus_and_the_selection(console: str, page: Any
     expect(page.get_by_role("row", name="keep-2")).to_be_visible()  # the table was refreshed
     assert page.get_by_label("Select keep-0").is_checked()
     assert page.evaluate("document.activeElement.textContent") == "Retry selected"
+
+
+def test_a_task_is_made_with_the_keyboard_alone(console: str, page: Any) -> None:
+    page.goto(f"{console}/console/tasks/new")
+    page.keyboard.press("Tab")  # the skip link comes first, and takes the focus to the content
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    while page.evaluate("document.activeElement.id") != "f-id":
+        page.keyboard.press("Tab")
+    page.keyboard.type("typed")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")  # past the type (echo, the first), to the payload
+    page.keyboard.type('{"by": "keyboard"}')
+    page.get_by_role("button", name="Create the task").focus()
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/console/tasks/typed")
+    expect(page.locator("[data-status]")).to_have_text("COMPLETED")
