@@ -205,3 +205,23 @@ def test_a_task_is_made_with_the_keyboard_alone(console: str, page: Any) -> None
     page.keyboard.press("Enter")
     page.wait_for_url("**/console/tasks/typed")
     expect(page.locator("[data-status]")).to_have_text("COMPLETED")
+
+
+def test_a_hidden_tab_stops_listening_and_catches_up_when_shown(console: str, page: Any) -> None:
+    page.goto(f"{console}/console/tasks")
+    page.evaluate(
+        """() => {
+            window.streamsClosed = 0;
+            const close = EventSource.prototype.close;
+            EventSource.prototype.close = function () { window.streamsClosed++; return close.call(this); };
+        }"""
+    )
+    show = "(hidden) => { Object.defineProperty(document, 'hidden', {value: hidden, configurable: true});"
+    show += " document.dispatchEvent(new Event('visibilitychange')); }"
+    page.evaluate(show, True)
+    assert page.evaluate("window.streamsClosed") == 1
+    post(page, console, "/api/tasks", {"id": "while-hidden", "type": "echo"})
+    page.wait_for_timeout(1500)  # a listening page shows a new task within ~300 ms
+    assert page.get_by_role("row", name="while-hidden").count() == 0
+    page.evaluate(show, False)
+    expect(page.get_by_role("row", name="while-hidden")).to_be_visible()
