@@ -1,6 +1,7 @@
 """The shape of the code, checked on every run:
 - imports point one way: app/api, workers and scheduler use the core in app/; the core uses none of
-  them, and nothing but the API itself imports app/api;
+  them, and nothing but the API itself imports app/api; the client (app/client) imports nothing of
+  the rest and nothing of the rest imports it, so a client machine needs httpx alone;
 - one package, app/jobs, is all of the core that knows RQ: no other module of app/ imports rq or
   rq_scheduler (workers/ and scheduler/ are RQ's and rq-scheduler's entry points by nature);
 - no import cycle anywhere, imports inside functions included.
@@ -24,10 +25,13 @@ RQ = ("rq", "rq_scheduler")
 def layer(module: str) -> str:
     if module == "app.api" or module.startswith("app.api."):
         return "api"
+    if module == "app.client" or module.startswith("app.client."):
+        return "client"
     return module.split(".")[0]
 
 
 ALLOWED = {
+    "client": {"client"},
     "app": {"app"},
     "api": {"app", "api"},
     "workers": {"app", "workers"},

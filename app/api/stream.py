@@ -6,7 +6,9 @@ and attempt, worker, error where they apply). A client that reconnects with `Las
 EventSource does by itself) first gets what it missed, in order, and nothing twice; if the stream
 no longer holds where it stopped, an `event: reset` says that some were missed before the oldest
 events still held follow. A comment line goes out whenever nothing else has for
-EVENTS_KEEPALIVE_S, so that proxies keep the connection open.
+EVENTS_KEEPALIVE_S, so that proxies keep the connection open. The first line is the comment
+`: connected`, sent once the stream follows: a client that reads what it watches after seeing it
+(app.client's `follow`, `wait`) misses nothing in between.
 """
 
 from __future__ import annotations
@@ -56,11 +58,13 @@ async def stream_events(request: Request) -> Response:
 
 
 async def _told(redis: AsyncRedis, wanted: dict[str, str], after: tuple[str, int] | None) -> AsyncIterator[bytes]:
-    yield b": connected\n\n"
     if after is None:
         newest: Any = await redis.xrevrange(keys.EVENTS, count=1)
         cursor = codec.text(newest[0][0]) if newest else "0-0"
+        # Only now: a client that reads what it follows once it sees this misses nothing after.
+        yield b": connected\n\n"
     else:
+        yield b": connected\n\n"
         cursor = after[0]
         held: Any = await redis.xrange(keys.EVENTS, cursor, cursor)
         if not held:

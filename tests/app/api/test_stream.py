@@ -26,6 +26,8 @@ class Stream:
         assert self.response.status_code == 200, self.response.read()
         assert self.response.headers["content-type"].startswith("text/event-stream")
         self._lines = self.response.iter_lines()
+        # Headers come first; the stream follows from its first line on (what happens after is in it).
+        assert next(self._lines).startswith(": connected")
 
     def next(self) -> dict[str, Any]:
         fields: dict[str, Any] = {}

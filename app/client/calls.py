@@ -1,0 +1,290 @@
+"""What each client method sends and how its answer reads, shared by the blocking and the asyncio
+client (which differ only in how they wait): each method is a `Call`, sent with retries by
+whichever client runs it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypedDict
+
+import httpx
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
+MAX_JSON_BATCH = 10_000
+MAX_NDJSON_BATCH = 100_000
+RETRY_AFTER_MAX_S = 30.0
+"""The longest wait a Retry-After may impose between two attempts."""
+
+
+class Task(TypedDict, total=False):
+    """A task as the API shows it (`GET /api/tasks/{id}`); see the API's /openapi.json."""
+
+    id: str
+    type: str
+    name: str
+    status: str
+    payload: dict[str, Any]
+    dependencies: list[str]
+    priority: str
+    attempts: int
+    max_attempts: int
+    created_at: str
+    updated_at: str
+    queued_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    result: Any
+    error: dict[str, str] | None
+    worker: str | None
+    schedule_id: str | None
+    waiting_for: dict[str, Any] | None
+
+
+class Event(TypedDict, total=False):
+    """One event of the stream (`GET /api/events`), with its `id` to resume from."""
+
+    id: str
+    task: str
+    event: str
+    status: str
+    type: str
+    at: str
+    attempt: int
+    worker: str
+    error: dict[str, str]
+
+
+class ApiError(Exception):
+    """The server refused: its problem+json fields (`status`, `title`, `detail`, `type`, and the
+    field `errors`)."""
+
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        self.title = str(problem.get("title", ""))
+        self.detail = str(problem.get("detail", ""))
+        self.type = str(problem.get("type", "about:blank"))
+        self.errors: list[dict[str, str]] = list(problem.get("errors") or [])
+        super().__init__(f"{status} {self.title}: {self.detail}")
+
+
+class Unreachable(Exception):
+    """The server could not be reached, or kept answering that it is unavailable."""
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    params: dict[str, Any] | None = None
+    body: Any = None
+    content: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    retry: bool = True
+    """Safe to send again: it changes nothing, or the server recognises a repeat."""
+    read: Callable[[httpx.Response], Any] = lambda response: response.json() if response.content else None
+
+
+def problem_of(response: httpx.Response) -> ApiError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"title": response.reason_phrase, "detail": response.text[:500]}
+    return ApiError(response.status_code, body if isinstance(body, dict) else {"detail": str(body)})
+
+
+def retry_after(response: httpx.Response, attempt: int) -> float:
+    """How long to wait before sending again: Retry-After, else an exponential backoff."""
+    given = response.headers.get("retry-after", "")
+    wait = float(given) if given.replace(".", "", 1).isdigit() else backoff(attempt)
+    return min(wait, RETRY_AFTER_MAX_S)
+
+
+def backoff(attempt: int) -> float:
+    return min(0.2 * float(2**attempt), 5.0)
+
+
+def should_retry(response: httpx.Response) -> bool:
+    return response.status_code in (429, 503)
+
+
+def _when(value: datetime | str | None) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def task_body(
+    task_type: str,
+    payload: dict[str, Any] | None = None,
+    *,
+    id: str | None = None,
+    dependencies: Iterable[str | dict[str, Any]] = (),
+    priority: str | None = None,
+    run_at: datetime | str | None = None,
+    delay_ms: int | None = None,
+    max_attempts: int | None = None,
+    **more: Any,
+) -> dict[str, Any]:
+    """A task as the API takes it, always with an id (one is made when none is given) so that
+    sending it again is safe."""
+    body: dict[str, Any] = {"id": id or uuid.uuid4().hex, "type": task_type, **more}
+    optional = {
+        "payload": payload,
+        "dependencies": list(dependencies) or None,
+        "priority": priority,
+        "run_at": _when(run_at),
+        "delay_ms": delay_ms,
+        "max_attempts": max_attempts,
+    }
+    body.update((k, v) for k, v in optional.items() if v is not None)
+    return body
+
+
+def submit(body: dict[str, Any]) -> Call:
+    return Call("POST", "/api/tasks", body=body)
+
+
+def batches(tasks: list[dict[str, Any]]) -> Iterator[Call]:
+    """A batch as the API allows it: one JSON request up to 10,000 tasks, NDJSON (streamed) up to
+    100,000, and beyond that requests of 100,000 in dependency order, parents first (a task may
+    depend on one stored by an earlier request)."""
+    for task in tasks:
+        task.setdefault("id", uuid.uuid4().hex)
+    if len(tasks) <= MAX_JSON_BATCH:
+        yield Call("POST", "/api/tasks/batch", body={"tasks": tasks}, headers={"Prefer": "return=minimal"})
+        return
+    ordered = _parents_first(tasks)
+    for start in range(0, len(ordered), MAX_NDJSON_BATCH):
+        chunk = ordered[start : start + MAX_NDJSON_BATCH]
+        yield Call(
+            "POST",
+            "/api/tasks/batch",
+            content=_ndjson(chunk),
+            headers={"Content-Type": "application/x-ndjson", "Prefer": "return=minimal"},
+        )
+
+
+def _ndjson(tasks: list[dict[str, Any]]) -> bytes:
+    return b"\n".join(json.dumps(task, separators=(",", ":")).encode() for task in tasks)
+
+
+def _parents_first(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    by_id = {task["id"]: task for task in tasks}
+    done: set[str] = set()
+    ordered: list[dict[str, Any]] = []
+    for task in tasks:
+        stack = [(task, False)]
+        while stack:
+            current, expanded = stack.pop()
+            if current["id"] in done:
+                continue
+            if expanded:
+                done.add(current["id"])
+                ordered.append(current)
+                continue
+            stack.append((current, True))
+            for dep in current.get("dependencies") or []:
+                parent = by_id.get(dep["id"] if isinstance(dep, dict) else dep)
+                if parent is not None and parent["id"] not in done:
+                    stack.append((parent, False))
+    return ordered
+
+
+def get(task_id: str) -> Call:
+    return Call("GET", f"/api/tasks/{task_id}")
+
+
+def page(params: dict[str, Any], cursor: str | None) -> Call:
+    return Call("GET", "/api/tasks", params={**params, **({"cursor": cursor} if cursor else {})}, read=_page)
+
+
+def _page(response: httpx.Response) -> tuple[list[Task], str | None]:
+    nxt = response.links.get("next", {}).get("url")
+    cursor = httpx.URL(nxt).params.get("cursor") if nxt else None
+    return response.json(), cursor
+
+
+def list_params(
+    status: str | None, task_type: str | None, schedule_id: str | None, id_prefix: str | None, limit: int | None
+) -> dict[str, Any]:
+    given = {"status": status, "type": task_type, "schedule_id": schedule_id, "id_prefix": id_prefix, "limit": limit}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def cancel(task_id: str) -> Call:
+    return Call("POST", f"/api/tasks/{task_id}/cancel")
+
+
+def retry(task_id: str) -> Call:
+    return Call("POST", f"/api/tasks/{task_id}/retry")
+
+
+def delete(task_id: str) -> Call:
+    return Call("DELETE", f"/api/tasks/{task_id}")
+
+
+def history(task_id: str) -> Call:
+    return Call("GET", f"/api/tasks/{task_id}/history")
+
+
+def schedules() -> Call:
+    return Call("GET", "/api/schedules")
+
+
+def create_schedule(body: dict[str, Any]) -> Call:
+    return Call("POST", "/api/schedules", body=body, retry="id" in body)
+
+
+def get_schedule(schedule_id: str) -> Call:
+    return Call("GET", f"/api/schedules/{schedule_id}")
+
+
+def replace_schedule(schedule_id: str, body: dict[str, Any]) -> Call:
+    return Call("PUT", f"/api/schedules/{schedule_id}", body=body)
+
+
+def delete_schedule(schedule_id: str) -> Call:
+    return Call("DELETE", f"/api/schedules/{schedule_id}")
+
+
+def health() -> Call:
+    return Call("GET", "/health")
+
+
+def paused(schedule: dict[str, Any], value: bool) -> dict[str, Any]:
+    """A schedule's definition (as GET shows it) with `paused` set, as PUT takes it."""
+    names = ("cron", "timezone", "interval_s", "task", "start_at", "end_at", "max_runs")
+    body = {name: schedule[name] for name in names if schedule.get(name) is not None}
+    if body.get("interval_s"):
+        body.pop("timezone", None)
+    return {**body, "paused": value}
+
+
+def event_params(task: str | None, task_type: str | None, status: str | None) -> dict[str, str]:
+    return {k: v for k, v in {"task": task, "type": task_type, "status": status}.items() if v}
+
+
+class Frames:
+    """Server-Sent Events, one line at a time in, one event at a time out."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+
+    def feed(self, line: str) -> Event | dict[str, Any] | None:
+        if line == "":
+            fields, self.fields = self.fields, {}
+            if "data" not in fields:
+                return None
+            data = json.loads(fields["data"])
+            if fields.get("event") == "reset":
+                return {"event": "reset", **data}
+            return {"id": fields.get("id", ""), **data}
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        self.fields[name] = self.fields.get(name, "") + ("\n" if name in self.fields else "") + value
+        return None

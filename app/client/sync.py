@@ -1,0 +1,270 @@
+"""The blocking client (see app.client)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from app.client import calls
+from app.client.calls import ApiError, Call, Event, Task, Unreachable
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+STREAM = httpx.Timeout(10.0, read=30.0)
+"""An event stream sends a comment every 15 s of quiet: 30 s of silence means it is gone."""
+
+
+class Client:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        key: str | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: int = 5,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
+        self.retries = retries
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def run(self, call: Call) -> Any:
+        """Send `call`, again on 429, 503 or a lost connection where that is safe."""
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries or not call.retry
+            try:
+                response = self.http.request(
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.body,
+                    content=call.content,
+                    headers=call.headers,
+                )
+            except httpx.TransportError as error:
+                if last:
+                    raise Unreachable(f"{self.http.base_url} cannot be reached: {error}") from error
+                time.sleep(calls.backoff(attempt))
+                continue
+            if calls.should_retry(response) and not last:
+                time.sleep(calls.retry_after(response, attempt))
+                continue
+            if response.status_code == 503:
+                raise Unreachable(f"{self.http.base_url} is unavailable: {calls.problem_of(response).detail}")
+            if response.is_error:
+                raise calls.problem_of(response)
+            return call.read(response)
+        raise AssertionError("unreachable")
+
+    # -- tasks --------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        task_type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        id: str | None = None,
+        dependencies: Iterable[str | dict[str, Any]] = (),
+        priority: str | None = None,
+        run_at: datetime | str | None = None,
+        delay_ms: int | None = None,
+        max_attempts: int | None = None,
+        **more: Any,
+    ) -> Task:
+        """Submit one task; safe to repeat (it always has an id)."""
+        body = calls.task_body(
+            task_type,
+            payload,
+            id=id,
+            dependencies=dependencies,
+            priority=priority,
+            run_at=run_at,
+            delay_ms=delay_ms,
+            max_attempts=max_attempts,
+            **more,
+        )
+        task: Task = self.run(calls.submit(body))
+        return task
+
+    def submit_batch(self, tasks: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+        """Submit a batch (a DAG): all or nothing up to 100,000 tasks, parents first in requests of
+        100,000 beyond. Returns each task's id and status."""
+        stored: list[dict[str, str]] = []
+        for call in calls.batches([dict(t) for t in tasks]):
+            stored += self.run(call)["tasks"]
+        return stored
+
+    def get(self, task_id: str) -> Task:
+        task: Task = self.run(calls.get(task_id))
+        return task
+
+    def list_tasks(
+        self,
+        *,
+        status: str | None = None,
+        type: str | None = None,
+        schedule_id: str | None = None,
+        id_prefix: str | None = None,
+        limit: int | None = None,
+        page_size: int = 500,
+    ) -> Iterator[Task]:
+        """Tasks, newest first, page after page; at most `limit` in all."""
+        params = calls.list_params(status, type, schedule_id, id_prefix, min(page_size, limit or page_size))
+        cursor, seen = None, 0
+        while True:
+            tasks, cursor = self.run(calls.page(params, cursor))
+            for task in tasks:
+                if limit is not None and seen >= limit:
+                    return
+                seen += 1
+                yield task
+            if not cursor:
+                return
+
+    def cancel(self, task_id: str) -> Task:
+        task: Task = self.run(calls.cancel(task_id))
+        return task
+
+    def retry(self, task_id: str) -> Task:
+        task: Task = self.run(calls.retry(task_id))
+        return task
+
+    def delete(self, task_id: str) -> None:
+        self.run(calls.delete(task_id))
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.run(calls.history(task_id))
+        return found
+
+    # -- schedules ----------------------------------------------------------------------------------
+
+    def schedules(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.run(calls.schedules())
+        return found
+
+    def create_schedule(self, body: dict[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = self.run(calls.create_schedule(body))
+        return created
+
+    def get_schedule(self, schedule_id: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.run(calls.get_schedule(schedule_id))
+        return found
+
+    def pause_schedule(self, schedule_id: str, paused: bool = True) -> dict[str, Any]:
+        body = calls.paused(self.get_schedule(schedule_id), paused)
+        changed: dict[str, Any] = self.run(calls.replace_schedule(schedule_id, body))
+        return changed
+
+    def resume_schedule(self, schedule_id: str) -> dict[str, Any]:
+        return self.pause_schedule(schedule_id, paused=False)
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        self.run(calls.delete_schedule(schedule_id))
+
+    # -- following ----------------------------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        task: str | None = None,
+        type: str | None = None,
+        status: str | None = None,
+        last_event_id: str | None = None,
+    ) -> Iterator[Event]:
+        """Events as they happen (endless), resuming where a dropped connection stopped."""
+        params = calls.event_params(task, type, status)
+        attempt = 0
+        while True:
+            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+            try:
+                with self.http.stream("GET", "/api/events", params=params, headers=headers, timeout=STREAM) as response:
+                    if response.is_error:
+                        response.read()
+                        raise calls.problem_of(response)
+                    attempt = 0
+                    frames = calls.Frames()
+                    for line in response.iter_lines():
+                        event = frames.feed(line)
+                        if event is not None and event.get("event") != "reset":
+                            last_event_id = event.get("id") or last_event_id
+                            yield event  # type: ignore[misc]
+            except httpx.TransportError as error:
+                if attempt >= self.retries:
+                    raise Unreachable(f"{self.http.base_url}: the event stream broke off: {error}") from error
+                time.sleep(calls.backoff(attempt))
+                attempt += 1
+
+    def wait(self, task_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Task:
+        """The task once it has ended (COMPLETED, FAILED or CANCELED), following the event stream,
+        or polling where the stream cannot be had. TimeoutError past `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return self._wait_on_events(task_id, deadline)
+        except (ApiError, httpx.TransportError):
+            pass  # no stream here (an older server, a proxy that buffers): ask until it has ended
+        while True:
+            task = self.get(task_id)
+            if task.get("status") in calls.TERMINAL:
+                return task
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {task_id} has not ended within {timeout} s")
+            time.sleep(poll_s)
+
+    def _wait_on_events(self, task_id: str, deadline: float | None) -> Task:
+        with self.follow(task=task_id) as events:
+            task = self.get(task_id)  # read once the stream follows: an end between the two is seen
+            if task.get("status") in calls.TERMINAL:
+                return task
+            for event in events:
+                if event is not None and event.get("status") in calls.TERMINAL:
+                    task = self.get(task_id)
+                    if task.get("status") in calls.TERMINAL:
+                        return task
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"task {task_id} has not ended in time")
+        raise httpx.ReadError("the event stream ended")
+
+    @contextmanager
+    def follow(
+        self, *, task: str | None = None, type: str | None = None, status: str | None = None
+    ) -> Iterator[Iterator[Event | None]]:
+        """An event stream, open and following from the moment this returns: what happens after is
+        in it. It yields None for each keep-alive too (every 15 s of quiet), so a reader can look
+        at its clock."""
+        params = calls.event_params(task, type, status)
+        with self.http.stream("GET", "/api/events", params=params, timeout=STREAM) as response:
+            if response.is_error:
+                response.read()
+                raise calls.problem_of(response)
+            lines = response.iter_lines()
+            for line in lines:
+                if line.startswith(": connected"):
+                    break
+
+            def read() -> Iterator[Event | None]:
+                frames = calls.Frames()
+                for line in lines:
+                    event = frames.feed(line)
+                    if event is not None and event.get("event") != "reset":
+                        yield event  # type: ignore[misc]
+                    elif line.startswith(": keep-alive"):
+                        yield None
+
+            yield read()
+
+    def health(self) -> dict[str, Any]:
+        found: dict[str, Any] = self.run(calls.health())
+        return found

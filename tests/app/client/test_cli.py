@@ -1,0 +1,83 @@
+"""The `rqflow` command, run as a user runs it, against the real API and an engine worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import free_port
+
+RQFLOW = str(Path(sys.executable).parent / "rqflow")
+
+
+def rqflow(*args: str, stdin: str | None = None, url: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RQFLOW_URL": url, "COLUMNS": "200"}
+    return subprocess.run([RQFLOW, *args], input=stdin, capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_submit_and_wait_exits_0_when_it_completed(server: str) -> None:
+    done = rqflow("submit", "echo", "--id", "cli-1", "--payload", '{"n": 3}', "--wait", "--json", url=server)
+    assert done.returncode == 0, done.stderr
+    task = json.loads(done.stdout)
+    assert task["status"] == "COMPLETED" and task["result"]["payload"] == {"n": 3}
+    shown = rqflow("show", "cli-1", url=server)
+    assert shown.returncode == 0 and "completed" in shown.stdout and "COMPLETED" in shown.stdout
+
+
+def test_a_task_that_fails_exits_1(server: str) -> None:
+    failed = rqflow("submit", "flaky", "--max-attempts", "1", "--wait", url=server)
+    assert failed.returncode == 1, failed.stderr
+    assert "FAILED" in failed.stdout
+
+
+def test_a_batch_shows_its_progress_until_every_task_ended(server: str, tmp_path: Path) -> None:
+    dag = [{"id": f"b{n}", "type": "echo"} | ({"dependencies": [f"b{n - 1}"]} if n else {}) for n in range(20)]
+    ndjson = tmp_path / "dag.ndjson"
+    ndjson.write_text("\n".join(json.dumps(t) for t in dag))
+    ran = rqflow("batch", str(ndjson), url=server)
+    assert ran.returncode == 0, ran.stderr
+    assert "20/20" in ran.stderr  # the progress bar's last state
+    assert "COMPLETED" in ran.stdout and "20" in ran.stdout
+    with_failure = [{"id": "ok", "type": "echo"}, {"id": "bad", "type": "flaky", "max_attempts": 1}]
+    summary = rqflow("batch", "-", "--json", stdin=json.dumps({"tasks": with_failure}), url=server)
+    assert summary.returncode == 1
+    assert json.loads(summary.stdout) == {
+        "count": 2,
+        "statuses": {"COMPLETED": 1, "FAILED": 1},
+        "not_completed": ["bad"],
+    }
+
+
+def test_bad_input_exits_2_with_the_servers_explanation(server: str) -> None:
+    unknown = rqflow("submit", "no-such-type", url=server)
+    assert unknown.returncode == 2 and "no-such-type" in unknown.stderr
+    assert rqflow("submit", "echo", "--payload", "{nope", url=server).returncode == 2
+    assert rqflow("submit", "echo", "--at", "2030-01-01T00:00:00", "--delay", "5", url=server).returncode == 2
+    assert rqflow("no-such-command", url=server).returncode == 2
+
+
+def test_an_unreachable_server_exits_3() -> None:
+    down = rqflow("health", url=f"http://127.0.0.1:{free_port()}")
+    assert down.returncode == 3 and "cannot be reached" in down.stderr
+
+
+def test_list_cancel_retry_remove_and_schedules(server: str) -> None:
+    assert (
+        rqflow("submit", "data_processing", "--id", "slow", "--payload", "{}", "--delay", "3600", url=server).returncode
+        == 0
+    )
+    listed = json.loads(rqflow("ls", "--status", "scheduled", "--json", url=server).stdout)
+    assert [t["id"] for t in listed] == ["slow"]
+    assert json.loads(rqflow("cancel", "slow", "--json", url=server).stdout)["status"] == "CANCELED"
+    assert rqflow("retry", "slow", url=server).returncode == 0
+    assert rqflow("rm", "slow", url=server).returncode == 0
+    assert rqflow("show", "slow", url=server).returncode == 2  # 404: gone
+    assert rqflow("schedules", "add", "echo", "--id", "tick", "--every", "60", url=server).returncode == 0
+    assert json.loads(rqflow("schedules", "pause", "tick", "--json", url=server).stdout)["paused"] is True
+    assert json.loads(rqflow("schedules", "resume", "tick", "--json", url=server).stdout)["paused"] is False
+    assert [s["id"] for s in json.loads(rqflow("schedules", "ls", "--json", url=server).stdout)] == ["tick"]
+    assert rqflow("schedules", "rm", "tick", url=server).returncode == 0
+    assert json.loads(rqflow("health", "--json", url=server).stdout)["status"] == "ok"

@@ -1,0 +1,117 @@
+"""The Python client against the real API (and, for what a server rarely does, a stand-in)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from app.client import ApiError, AsyncClient, Client, Unreachable, calls
+from tests.support import free_port
+
+
+def test_submit_and_wait_then_a_repeat_is_the_same_task(server: str) -> None:
+    with Client(server) as rqflow:
+        task = rqflow.submit("echo", {"n": 1}, id="first")
+        assert task["status"] in ("QUEUED", "RUNNING", "COMPLETED")
+        done = rqflow.wait("first", timeout=30)
+        assert done["status"] == "COMPLETED" and done["result"]["payload"] == {"n": 1}
+        assert rqflow.submit("echo", {"n": 1}, id="first")["status"] == "COMPLETED"  # recognised, not run again
+        made_up = rqflow.submit("echo")
+        assert len(made_up["id"]) == 32  # an id is always sent, so a retried submit is safe
+
+
+def test_a_failure_waits_to_its_end_and_errors_carry_the_problem(server: str) -> None:
+    with Client(server) as rqflow:
+        rqflow.submit("flaky", id="doomed", max_attempts=1)
+        assert rqflow.wait("doomed", timeout=30)["status"] == "FAILED"
+        with pytest.raises(ApiError) as refused:
+            rqflow.submit("no-such-type", id="x")
+        assert refused.value.status == 422 and refused.value.errors and "no-such-type" in refused.value.detail
+        with pytest.raises(ApiError) as missing:
+            rqflow.get("nowhere")
+        assert missing.value.status == 404
+
+
+def test_listing_pages_through_everything(server: str) -> None:
+    with Client(server) as rqflow:
+        for n in range(7):
+            rqflow.submit("echo", id=f"p{n}")
+        listed = [t["id"] for t in rqflow.list_tasks(id_prefix="p", page_size=3)]
+        assert sorted(listed) == [f"p{n}" for n in range(7)]
+        assert len(list(rqflow.list_tasks(page_size=2, limit=5))) == 5
+
+
+def test_a_dag_larger_than_one_request_goes_in_parents_first_pieces(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(calls, "MAX_JSON_BATCH", 3)
+    monkeypatch.setattr(calls, "MAX_NDJSON_BATCH", 4)
+    chain = [{"id": f"c{n}", "type": "echo", "dependencies": [f"c{n - 1}"] if n else []} for n in range(10)]
+    with Client(server) as rqflow:
+        stored = rqflow.submit_batch(list(reversed(chain)))  # children first: the client reorders
+        assert sorted(t["id"] for t in stored) == sorted(t["id"] for t in chain)
+        assert rqflow.wait("c9", timeout=30)["status"] == "COMPLETED"
+
+
+def test_schedules_from_the_client(server: str) -> None:
+    with Client(server) as rqflow:
+        created = rqflow.create_schedule({"id": "hourly", "cron": "0 * * * *", "task": {"type": "echo"}})
+        assert created["id"] == "hourly"
+        assert rqflow.pause_schedule("hourly")["paused"] is True
+        assert rqflow.resume_schedule("hourly")["paused"] is False
+        rqflow.delete_schedule("hourly")
+        assert rqflow.schedules() == []
+
+
+def test_the_async_client_does_the_same(server: str) -> None:
+    async def run() -> list[str]:
+        async with AsyncClient(server) as rqflow:
+            await rqflow.submit("echo", {"n": 2}, id="async-1")
+            done = await rqflow.wait("async-1", timeout=30)
+            assert done["status"] == "COMPLETED"
+            return [t["id"] async for t in rqflow.list_tasks(page_size=1)]
+
+    assert asyncio.run(run()) == ["async-1"]
+
+
+def test_503_and_429_are_sent_again_after_retry_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = [
+        httpx.Response(503, headers={"Retry-After": "2"}, json={"title": "Service Unavailable", "detail": "full"}),
+        httpx.Response(429, headers={"Retry-After": "1"}, json={"title": "Too Many Requests", "detail": "slow"}),
+        httpx.Response(201, json={"id": "t", "status": "QUEUED"}),
+    ]
+    sent: list[dict[str, Any]] = []
+    waited: list[float] = []
+    monkeypatch.setattr("app.client.sync.time.sleep", waited.append)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return answers.pop(0)
+
+    with Client("http://rqflow.test", transport=httpx.MockTransport(answer)) as rqflow:
+        assert rqflow.submit("echo")["status"] == "QUEUED"
+    assert waited == [2.0, 1.0]
+    assert len({body["id"] for body in sent}) == 1  # the same id each time: one task, however often sent
+
+
+def test_a_server_away_is_unreachable_after_the_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.client.sync.time.sleep", lambda s: None)
+    with Client(f"http://127.0.0.1:{free_port()}", retries=2) as rqflow, pytest.raises(Unreachable):
+        rqflow.health()
+
+
+def test_wait_polls_where_there_is_no_event_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.client.sync.time.sleep", lambda s: None)
+    statuses = ["QUEUED", "RUNNING", "COMPLETED"]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/events":
+            return httpx.Response(404, json={"title": "Not Found", "detail": "an older server"})
+        return httpx.Response(200, json={"id": "t", "status": statuses.pop(0) if len(statuses) > 1 else statuses[0]})
+
+    with Client("http://rqflow.test", transport=httpx.MockTransport(answer)) as rqflow:
+        assert rqflow.wait("t")["status"] == "COMPLETED"
