@@ -73,3 +73,17 @@ def meddle(payload: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
 
 
 _KEPT: list[bytearray] = []
+
+
+@task_type("node_mark", max_attempts=3, backoff=Backoff(initial_ms=0, jitter=False))
+def node_mark(payload: dict[str, Any], ctx: TaskContext) -> str:
+    """Appends `start <task id> <attempt> <node> <time>` to `payload.path`, sleeps `payload.seconds`,
+    then appends the same with `end`: which node ran what, when, and how often (the multi-node tests;
+    the node is the worker's TEST_NODE)."""
+    node = os.environ.get("TEST_NODE", "?")
+    with Path(payload["path"]).open("a") as log:
+        log.write(f"start {ctx.task_id} {ctx.attempt} {node} {time.time()}\n")
+    time.sleep(float(payload.get("seconds", 0)))
+    with Path(payload["path"]).open("a") as log:
+        log.write(f"end {ctx.task_id} {ctx.attempt} {node} {time.time()}\n")
+    return node
