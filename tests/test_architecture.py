@@ -1,7 +1,7 @@
 """The shape of the code, checked on every run:
 - imports point one way: app/api, workers and scheduler use the core in app/; the core uses none of
   them, and nothing but the API itself imports app/api; the client (app/client) imports nothing of
-  the rest and nothing of the rest imports it, so a client machine needs httpx alone;
+  the rest and nothing of the rest imports it, so a client machine needs httpx and typing-extensions alone;
 - one package, app/jobs, is all of the core that knows RQ: no other module of app/ imports rq or
   rq_scheduler (workers/ and scheduler/ are RQ's and rq-scheduler's entry points by nature);
 - no import cycle anywhere, imports inside functions included.

@@ -10,7 +10,7 @@ Every call that changes nothing, and every submission (it always carries an id, 
 not given, so the server recognises a repeat), is retried on 429 and 503 as `Retry-After` says and
 on a connection lost, up to `retries` times. Errors arrive as `ApiError` with the problem+json
 fields; a server that cannot be reached (after the retries) as `Unreachable`. This package imports
-nothing of the server's: a client machine needs httpx alone.
+nothing of the server's: a client machine needs httpx and typing-extensions alone.
 """
 
 from __future__ import annotations

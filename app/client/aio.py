@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
 from typing import Any
 
 import httpx
+from typing_extensions import Unpack
 
 from app.client import calls
 from app.client.calls import ApiError, Call, Event, Task, Unreachable
@@ -66,29 +66,10 @@ class AsyncClient:
         raise AssertionError("unreachable")
 
     async def submit(
-        self,
-        task_type: str,
-        payload: dict[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        dependencies: Iterable[str | dict[str, Any]] = (),
-        priority: str | None = None,
-        run_at: datetime | str | None = None,
-        delay_ms: int | None = None,
-        max_attempts: int | None = None,
-        **more: Any,
+        self, task_type: str, payload: dict[str, Any] | None = None, **fields: Unpack[calls.TaskFields]
     ) -> Task:
-        body = calls.task_body(
-            task_type,
-            payload,
-            id=id,
-            dependencies=dependencies,
-            priority=priority,
-            run_at=run_at,
-            delay_ms=delay_ms,
-            max_attempts=max_attempts,
-            **more,
-        )
+        """Submit one task; safe to repeat (it always has an id)."""
+        body = calls.task_body(task_type, payload, **fields)
         task: Task = await self.run(calls.submit(body))
         return task
 

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, TypedDict
 
 import httpx
+from typing_extensions import Unpack
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
 MAX_JSON_BATCH = 10_000
@@ -116,30 +117,33 @@ def _when(value: datetime | str | None) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def task_body(
-    task_type: str,
-    payload: dict[str, Any] | None = None,
-    *,
-    id: str | None = None,
-    dependencies: Iterable[str | dict[str, Any]] = (),
-    priority: str | None = None,
-    run_at: datetime | str | None = None,
-    delay_ms: int | None = None,
-    max_attempts: int | None = None,
-    **more: Any,
-) -> dict[str, Any]:
+class TaskFields(TypedDict, total=False):
+    """What a submission may say besides its type and payload (the API's task fields)."""
+
+    id: str
+    dependencies: Iterable[str | dict[str, Any]]
+    priority: str
+    run_at: datetime | str
+    delay_ms: int
+    max_attempts: int
+    timeout_ms: int
+    duration_ms: int
+    backoff: dict[str, Any]
+    name: str
+
+
+def task_body(task_type: str, payload: dict[str, Any] | None = None, **fields: Unpack[TaskFields]) -> dict[str, Any]:
     """A task as the API takes it, always with an id (one is made when none is given) so that
     sending it again is safe."""
-    body: dict[str, Any] = {"id": id or uuid.uuid4().hex, "type": task_type, **more}
-    optional = {
-        "payload": payload,
-        "dependencies": list(dependencies) or None,
-        "priority": priority,
-        "run_at": _when(run_at),
-        "delay_ms": delay_ms,
-        "max_attempts": max_attempts,
-    }
-    body.update((k, v) for k, v in optional.items() if v is not None)
+    given: dict[str, Any] = dict(fields)
+    body: dict[str, Any] = {"id": given.pop("id", None) or uuid.uuid4().hex, "type": task_type}
+    if payload is not None:
+        body["payload"] = payload
+    if "dependencies" in given:
+        given["dependencies"] = list(given["dependencies"])
+    if "run_at" in given:
+        given["run_at"] = _when(given["run_at"])
+    body.update((k, v) for k, v in given.items() if v is not None and v != [])
     return body
 
 

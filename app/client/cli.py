@@ -132,18 +132,19 @@ def submit(
     body = _json_arg(payload, "--payload")
     if body is not None and not isinstance(body, dict):
         fail(BAD_INPUT, "--payload must be a JSON object")
-    run_at = at.isoformat() + ("Z" if at is not None and at.tzinfo is None else "") if at is not None else None
+    fields: calls.TaskFields = {"dependencies": after or ()}
+    if id is not None:
+        fields["id"] = id
+    if priority is not None:
+        fields["priority"] = priority
+    if at is not None:
+        fields["run_at"] = at.isoformat() + ("Z" if at.tzinfo is None else "")
+    if delay is not None:
+        fields["delay_ms"] = round(delay * 1000)
+    if max_attempts is not None:
+        fields["max_attempts"] = max_attempts
     with client() as rqflow:
-        task = rqflow.submit(
-            task_type,
-            body,
-            id=id,
-            dependencies=after or (),
-            priority=priority,
-            run_at=run_at,
-            delay_ms=round(delay * 1000) if delay is not None else None,
-            max_attempts=max_attempts,
-        )
+        task = rqflow.submit(task_type, body, **fields)
         if wait:
             task = rqflow.wait(task["id"])
     emit(task, json_out, lambda: _tasks_table([dict(task)]))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 import httpx
+from typing_extensions import Unpack
 
 from app.client import calls
 from app.client.calls import ApiError, Call, Event, Task, Unreachable
@@ -71,31 +71,9 @@ class Client:
 
     # -- tasks --------------------------------------------------------------------------------------
 
-    def submit(
-        self,
-        task_type: str,
-        payload: dict[str, Any] | None = None,
-        *,
-        id: str | None = None,
-        dependencies: Iterable[str | dict[str, Any]] = (),
-        priority: str | None = None,
-        run_at: datetime | str | None = None,
-        delay_ms: int | None = None,
-        max_attempts: int | None = None,
-        **more: Any,
-    ) -> Task:
+    def submit(self, task_type: str, payload: dict[str, Any] | None = None, **fields: Unpack[calls.TaskFields]) -> Task:
         """Submit one task; safe to repeat (it always has an id)."""
-        body = calls.task_body(
-            task_type,
-            payload,
-            id=id,
-            dependencies=dependencies,
-            priority=priority,
-            run_at=run_at,
-            delay_ms=delay_ms,
-            max_attempts=max_attempts,
-            **more,
-        )
+        body = calls.task_body(task_type, payload, **fields)
         task: Task = self.run(calls.submit(body))
         return task
 

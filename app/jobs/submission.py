@@ -185,26 +185,6 @@ class Submission:
         self._write_one_async: Any = None
         """WRITE_ONE for asyncio clients, made on first use (it is called with its client)."""
 
-    def submit(
-        self,
-        specs: Sequence[TaskSpec],
-        *,
-        batch: bool,
-        dry_run: bool = False,
-        meanwhile: Callable[[list[Task]], None] | None = None,
-        actor: str | None = None,
-    ) -> tuple[list[Task], bool]:
-        """Store every task or none; returns them in request order, and whether they were created
-        (False: the same submission came again). `batch` only changes how errors name fields.
-
-        `meanwhile`, if given, is called with the tasks as they will be returned while Redis runs
-        the transaction, so that a caller can encode its answer in that time instead of after it;
-        again if the transaction is retried, and not at all where there is no such wait (a repeat,
-        a dry run, or tasks whose place a limit decides inside Redis).
-        """
-        outcome = self.store(specs, batch=batch, dry_run=dry_run, meanwhile=meanwhile, actor=actor)
-        return outcome.tasks(), outcome.created
-
     def store(
         self,
         specs: Sequence[TaskSpec],
@@ -214,8 +194,15 @@ class Submission:
         meanwhile: Callable[[list[Task]], None] | None = None,
         actor: str | None = None,
     ) -> Outcome:
-        """`submit`, answering with an Outcome that builds the tasks only if asked: a summary of
-        10,000 tasks needs their statuses, not 10,000 Task objects.
+        """Store every task or none; answers with an Outcome, which builds the tasks (in request
+        order) only if asked: a summary of 10,000 tasks needs their statuses, not 10,000 Task
+        objects, and says whether they were created (False: the same submission came again).
+        `batch` only changes how errors name fields.
+
+        `meanwhile`, if given, is called with the tasks as they will be returned while Redis runs
+        the transaction, so that a caller can encode its answer in that time instead of after it;
+        again if the transaction is retried, and not at all where there is no such wait (a repeat,
+        a dry run, or tasks whose place a limit decides inside Redis).
 
         The new ids are reserved first by one atomic script (WATCHing thousands of keys costs Redis
         quadratic time); parents outside the batch are WATCHed until the write commits.

@@ -79,8 +79,8 @@ class TaskService:
         """Store and enqueue one task; returns it and whether it was created (False: an idempotent
         repeat). `actor` (here and below): the name of the API key making the change, for the
         task's history."""
-        tasks, created = self.submission.submit([spec], batch=False, actor=actor)
-        return tasks[0], created
+        outcome = self.submission.store([spec], batch=False, actor=actor)
+        return outcome.tasks()[0], outcome.created
 
     async def submit_async(
         self, connection: AsyncRedis, spec: TaskSpec, actor: str | None = None
@@ -98,7 +98,8 @@ class TaskService:
     ) -> tuple[list[Task], bool]:
         """A whole DAG, all or nothing; dependencies may point inside the batch in any order.
         `meanwhile`: as Submission.submit's."""
-        return self.submission.submit(specs, batch=True, dry_run=dry_run, meanwhile=meanwhile, actor=actor)
+        outcome = self.store_batch(specs, dry_run, meanwhile, actor)
+        return outcome.tasks(), outcome.created
 
     def store_batch(
         self,
