@@ -54,9 +54,10 @@ RUN_AT = AliasChoices("run_at", "execution_time")
 
 
 class ListQuery(BaseModel):
-    """`GET /api/tasks`'s query (its parameters in the contract are made from it)."""
+    """`GET /api/tasks`'s query (its parameters in the contract are made from it). A parameter it
+    does not know is refused: `?stauts=FAILED` answering every task would be worse than a 422."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
     status: TaskStatus | None = None
     type: str | None = None

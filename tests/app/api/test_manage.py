@@ -175,3 +175,11 @@ def test_tasks_are_listed_by_id_prefix_across_pages(client: TestClient) -> None:
     assert sorted(seen) == sorted(i for i in ids if i.startswith("order-"))
     assert client.get("/api/tasks?id_prefix=order-6").json()[0]["id"] == "order-6"
     assert client.get("/api/tasks?id_prefix=bad%20prefix").status_code == 422
+
+
+def test_a_list_query_with_a_parameter_it_does_not_know_is_refused(client: TestClient) -> None:
+    client.post("/api/tasks", json={"id": "x", "type": "echo"})
+    for query in ("stauts=FAILED", "=null", "status=FAILED&limit=5&extra=1"):
+        problem = assert_problem(client.get(f"/api/tasks?{query}"), 422)
+        assert problem["errors"], query
+    assert client.get("/api/tasks?status=QUEUED&limit=5").status_code == 200
