@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,29 @@ def test_list_cancel_retry_remove_and_schedules(server: str) -> None:
     assert [s["id"] for s in json.loads(rqflow("schedules", "ls", "--json", url=server).stdout)] == ["tick"]
     assert rqflow("schedules", "rm", "tick", url=server).returncode == 0
     assert json.loads(rqflow("health", "--json", url=server).stdout)["status"] == "ok"
+
+
+def test_watch_prints_events_as_they_happen(server: str) -> None:
+    env = {**os.environ, "RQFLOW_URL": server}
+    watcher = subprocess.Popen(
+        [RQFLOW, "watch", "--type", "echo", "--json"], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert watcher.stdout is not None
+    try:
+        # Probes until the watcher prints something: from then on it follows, and misses nothing.
+        probes = 0
+        while not select.select([watcher.stdout], [], [], 0.5)[0]:
+            assert probes < 40, "the watcher printed nothing"
+            assert rqflow("submit", "echo", "--id", f"probe-{probes}", url=server).returncode == 0
+            probes += 1
+        assert rqflow("submit", "echo", "--id", "watched", url=server).returncode == 0
+        seen: list[str] = []
+        while "completed" not in seen:  # each line comes as its event happens
+            event = json.loads(watcher.stdout.readline())
+            if event["task"] == "watched":
+                seen.append(event["event"])
+    finally:
+        watcher.kill()
+        watcher.wait(10)
+        watcher.stdout.close()
+    assert seen == ["submitted", "started", "completed"]
