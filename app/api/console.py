@@ -199,6 +199,8 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
+    if not session.same_origin(request.headers):
+        return render(request, "message.html", NOBODY_NEEDED, 403, title="Refused", message="another site's page")
     response = RedirectResponse("/console/login" if _keys(request) else "/console", status_code=303)
     response.delete_cookie(session.COOKIE)
     return response
@@ -235,7 +237,10 @@ def _filters(params: Any) -> dict[str, str]:
 
 
 def _list(service: TaskService, filters: dict[str, str], limit: int, cursor: str | None = None) -> Any:
-    status = TaskStatus(filters["status"].upper()) if filters.get("status") else None
+    named = filters.get("status", "").upper()
+    if named and named not in TaskStatus.__members__:
+        raise InvalidInput(f"no status {filters['status']!r}", [FieldError("status", filters["status"])])
+    status = TaskStatus(named) if named else None
     return service.reads.list_tasks(
         status=status,
         task_type=filters.get("type"),
@@ -263,8 +268,6 @@ def _waiting_line(task: Task) -> str:
 @page()
 async def tasks(request: Request, viewer: Viewer) -> Response:
     filters = _filters(request.query_params)
-    if filters.get("status", "").upper() not in ("", *(s.value for s in TaskStatus)):
-        raise InvalidInput("unknown status", [FieldError("status", filters["status"])])
     service = _tasks(request)
     cursor = request.query_params.get("cursor") or None
     found = await run_in_threadpool(_list, service, filters, PAGE_SIZE, cursor)

@@ -159,6 +159,7 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
             )
         )
     middleware += [
+        Middleware(session.CrossSiteGuard, allowed_origins=settings.cors_origins),
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_body_bytes),
     ]
     if settings.api_keys:

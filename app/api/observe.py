@@ -39,23 +39,31 @@ class Observe:
         given = Headers(scope=scope).get("x-request-id", "")
         request_id = given if _GIVEN_ID.fullmatch(given) else uuid4().hex
         token = REQUEST_ID.set(request_id)
-        status = 500
+        status: int | None = None
 
         async def send_observed(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-                route = scope.get("route")
-                # The route's template, never the raw path: ids would make a series each.
-                template = getattr(route, "path", None) or "unmatched"
-                self.counts.observe(template, scope["method"], status, time.perf_counter() - started)
+                self.counts.observe(_template(scope), scope["method"], status, time.perf_counter() - started)
             await send(message)
 
         try:
             await self.app(scope, receive, send_observed)
-        finally:
-            REQUEST_ID.reset(token)
+        except Exception:
+            # Starlette answers an unexpected error (500) outside every middleware: count it here,
+            # and leave the request id set for the line that logs it (each request is a task of its
+            # own, so the id goes with it).
+            if status is None:  # no answer began: Starlette's 500 is the answer
+                self.counts.observe(_template(scope), scope["method"], 500, time.perf_counter() - started)
+            raise
+        REQUEST_ID.reset(token)
+
+
+def _template(scope: Scope) -> str:
+    """The route's template, never the raw path: ids would make a series each."""
+    return getattr(scope.get("route"), "path", None) or "unmatched"
 
 
 def flush(counts: HttpCounts, redis: Redis) -> None:

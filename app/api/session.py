@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.auth import Access, ApiKey
+from app.api.problems import problem
 
 COOKIE = "rqflow_session"
 LIFETIME_S = 12 * 3600
@@ -63,7 +65,8 @@ def read(value: str, keys: list[ApiKey], now: float | None = None) -> Viewer | N
     """The viewer a cookie value stands for, or None if it is forged, expired, or its key is gone."""
     payload, _, signature = value.partition(".")
     expected = hmac.new(_signing_key(keys), payload.encode(), hashlib.sha256).hexdigest()
-    if not payload or not hmac.compare_digest(signature, expected):
+    # Bytes: compare_digest refuses non-ASCII text, and a cookie is whatever a client sends.
+    if not payload or not hmac.compare_digest(signature.encode(), expected.encode()):
         return None
     try:
         body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -106,3 +109,28 @@ def same_origin(headers: Headers) -> bool:
         return origin is None  # no Origin at all: not a browser's cross-site form or fetch
     host = headers.get("host", "")
     return origin.split("://", 1)[-1] == host
+
+
+class CrossSiteGuard:
+    """Refuses a change to /api that a browser says comes from another site's page (pure ASGI).
+
+    Without API keys (loopback), any page the user opens could otherwise POST a task to
+    127.0.0.1 with a "simple" cross-site request, which needs no CORS permission; with keys, a
+    page cannot send them, but the rule costs nothing. Clients that are not browsers send no
+    Origin or Sec-Fetch-Site and are let through; origins named in RQFLOW_CORS_ORIGINS are
+    allowed, as CORS says."""
+
+    def __init__(self, app: ASGIApp, allowed_origins: list[str]) -> None:
+        self.app = app
+        self.allowed = set(allowed_origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in SAFE and scope["path"].startswith("/api/"):
+            headers = Headers(scope=scope)
+            if headers.get("origin") not in self.allowed and not same_origin(headers):
+                detail = "a change from another site's page is refused (RQFLOW_CORS_ORIGINS names the allowed ones)"
+                return await problem(403, detail)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+SAFE = ("GET", "HEAD", "OPTIONS")

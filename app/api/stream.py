@@ -70,7 +70,7 @@ async def _told(redis: AsyncRedis, wanted: dict[str, str], after: tuple[str, int
         if not held:
             # Trimmed away (or written to a Redis that has since lost it): say so, then go on
             # from the oldest event still held.
-            yield b'event: reset\ndata: {"reason":"the events after Last-Event-ID are no longer held"}\n\n'
+            yield RESET
             cursor = "0-0"
         else:
             for told in events.entries(held, after):
@@ -91,6 +91,10 @@ async def _told(redis: AsyncRedis, wanted: dict[str, str], after: tuple[str, int
         found: Any = await redis.xread({keys.EVENTS: cursor}, count=PAGE, block=BLOCK_MS)
         sent = False
         for _, entries in found or []:
+            if len(entries) == PAGE and await _trimmed_past(redis, cursor):
+                # A reader this far behind may have lost events to trimming: say so.
+                yield RESET
+                sent = True
             for told in events.entries(entries):
                 if _matches(told.data, wanted):
                     yield _frame(told)
@@ -102,6 +106,18 @@ async def _told(redis: AsyncRedis, wanted: dict[str, str], after: tuple[str, int
         elif time.monotonic() - quiet_since >= EVENTS_KEEPALIVE_S:
             yield b": keep-alive\n\n"
             quiet_since = time.monotonic()
+
+
+RESET = b'event: reset\ndata: {"reason":"the events after Last-Event-ID are no longer held"}\n\n'
+
+
+async def _trimmed_past(redis: AsyncRedis, cursor: str) -> bool:
+    """Whether the stream's oldest entry is past `cursor`: what came between was trimmed away."""
+    oldest: Any = await redis.xrange(keys.EVENTS, count=1)
+    if not oldest or cursor == "0-0":
+        return False
+    first = tuple(int(part) for part in codec.text(oldest[0][0]).split("-"))
+    return first > tuple(int(part) for part in cursor.split("-"))
 
 
 def _matches(data: dict[str, Any], wanted: dict[str, str]) -> bool:

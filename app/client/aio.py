@@ -12,7 +12,7 @@ from typing_extensions import Unpack
 
 from app.client import calls
 from app.client.calls import ApiError, Call, Event, Task, Unreachable
-from app.client.sync import DEFAULT_URL, STREAM
+from app.client.sync import DEFAULT_URL, LOOK_AGAIN, STREAM
 
 
 class AsyncClient:
@@ -190,7 +190,9 @@ class AsyncClient:
             await asyncio.sleep(poll_s)
 
     async def _wait_on_events(self, task_id: str, deadline: float | None) -> Task:
-        async with self.http.stream("GET", "/api/events", params={"task": task_id}, timeout=STREAM) as response:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.5)
+        timeout = STREAM if left is None else httpx.Timeout(10.0, read=min(left, 30.0))
+        async with self.http.stream("GET", "/api/events", params={"task": task_id}, timeout=timeout) as response:
             if response.is_error:
                 await response.aread()
                 raise calls.problem_of(response)
@@ -204,7 +206,7 @@ class AsyncClient:
             frames = calls.Frames()
             async for line in lines:
                 event = frames.feed(line)
-                if event is not None and event.get("status") in calls.TERMINAL:
+                if event is not None and (event.get("status") in calls.TERMINAL or event.get("event") in LOOK_AGAIN):
                     task = await self.get(task_id)
                     if task.get("status") in calls.TERMINAL:
                         return task

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -67,6 +68,8 @@ def client() -> Iterator[Client]:
             yield made
     except Unreachable as down:
         fail(UNAVAILABLE, str(down))
+    except httpx.TransportError as broken:  # an event stream cut off half-way
+        fail(UNAVAILABLE, f"{SETTINGS.url}: the connection broke off: {broken}")
     except ApiError as refused:
         lines = [refused.detail or refused.title] + [f"  {e['field']}: {e['message']}" for e in refused.errors[:20]]
         fail(BAD_INPUT if refused.status < 500 else UNAVAILABLE, f"{refused.status} " + "\n".join(lines))
@@ -194,6 +197,16 @@ def batch(
             progress.update(bar, completed=sum(s in calls.TERMINAL for s in statuses.values()))
             left = sum(s not in calls.TERMINAL for s in statuses.values())
             for event in events if left else ():
+                if event is not None and event.get("event") == "reset":
+                    # Events were trimmed away before they were read: ask for what is still open.
+                    for task_id in [i for i, s in statuses.items() if s not in calls.TERMINAL]:
+                        statuses[task_id] = rqflow.get(task_id).get("status", statuses[task_id])
+                        if statuses[task_id] in calls.TERMINAL:
+                            progress.advance(bar)
+                            left -= 1
+                    if left == 0:
+                        break
+                    continue
                 if event is None or event.get("task") not in statuses:
                     continue
                 if event.get("status") in calls.TERMINAL and statuses[event["task"]] not in calls.TERMINAL:

@@ -15,6 +15,8 @@ from app.client.calls import ApiError, Call, Event, Task, Unreachable
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 STREAM = httpx.Timeout(10.0, read=30.0)
+LOOK_AGAIN = ("deleted", "reset")
+"""Events after which a waiting client reads the task again."""
 """An event stream sends a comment every 15 s of quiet: 30 s of silence means it is gone."""
 
 
@@ -202,12 +204,15 @@ class Client:
             time.sleep(poll_s)
 
     def _wait_on_events(self, task_id: str, deadline: float | None) -> Task:
-        with self.follow(task=task_id) as events:
+        # A quiet stream reads a keep-alive every 15 s; past the deadline, the read times out and
+        # wait() asks once more by polling, which keeps to it.
+        with self.follow(task=task_id, read_s=_left(deadline)) as events:
             task = self.get(task_id)  # read once the stream follows: an end between the two is seen
             if task.get("status") in calls.TERMINAL:
                 return task
             for event in events:
-                if event is not None and event.get("status") in calls.TERMINAL:
+                # An end, or a sign to look again: deleted (get says 404), or events trimmed away.
+                if event is not None and (event.get("status") in calls.TERMINAL or event.get("event") in LOOK_AGAIN):
                     task = self.get(task_id)
                     if task.get("status") in calls.TERMINAL:
                         return task
@@ -217,13 +222,20 @@ class Client:
 
     @contextmanager
     def follow(
-        self, *, task: str | None = None, type: str | None = None, status: str | None = None
+        self,
+        *,
+        task: str | None = None,
+        type: str | None = None,
+        status: str | None = None,
+        read_s: float | None = None,
     ) -> Iterator[Iterator[Event | None]]:
         """An event stream, open and following from the moment this returns: what happens after is
         in it. It yields None for each keep-alive too (every 15 s of quiet), so a reader can look
-        at its clock."""
+        at its clock, and `{"event": "reset"}` where events were trimmed away before it read them
+        (look the tasks up again). `read_s`: the longest wait for a line (30 s)."""
         params = calls.event_params(task, type, status)
-        with self.http.stream("GET", "/api/events", params=params, timeout=STREAM) as response:
+        timeout = STREAM if read_s is None else httpx.Timeout(10.0, read=min(read_s, 30.0))
+        with self.http.stream("GET", "/api/events", params=params, timeout=timeout) as response:
             if response.is_error:
                 response.read()
                 raise calls.problem_of(response)
@@ -236,7 +248,7 @@ class Client:
                 frames = calls.Frames()
                 for line in lines:
                     event = frames.feed(line)
-                    if event is not None and event.get("event") != "reset":
+                    if event is not None:
                         yield event  # type: ignore[misc]
                     elif line.startswith(": keep-alive"):
                         yield None
@@ -246,3 +258,7 @@ class Client:
     def health(self) -> dict[str, Any]:
         found: dict[str, Any] = self.run(calls.health())
         return found
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(deadline - time.monotonic(), 0.5)

@@ -15,6 +15,7 @@ entry's id and its place in it, `<entry id>/<n>`, which is what a client resumes
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -172,16 +173,18 @@ class Told:
     data: dict[str, Any]
 
 
+EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}/\d{1,6}", re.ASCII)
+
+
 def event_id(entry_id: str, n: int) -> str:
     return f"{entry_id}/{n}"
 
 
 def parse_id(text: str) -> tuple[str, int] | None:
     """`<entry id>/<n>` as (entry id, n); None if it is not one."""
-    entry, _, n = text.partition("/")
-    ms, _, seq = entry.partition("-")
-    if not (ms.isdigit() and seq.isdigit() and n.isdigit()):
+    if not EVENT_ID.fullmatch(text):
         return None
+    entry, _, n = text.partition("/")
     return entry, int(n)
 
 

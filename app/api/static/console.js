@@ -68,9 +68,15 @@
       });
   }
 
+  // At most one refresh every 250 ms, and always one after a burst: a busy system that tells of
+  // changes without a pause keeps the page live rather than putting its refresh off forever.
   function later() {
-    clearTimeout(timer);
-    timer = setTimeout(refresh, 250);
+    if (timer === null) {
+      timer = setTimeout(function () {
+        timer = null;
+        refresh();
+      }, 250);
+    }
   }
 
   function listen() {

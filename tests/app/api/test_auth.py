@@ -4,6 +4,7 @@ in the history of every task it changes."""
 from __future__ import annotations
 
 import pytest
+from redis import Redis
 from starlette.testclient import TestClient
 
 from app.api.auth import parse_keys
@@ -79,3 +80,28 @@ def test_keys_are_parsed_without_showing_a_secret() -> None:
     with pytest.raises(ValueError, match="entry 2") as refused:
         parse_keys(["ok", "name:admin:"])
     assert "name" in str(refused.value)
+
+
+def test_a_change_from_another_sites_page_is_refused_even_without_keys(client: TestClient) -> None:
+    body = {"id": "forged", "type": "echo"}
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"}):
+        refused = client.post("/api/tasks", json=body, headers=headers)
+        assert refused.status_code == 403 and refused.headers["content-type"] == "application/problem+json"
+    assert client.get("/api/tasks/forged").status_code == 404
+    assert client.post("/api/tasks", json=body, headers={"Origin": "http://testserver"}).status_code == 201
+    assert client.get("/api/tasks/forged", headers={"Origin": "https://evil.example"}).status_code == 200
+
+
+def test_a_cors_origin_may_change_things(settings: Settings, redis: Redis) -> None:
+    allowed = settings.model_copy(update={"cors_origins": ["https://console.example"]})
+    with TestClient(create_app(allowed)) as client:
+        made = client.post("/api/tasks", json={"type": "echo"}, headers={"Origin": "https://console.example"})
+        assert made.status_code == 201
+
+
+def test_a_garbled_session_cookie_is_no_session_not_an_error(settings: Settings, redis: Redis) -> None:
+    keyed = settings.model_copy(update={"api_keys": ["viewer:read:viewer-secret-1"]})
+    with TestClient(create_app(keyed)) as client:
+        garbled = {"Cookie": "rqflow_session=a.\xff\xfe".encode("latin-1")}  # as a client may send it
+        assert client.get("/api/tasks", headers=garbled).status_code == 401
+        assert client.get("/console", headers=garbled, follow_redirects=False).status_code == 303

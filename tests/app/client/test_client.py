@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
+import time
 from typing import Any
 
 import httpx
@@ -115,3 +117,22 @@ def test_wait_polls_where_there_is_no_event_stream(monkeypatch: pytest.MonkeyPat
 
     with Client("http://rqflow.test", transport=httpx.MockTransport(answer)) as rqflow:
         assert rqflow.wait("t")["status"] == "COMPLETED"
+
+
+def test_wait_keeps_to_its_timeout_and_a_deleted_task_ends_it(server: str) -> None:
+    with Client(server) as rqflow:
+        rqflow.submit("data_processing", id="long", duration_ms=30_000)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            rqflow.wait("long", timeout=1.5)
+        assert time.monotonic() - started < 5
+        waiting = concurrent.futures.ThreadPoolExecutor(1).submit(rqflow.wait, "long", 30)
+        time.sleep(0.5)
+        with Client(server) as other:
+            other.delete("long")
+        # Deleting a running task stops it first: the wait ends with it CANCELED, or, if the
+        # record went before the wait read it again, with a 404; never by hanging.
+        try:
+            assert waiting.result(timeout=20)["status"] == "CANCELED"
+        except ApiError as gone:
+            assert gone.status == 404

@@ -146,3 +146,8 @@ def test_a_timed_task_released_late_is_counted_in_the_schedulers_lag(service: Ta
     assert sum(v for k, v in counts.items() if k.startswith("lag||")) == 1
     assert counts["lag_sum|"] >= 0.1
     assert story(redis, "timed") == [("submitted", "SCHEDULED"), ("queued", "QUEUED")]
+
+
+def test_only_ascii_digits_make_an_event_id() -> None:
+    for bad in ("1-0/\u00b2", "\u0661-0/0", "1-0/0 ", "99999999999999999999999-0/0"):
+        assert events.parse_id(bad) is None, bad
