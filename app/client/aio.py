@@ -206,7 +206,7 @@ class AsyncClient:
             frames = calls.Frames()
             async for line in lines:
                 event = frames.feed(line)
-                if event is not None and (event.get("status") in calls.TERMINAL or event.get("event") in LOOK_AGAIN):
+                if calls.ends(event) or (event is not None and event.get("event") in LOOK_AGAIN):
                     task = await self.get(task_id)
                     if task.get("status") in calls.TERMINAL:
                         return task

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypedDict
@@ -15,6 +15,14 @@ import httpx
 from typing_extensions import Unpack
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
+
+
+def ends(event: Mapping[str, Any] | None) -> bool:
+    """Whether an event ends its task. `stopped` does not: the server stops a running task only to
+    cancel it, and `canceled` comes next (the task reads FAILED for that instant)."""
+    return event is not None and event.get("status") in TERMINAL and event.get("event") != "stopped"
+
+
 MAX_JSON_BATCH = 10_000
 MAX_NDJSON_BATCH = 100_000
 RETRY_AFTER_MAX_S = 30.0

@@ -209,7 +209,7 @@ def batch(
                     continue
                 if event is None or event.get("task") not in statuses:
                     continue
-                if event.get("status") in calls.TERMINAL and statuses[event["task"]] not in calls.TERMINAL:
+                if calls.ends(event) and statuses[event["task"]] not in calls.TERMINAL:
                     statuses[event["task"]] = event["status"]
                     progress.advance(bar)
                     left -= 1

@@ -212,7 +212,7 @@ class Client:
                 return task
             for event in events:
                 # An end, or a sign to look again: deleted (get says 404), or events trimmed away.
-                if event is not None and (event.get("status") in calls.TERMINAL or event.get("event") in LOOK_AGAIN):
+                if calls.ends(event) or (event is not None and event.get("event") in LOOK_AGAIN):
                     task = self.get(task_id)
                     if task.get("status") in calls.TERMINAL:
                         return task

@@ -28,8 +28,9 @@ from app.defaults import EVENT_ENTRIES_KEPT, EVENTS_PER_ENTRY, HISTOGRAM_BUCKETS
 from app.jobs.status import TASK_STATUS
 from app.model import TaskStatus
 
-END_STATUSES = {"completed": "COMPLETED", "failed": "FAILED", "stopped": "FAILED", "canceled": "CANCELED"}
-"""Events that end a task, and the status each ends it in."""
+END_STATUSES = {"completed": "COMPLETED", "failed": "FAILED", "canceled": "CANCELED"}
+"""Events that end a task, and the status each ends it in. Not `stopped`: rqflow stops a running
+task only to cancel it, and `canceled` follows at once (counting both would count it twice)."""
 
 EVENT_STATUS = {
     "queued": "QUEUED",
@@ -37,6 +38,7 @@ EVENT_STATUS = {
     "pending": "PENDING",
     "scheduled": "SCHEDULED",
     "started": "RUNNING",
+    "stopped": "FAILED",
     **END_STATUSES,
 }
 """The status an event leaves its task in; other events (retrying, updated, ...) leave the one

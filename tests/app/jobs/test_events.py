@@ -17,7 +17,7 @@ from app.jobs import events
 from app.jobs.tasks import TaskService
 from app.model import Edge, TaskSpec
 from app.settings import Settings
-from tests.support import wait_until
+from tests.support import engine_worker, wait_until
 from workers.engine import EngineWorker
 
 
@@ -151,3 +151,17 @@ def test_a_timed_task_released_late_is_counted_in_the_schedulers_lag(service: Ta
 def test_only_ascii_digits_make_an_event_id() -> None:
     for bad in ("1-0/\u00b2", "\u0661-0/0", "1-0/0 ", "99999999999999999999999-0/0"):
         assert events.parse_id(bad) is None, bad
+
+
+def test_a_running_task_canceled_counts_once_as_canceled(
+    service: TaskService, redis: Redis, settings: Settings
+) -> None:
+    service.submit(TaskSpec(type="data_processing", id="long", duration_ms=30_000))
+    with engine_worker(str(settings.redis_url)):
+        wait_until(lambda: redis.hget("rq:job:long", "status") == b"started", timeout=30, what="the task to run")
+        service.cancel("long")
+        wait_until(lambda: redis.hget("rq:job:long", "status") == b"canceled", timeout=30, what="it to be canceled")
+    counts = {k.decode(): float(v) for k, v in redis.hgetall(keys.METRICS).items()}
+    assert counts.get("finished|data_processing|CANCELED") == 1
+    assert "finished|data_processing|FAILED" not in counts  # stopped on the way: not an end of its own
+    assert [e for e, _ in story(redis, "long")][-2:] == ["stopped", "canceled"]
