@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -165,21 +166,42 @@ class ScheduleService:
             raise TaskConflict(f"a different schedule with id {schedule_id!r} already exists")
         return schedule, created
 
-    def replace(self, schedule_id: str, spec: ScheduleSpec) -> Schedule:
-        """A new definition (pause and resume included); runs so far are kept."""
+    def replace(self, schedule_id: str, spec: ScheduleSpec, *, keep_paused: bool = False) -> Schedule:
+        """A new definition (pause and resume included); runs so far are kept. `keep_paused`:
+        paused or not as the schedule is when the write commits (a pause made meanwhile stays)."""
         self.validate(spec)
         spec = replace(spec, id=schedule_id)
+        return self._rewrite(
+            schedule_id, lambda current: replace(spec, paused=current.paused) if keep_paused and current else spec
+        )
+
+    def set_paused(self, schedule_id: str, paused: bool) -> Schedule:
+        """Pause or resume, changing nothing else, whatever else changes the schedule meanwhile."""
+
+        def paused_as_asked(current: ScheduleSpec | None) -> ScheduleSpec:
+            if current is None:
+                raise UnreadableRecord("schedule", schedule_id, "its definition does not read; replace it")
+            return replace(current, id=schedule_id, paused=paused)
+
+        return self._rewrite(schedule_id, paused_as_asked)
+
+    def _rewrite(self, schedule_id: str, revise: Callable[[ScheduleSpec | None], ScheduleSpec]) -> Schedule:
+        """Write `revise(the definition stored)` (None for one that does not read) in one WATCH
+        transaction, keeping the runs so far."""
 
         def write(pipe: Pipeline) -> None:
             raw = pipe.hgetall(keys.schedule_key(schedule_id))  # read under the transaction's WATCH
             if not raw:
                 raise ScheduleNotFound(schedule_id)
             try:
-                current = _schedule(schedule_id, raw)
+                current: Schedule | None = _schedule(schedule_id, raw)
+                assert current is not None
                 runs, created = current.runs, current.created_at
             except UnreadableRecord:
                 # A new definition is how a damaged one is mended; what can be kept of it is.
+                current = None
                 runs, created = _salvage(raw, self.clock())
+            spec = revise(current.spec if current else None)
             pipe.multi()
             self._store(pipe, spec, runs=runs, created=created)
             pipe.srem(keys.UNREADABLE, f"schedule:{schedule_id}")

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -596,9 +596,8 @@ async def save_schedule(request: Request, viewer: Viewer) -> Response:
             if _one(form, "action") == "save":
                 service = _schedules(request)
                 if editing:
-                    current = await run_in_threadpool(service.get, editing)
-                    spec = replace(spec, paused=current.spec.paused)  # pausing has buttons of its own
-                    await run_in_threadpool(service.replace, editing, spec)
+                    # Pausing has buttons of its own: a change leaves it as it is when written.
+                    await run_in_threadpool(partial(service.replace, editing, spec, keep_paused=True))
                     return RedirectResponse(f"/console/schedules/{editing}", status_code=303)
                 schedule, _ = await run_in_threadpool(service.create, spec)
                 return RedirectResponse(f"/console/schedules/{schedule.id}", status_code=303)
@@ -667,9 +666,7 @@ async def schedule_action(request: Request, viewer: Viewer) -> Response:
         return RedirectResponse("/console/schedules", status_code=303)
     if action not in ("pause", "resume"):
         raise Refused(404, f"no action {action!r}")
-    schedule = await run_in_threadpool(service.get, schedule_id)
-    spec = replace(schedule.spec, id=schedule_id, paused=action == "pause")
-    await run_in_threadpool(service.replace, schedule_id, spec)
+    await run_in_threadpool(service.set_paused, schedule_id, action == "pause")
     return RedirectResponse(f"/console/schedules/{schedule_id}", status_code=303)
 
 
