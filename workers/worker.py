@@ -131,6 +131,8 @@ class TaskWorkerMixin(BaseWorker):
                 if bounded or self._shutdown_deadline is not None:
                     return worked
                 log.warning("worker %s: its loop ended unexpectedly; starting it again", self.name)
+            if self._shutdown_deadline is not None:
+                return False  # asked to stop (the engine's stop raises nothing): no reconnecting
             try:
                 time.sleep(delay)
             except StopRequested:

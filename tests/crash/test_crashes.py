@@ -22,7 +22,16 @@ from app import keys
 from app.api.main import create_app
 from app.settings import Settings
 from bench.procs import kill_tree
-from tests.support import ROOT, RedisServer, free_port, output_file, rq_worker, wait_for_status, wait_until
+from tests.support import (
+    PROCESS_OUTPUT,
+    ROOT,
+    RedisServer,
+    free_port,
+    output_file,
+    rq_worker,
+    wait_for_status,
+    wait_until,
+)
 
 FAST = {"RQFLOW_WORKER_LOST_AFTER_S": "5", "RQFLOW_MAINTENANCE_S": "2", "RQFLOW_HEARTBEAT_S": "1"}
 
@@ -161,6 +170,24 @@ def test_workers_ride_out_a_redis_restart(aof_redis: RedisServer, worker_env: di
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_a_worker_whose_redis_is_gone_still_stops_on_sigterm(
+    aof_redis: RedisServer, worker_env: dict[str, str]
+) -> None:
+    worker = start_worker(aof_redis.url, env=worker_env)
+    try:
+        redis = aof_redis.client()
+        wait_until(lambda: len(redis.smembers("rq:workers")) == 1, timeout=30, what="the worker to start")
+        redis.close()
+        aof_redis.kill(signal.SIGKILL)  # and it does not come back
+        output = [path for path in PROCESS_OUTPUT if "rq-worker" in path.name][-1]
+        wait_until(lambda: "Redis unavailable" in output.read_text(), timeout=30, what="the worker to notice")
+        worker.terminate()
+        worker.wait(15)  # TimeoutExpired if it goes on trying to reconnect instead
+    finally:
+        if worker.poll() is None:
+            kill_tree(worker.pid)
 
 
 def test_an_api_killed_in_the_middle_of_a_batch_leaves_all_of_it_or_none(settings: Settings, redis: Redis) -> None:
