@@ -28,7 +28,7 @@ from starlette.templating import Jinja2Templates
 
 from app import codec
 from app.api import layout, session
-from app.api.auth import Access, ApiKey, find_key, parse_keys
+from app.api.auth import Access, ApiKey, find_key
 from app.api.problems import status_of
 from app.api.routes import batch_specs
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, task_json
@@ -60,9 +60,7 @@ WAITING = (TaskStatus.PENDING, TaskStatus.SCHEDULED, TaskStatus.QUEUED)
 
 
 def _keys(request: Request) -> list[ApiKey]:
-    keys: list[ApiKey] | None = getattr(request.app.state, "console_keys", None)
-    if keys is None:
-        keys = request.app.state.console_keys = parse_keys(request.app.state.settings.api_keys)
+    keys: list[ApiKey] = request.app.state.api_keys
     return keys
 
 
@@ -362,23 +360,33 @@ def _graph(service: TaskService, root: Task) -> layout.Drawing:
 
 @page()
 async def task_page(request: Request, viewer: Viewer) -> Response:
+    return await _task_page(request, viewer, request.path_params["task_id"])
+
+
+async def _task_page(
+    request: Request,
+    viewer: Viewer,
+    task_id: str,
+    status: int = 200,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> Response:
+    """A task's page; with the errors and values of an edit that was refused."""
     service = _tasks(request)
-    task_id = request.path_params["task_id"]
     task = await run_in_threadpool(service.reads.get, task_id)
-    history = await run_in_threadpool(service.reads.history, task_id)
-    graph = await run_in_threadpool(_graph, service, task)
     return render(
         request,
         "task.html",
         viewer,
+        status,
         task=task,
         shown=task_json(task, detailed=True),
         waiting=_waiting_line(task),
-        history=history,
-        graph=graph,
+        history=await run_in_threadpool(service.reads.history, task_id),
+        graph=await run_in_threadpool(_graph, service, task),
         editable=task.status in WAITING,
-        errors={},
-        values={},
+        errors=errors or {},
+        values=values or {},
     )
 
 
@@ -476,21 +484,8 @@ async def edit_task(request: Request, viewer: Viewer) -> Response:
             return RedirectResponse(f"/console/tasks/{task_id}", status_code=303)
         except (ValidationError, DomainError) as error:
             errors = _field_errors(error)
-    task = await run_in_threadpool(service.reads.get, task_id)
-    return render(
-        request,
-        "task.html",
-        viewer,
-        422,
-        task=task,
-        shown=task_json(task, detailed=True),
-        waiting=_waiting_line(task),
-        history=await run_in_threadpool(service.reads.history, task_id),
-        graph=await run_in_threadpool(_graph, service, task),
-        editable=task.status in WAITING,
-        errors=errors,
-        values={name: _one(form, name) for name in ("payload", "priority", "run_at", "max_attempts", "name")},
-    )
+    values = {name: _one(form, name) for name in ("payload", "priority", "run_at", "max_attempts", "name")}
+    return await _task_page(request, viewer, task_id, 422, errors, values)
 
 
 # -- batches ----------------------------------------------------------------------------------------

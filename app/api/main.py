@@ -162,8 +162,8 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         Middleware(session.CrossSiteGuard, allowed_origins=settings.cors_origins),
         Middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_batch_bytes=settings.max_batch_body_bytes),
     ]
-    if settings.api_keys:
-        keys = parse_keys(settings.api_keys)
+    keys = parse_keys(settings.api_keys)
+    if keys:
         middleware.append(Middleware(BearerAuth, keys=keys, session=session.reader(keys)))
     if settings.rate_limit:
         # After the keys: a request counts against its key's name.
@@ -175,5 +175,6 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         lifespan=lifespan,
     )
     app.state.registry = registry
+    app.state.api_keys = keys  # parsed once: the auth middleware and the console's login share them
     app.state.settings = settings
     return app

@@ -33,6 +33,7 @@ from app.api.schemas import (
     TypeOut,
 )
 from app.defaults import MAX_NDJSON_BATCH
+from app.jobs import events
 from app.model import TaskStatus
 
 PROBLEMS = {
@@ -96,6 +97,9 @@ LIST_QUERY = _query(ListQuery)
 """`GET /api/tasks`'s parameters, from the model that validates them."""
 
 
+EVENT_ID = {"type": "string", "pattern": f"^{events.EVENT_ID.pattern}$"}
+"""An event's id, as the stream checks it (app.jobs.events)."""
+
 EVENT_FILTERS: list[dict[str, Any]] = [
     *(
         {"name": name, "in": "query", "required": False, "description": f"only events of this {name}", "schema": schema}
@@ -110,14 +114,14 @@ EVENT_FILTERS: list[dict[str, Any]] = [
         "in": "query",
         "required": False,
         "description": "resume after this event, for a client that cannot send Last-Event-ID (which wins)",
-        "schema": {"type": "string", "pattern": r"^\d+-\d+/\d+$"},
+        "schema": EVENT_ID,
     },
     {
         "name": "Last-Event-ID",
         "in": "header",
         "required": False,
         "description": "resume after this event (EventSource sends it when it reconnects)",
-        "schema": {"type": "string", "pattern": r"^\d+-\d+/\d+$"},
+        "schema": EVENT_ID,
     },
 ]
 

@@ -87,24 +87,24 @@ async def submit_batch(request: Request) -> Response:
     refused = await charge(request, 0 if dry_run else len(specs))  # a dry run spends nothing
     if refused is not None:
         return refused
-    form = _answer_form(request.headers.get("prefer", ""), len(specs), ndjson)
+    form, stated = _answer_form(request.headers.get("prefer", ""), len(specs), ndjson)
     status, content = await run_in_threadpool(_submit_batch, _service(request), specs, dry_run, form, _actor(request))
     # Preference-Applied names only a preference the client stated (RFC 7240, section 3).
-    stated = f"return={form}" in request.headers.get("prefer", "").replace(" ", "").lower()
     headers = {"Preference-Applied": f"return={form}"} if stated and form != "representation" else None
     return Response(content, status_code=status, media_type="application/json", headers=headers)
 
 
-def _answer_form(prefer: str, count: int, ndjson: bool) -> str:
+def _answer_form(prefer: str, count: int, ndjson: bool) -> tuple[str, bool]:
     """How a batch is answered (RFC 7240 `Prefer: return=...`): every task in full
     (`representation`), the id and status of each (`minimal`), or, by default for a batch of more
     than SUMMARY_OVER tasks and for NDJSON, a `summary` (counts by status): echoing 10,000 tasks
-    costs the server more than storing them, and a client that sent them has them."""
+    costs the server more than storing them, and a client that sent them has them. Also whether the
+    client stated the form."""
     asked = prefer.replace(" ", "").lower().split(",")
     for form in ("representation", "minimal"):
         if f"return={form}" in asked:
-            return form
-    return "summary" if ndjson or count > SUMMARY_OVER else "representation"
+            return form, True
+    return ("summary" if ndjson or count > SUMMARY_OVER else "representation"), False
 
 
 async def _ndjson_specs(request: Request) -> list[TaskSpec]:

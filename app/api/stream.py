@@ -58,34 +58,25 @@ async def stream_events(request: Request) -> Response:
 
 
 async def _told(redis: AsyncRedis, wanted: dict[str, str], after: tuple[str, int] | None) -> AsyncIterator[bytes]:
+    held: Any = []
     if after is None:
         newest: Any = await redis.xrevrange(keys.EVENTS, count=1)
         cursor = codec.text(newest[0][0]) if newest else "0-0"
-        # Only now: a client that reads what it follows once it sees this misses nothing after.
-        yield b": connected\n\n"
     else:
-        yield b": connected\n\n"
         cursor = after[0]
-        held: Any = await redis.xrange(keys.EVENTS, cursor, cursor)
-        if not held:
-            # Trimmed away (or written to a Redis that has since lost it): say so, then go on
-            # from the oldest event still held.
-            yield RESET
-            cursor = "0-0"
-        else:
-            for told in events.entries(held, after):
-                if _matches(told.data, wanted):
-                    yield _frame(told)
-    # Catch up a page at a time (`(`: after the cursor, Redis 6.2's exclusive range), then wait.
-    while True:
-        page: Any = await redis.xrange(keys.EVENTS, f"({cursor}", "+", count=PAGE)
-        for told in events.entries(page):
-            if _matches(told.data, wanted):
-                yield _frame(told)
-        if page:
-            cursor = codec.text(page[-1][0])
-        if len(page) < PAGE:
-            break
+        held = await redis.xrange(keys.EVENTS, cursor, cursor)
+    # Only now: a client that reads what it follows once it sees this misses nothing after.
+    yield b": connected\n\n"
+    if after is not None and not held:
+        # Trimmed away (or written to a Redis that has since lost it): say so, then go on from
+        # the oldest event still held.
+        yield RESET
+        cursor = "0-0"
+    for told in events.entries(held, after):
+        if _matches(told.data, wanted):
+            yield _frame(told)
+    # XREAD answers at once while there is anything after the cursor: catching up and following
+    # are the same loop.
     quiet_since = time.monotonic()
     while True:
         found: Any = await redis.xread({keys.EVENTS: cursor}, count=PAGE, block=BLOCK_MS)

@@ -12,7 +12,7 @@ from typing_extensions import Unpack
 
 from app.client import calls
 from app.client.calls import ApiError, Call, Event, Task, Unreachable
-from app.client.sync import DEFAULT_URL, LOOK_AGAIN, STREAM
+from app.client.sync import DEFAULT_URL, LOOK_AGAIN
 
 
 class AsyncClient:
@@ -52,17 +52,13 @@ class AsyncClient:
                 )
             except httpx.TransportError as error:
                 if last:
-                    raise Unreachable(f"{self.http.base_url} cannot be reached: {error}") from error
+                    raise calls.unreachable(self.http.base_url, error) from error
                 await asyncio.sleep(calls.backoff(attempt))
                 continue
-            if calls.should_retry(response) and not last:
+            if response.status_code in (429, 503) and not last:
                 await asyncio.sleep(calls.retry_after(response, attempt))
                 continue
-            if response.status_code == 503:
-                raise Unreachable(f"{self.http.base_url} is unavailable: {calls.problem_of(response).detail}")
-            if response.is_error:
-                raise calls.problem_of(response)
-            return call.read(response)
+            return calls.answer(call, response, self.http.base_url)
         raise AssertionError("unreachable")
 
     async def submit(
@@ -157,7 +153,7 @@ class AsyncClient:
             headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
                 async with self.http.stream(
-                    "GET", "/api/events", params=params, headers=headers, timeout=STREAM
+                    "GET", "/api/events", params=params, headers=headers, timeout=calls.STREAM
                 ) as response:
                     if response.is_error:
                         await response.aread()
@@ -190,8 +186,7 @@ class AsyncClient:
             await asyncio.sleep(poll_s)
 
     async def _wait_on_events(self, task_id: str, deadline: float | None) -> Task:
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.5)
-        timeout = STREAM if left is None else httpx.Timeout(10.0, read=min(left, 30.0))
+        timeout = calls.read_timeout(deadline)
         async with self.http.stream("GET", "/api/events", params={"task": task_id}, timeout=timeout) as response:
             if response.is_error:
                 await response.aread()

@@ -5,6 +5,7 @@ whichever client runs it."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ def ends(event: Mapping[str, Any] | None) -> bool:
 
 MAX_JSON_BATCH = 10_000
 MAX_NDJSON_BATCH = 100_000
+STREAM = httpx.Timeout(10.0, read=30.0)
+"""An event stream sends a comment every 15 s of quiet: 30 s of silence means it is gone."""
 RETRY_AFTER_MAX_S = 30.0
 """The longest wait a Retry-After may impose between two attempts."""
 
@@ -117,8 +120,25 @@ def backoff(attempt: int) -> float:
     return min(0.2 * float(2**attempt), 5.0)
 
 
-def should_retry(response: httpx.Response) -> bool:
-    return response.status_code in (429, 503)
+def answer(call: Call, response: httpx.Response, base_url: httpx.URL) -> Any:
+    """What `call` returns for `response`, or the exception it raises."""
+    if response.status_code == 503:
+        raise Unreachable(f"{base_url} is unavailable: {problem_of(response).detail}")
+    if response.is_error:
+        raise problem_of(response)
+    return call.read(response)
+
+
+def unreachable(base_url: httpx.URL, error: httpx.TransportError) -> Unreachable:
+    return Unreachable(f"{base_url} cannot be reached: {error}")
+
+
+def read_timeout(deadline: float | None) -> httpx.Timeout:
+    """An event stream's timeouts: a line within 30 s (a keep-alive comes every 15 s), or sooner
+    when a deadline (time.monotonic) comes first."""
+    if deadline is None:
+        return STREAM
+    return httpx.Timeout(10.0, read=min(max(deadline - time.monotonic(), 0.5), 30.0))
 
 
 def _when(value: datetime | str | None) -> str | None:

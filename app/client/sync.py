@@ -14,10 +14,8 @@ from app.client import calls
 from app.client.calls import ApiError, Call, Event, Task, Unreachable
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-STREAM = httpx.Timeout(10.0, read=30.0)
 LOOK_AGAIN = ("deleted", "reset")
 """Events after which a waiting client reads the task again."""
-"""An event stream sends a comment every 15 s of quiet: 30 s of silence means it is gone."""
 
 
 class Client:
@@ -58,17 +56,13 @@ class Client:
                 )
             except httpx.TransportError as error:
                 if last:
-                    raise Unreachable(f"{self.http.base_url} cannot be reached: {error}") from error
+                    raise calls.unreachable(self.http.base_url, error) from error
                 time.sleep(calls.backoff(attempt))
                 continue
-            if calls.should_retry(response) and not last:
+            if response.status_code in (429, 503) and not last:
                 time.sleep(calls.retry_after(response, attempt))
                 continue
-            if response.status_code == 503:
-                raise Unreachable(f"{self.http.base_url} is unavailable: {calls.problem_of(response).detail}")
-            if response.is_error:
-                raise calls.problem_of(response)
-            return call.read(response)
+            return calls.answer(call, response, self.http.base_url)
         raise AssertionError("unreachable")
 
     # -- tasks --------------------------------------------------------------------------------------
@@ -170,7 +164,9 @@ class Client:
         while True:
             headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
-                with self.http.stream("GET", "/api/events", params=params, headers=headers, timeout=STREAM) as response:
+                with self.http.stream(
+                    "GET", "/api/events", params=params, headers=headers, timeout=calls.STREAM
+                ) as response:
                     if response.is_error:
                         response.read()
                         raise calls.problem_of(response)
@@ -206,7 +202,7 @@ class Client:
     def _wait_on_events(self, task_id: str, deadline: float | None) -> Task:
         # A quiet stream reads a keep-alive every 15 s; past the deadline, the read times out and
         # wait() asks once more by polling, which keeps to it.
-        with self.follow(task=task_id, read_s=_left(deadline)) as events:
+        with self.follow(task=task_id, deadline=deadline) as events:
             task = self.get(task_id)  # read once the stream follows: an end between the two is seen
             if task.get("status") in calls.TERMINAL:
                 return task
@@ -227,15 +223,15 @@ class Client:
         task: str | None = None,
         type: str | None = None,
         status: str | None = None,
-        read_s: float | None = None,
+        deadline: float | None = None,
     ) -> Iterator[Iterator[Event | None]]:
         """An event stream, open and following from the moment this returns: what happens after is
         in it. It yields None for each keep-alive too (every 15 s of quiet), so a reader can look
         at its clock, and `{"event": "reset"}` where events were trimmed away before it read them
-        (look the tasks up again). `read_s`: the longest wait for a line (30 s)."""
+        (look the tasks up again). A line comes within 30 s, or the read times out (sooner at
+        `deadline`, a time.monotonic())."""
         params = calls.event_params(task, type, status)
-        timeout = STREAM if read_s is None else httpx.Timeout(10.0, read=min(read_s, 30.0))
-        with self.http.stream("GET", "/api/events", params=params, timeout=timeout) as response:
+        with self.http.stream("GET", "/api/events", params=params, timeout=calls.read_timeout(deadline)) as response:
             if response.is_error:
                 response.read()
                 raise calls.problem_of(response)
@@ -258,7 +254,3 @@ class Client:
     def health(self) -> dict[str, Any]:
         found: dict[str, Any] = self.run(calls.health())
         return found
-
-
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(deadline - time.monotonic(), 0.5)

@@ -156,11 +156,16 @@ def finished_field(task_type: str, status: TaskStatus) -> str:
     return f"finished|{task_type}|{status.value}"
 
 
+def bucket_of(seconds: float) -> int:
+    """The histogram bucket (1-based; one past the last for +Inf) `seconds` falls in, as the Lua
+    `observe` finds it."""
+    return next((i for i, bound in enumerate(HISTOGRAM_BUCKETS_S, 1) if seconds <= bound), len(HISTOGRAM_BUCKETS_S) + 1)
+
+
 def lag_observed(target: Any, seconds: float) -> None:
     """How late a timed task or a schedule's run started (rqflow_scheduler_lag_seconds)."""
     seconds = max(seconds, 0.0)
-    slot = next((i for i, bound in enumerate(HISTOGRAM_BUCKETS_S, 1) if seconds <= bound), len(HISTOGRAM_BUCKETS_S) + 1)
-    target.execute_command("HINCRBY", keys.METRICS, f"lag||{slot}", 1)
+    target.execute_command("HINCRBY", keys.METRICS, f"lag||{bucket_of(seconds)}", 1)
     target.execute_command("HINCRBYFLOAT", keys.METRICS, "lag_sum|", f"{seconds:.6f}")
 
 

@@ -20,16 +20,11 @@ from redis import Redis
 
 from app import codec, keys
 from app.defaults import HISTOGRAM_BUCKETS_S
-from app.jobs import stats
+from app.jobs import events, stats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _BOUNDS = [*(str(float(b)) for b in HISTOGRAM_BUCKETS_S), "+Inf"]
-
-
-def _slot(seconds: float) -> int:
-    """The histogram bucket (1-based; one past the last for +Inf) `seconds` falls in."""
-    return next((i for i, bound in enumerate(HISTOGRAM_BUCKETS_S, 1) if seconds <= bound), len(HISTOGRAM_BUCKETS_S) + 1)
 
 
 class _Histograms:
@@ -143,7 +138,7 @@ class HttpCounts:
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         with self._lock:
             self._counts[f"req|{route}|{method}|{status}"] += 1
-            self._counts[f"dur|{route}|{_slot(seconds)}"] += 1
+            self._counts[f"dur|{route}|{events.bucket_of(seconds)}"] += 1
             field = f"dur_sum|{route}"
             self._sums[field] = self._sums.get(field, 0.0) + seconds
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis
 
 from app.client import ApiError, AsyncClient, Client, Unreachable, calls
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 
 def test_submit_and_wait_then_a_repeat_is_the_same_task(server: str) -> None:
@@ -119,7 +120,7 @@ def test_wait_polls_where_there_is_no_event_stream(monkeypatch: pytest.MonkeyPat
         assert rqflow.wait("t")["status"] == "COMPLETED"
 
 
-def test_wait_keeps_to_its_timeout_and_a_deleted_task_ends_it(server: str) -> None:
+def test_wait_keeps_to_its_timeout_and_a_deleted_task_ends_it(server: str, redis: Redis) -> None:
     with Client(server) as rqflow:
         rqflow.submit("data_processing", id="long", duration_ms=30_000)
         started = time.monotonic()
@@ -127,7 +128,11 @@ def test_wait_keeps_to_its_timeout_and_a_deleted_task_ends_it(server: str) -> No
             rqflow.wait("long", timeout=1.5)
         assert time.monotonic() - started < 5
         waiting = concurrent.futures.ThreadPoolExecutor(1).submit(rqflow.wait, "long", 30)
-        time.sleep(0.5)
+
+        def following() -> bool:  # the API reads the event stream for the waiting client
+            return any(c.get("cmd") == "xread" for c in redis.client_list())
+
+        wait_until(following, timeout=10, interval=0.05, what="the wait to follow the task's events")
         with Client(server) as other:
             other.delete("long")
         # Deleting a running task stops it first: the wait ends with it CANCELED, or, if the
