@@ -25,7 +25,7 @@ from hiredis import pack_command
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
-from redis.exceptions import WatchError
+from redis.exceptions import NoScriptError, WatchError
 from rq.defaults import RQ_KEY_PREFIX
 from rq.job import JobStatus
 from rq.queue import Queue
@@ -48,6 +48,7 @@ from app.errors import (
 )
 from app.graph import dependency_failed_error, edge_met, topological_order
 from app.jobs import events, store
+from app.jobs.autopipeline import AutoPipeline
 from app.jobs.bulk import FastTransaction
 from app.jobs.dependencies import parent_statuses
 from app.jobs.factory import Factory, Planned, Shapes
@@ -128,10 +129,8 @@ return 0
 
 # One task with nothing to read first (no dependencies, no concurrency limit): the check of its id
 # and all of its writes in one script, one round trip instead of the reservation's and the
-# transaction's. KEYS: the claims set, the job key. ARGV: now (ms), the id, the writes in one
-# argument, packed by hiredis as one Redis command (RESP: `*<count>`, then `$<length>` and the
-# bytes of each word; each write is its number of words followed by the words), so that a client
-# packs three arguments, not forty, and in C; then the cap on unfinished tasks (0: none).
+# transaction's. KEYS: the claims set, the job key. ARGV: now (ms), the id, the cap on unfinished
+# tasks (0: none), then the writes, each as its number of words followed by the words.
 # Returns STORED, CLAIMED, FULL, or 0 once written.
 WRITE_ONE = (
     UNFINISHED
@@ -139,20 +138,12 @@ WRITE_ONE = (
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end  -- STORED
 local claimed = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if claimed and tonumber(claimed) > tonumber(ARGV[1]) then return 2 end  -- CLAIMED
-local cap = tonumber(ARGV[4])
+local cap = tonumber(ARGV[3])
 if cap > 0 and unfinished() >= cap then return 3 end  -- FULL
-local blob, words = ARGV[3], {}
-local at = string.find(blob, '\\r\\n', 1, true) + 2
-while at <= #blob do
-    local eol = string.find(blob, '\\r\\n', at, true)
-    local n = tonumber(string.sub(blob, at + 1, eol - 1))
-    words[#words + 1] = string.sub(blob, eol + 2, eol + 1 + n)
-    at = eol + 4 + n
-end
-local i = 1
-while i <= #words do
-    local n = tonumber(words[i])
-    redis.call(unpack(words, i + 1, i + n))
+local i = 4
+while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    redis.call(unpack(ARGV, i + 1, i + n))
     i = i + n + 1
 end
 return 0
@@ -182,8 +173,8 @@ class Submission:
         self.max_payload_bytes = max_payload_bytes
         self._reserve = connection.register_script(RESERVE)
         self._write_one = connection.register_script(WRITE_ONE)
-        self._write_one_async: Any = None
-        """WRITE_ONE for asyncio clients, made on first use (it is called with its client)."""
+        self._pipeline: tuple[AsyncRedis, AutoPipeline] | None = None
+        """The pipeline of the asyncio client submit_one was last given (the API has one)."""
 
     def store(
         self,
@@ -274,9 +265,15 @@ class Submission:
         one = self._prepare_one(p) if _one_script(p) else None
         if one is None:
             return None
-        if self._write_one_async is None:
-            self._write_one_async = connection.register_script(WRITE_ONE)
-        taken = await self._write_one_async(keys=one.keys, args=one.words, client=connection)
+        if self._pipeline is None or self._pipeline[0] is not connection:
+            self._pipeline = (connection, AutoPipeline(connection))
+        pipeline = self._pipeline[1]
+        command = ("EVALSHA", self._write_one.sha, len(one.keys), *one.keys, *one.words)
+        try:
+            taken = await pipeline.call(pack_command(command))
+        except NoScriptError:  # Redis restarted, or its scripts were flushed
+            await connection.script_load(WRITE_ONE)
+            taken = await pipeline.call(pack_command(command))
         if taken == STORED:
             return None
         one.check(taken)
@@ -298,7 +295,7 @@ class Submission:
             if args[0] in ("EVAL", "EVALSHA"):
                 return None
             writes += [len(args), *args]
-        words = [int(time.time() * 1000), p.task_id, pack_command(tuple(writes)), self.max_unfinished]
+        words = [int(time.time() * 1000), p.task_id, self.max_unfinished, *writes]
         return _OneWrite(self, placed, [keys.CLAIMS, TaskJob.key_for(p.task_id)], words)
 
     def _write(

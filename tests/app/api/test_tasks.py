@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import httpx
 import pytest
 from redis import Redis
 from starlette.testclient import TestClient
+
+from app.api.main import create_app
 
 
 def post(client: TestClient, body: Any) -> Any:
@@ -247,3 +251,54 @@ def test_a_single_task_claimed_by_a_batch_in_flight_is_refused_until_the_claim_l
     assert again.status_code == 200 and again.json()["id"] == "held"
     assert redis.llen("rq:queue:default") == 1
     assert_problem(post(client, {"id": "held", "type": "echo", "priority": "high"}), 409)
+
+
+def _concurrently(settings: Any, bodies: list[dict[str, Any]]) -> list[Any]:
+    """POST every body at once on one event loop, as the API's clients do: their scripts leave
+    for Redis together (app.jobs.autopipeline)."""
+
+    async def scenario() -> list[Any]:
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+                return list(await asyncio.gather(*(http.post("/api/tasks", json=body) for body in bodies)))
+
+    return asyncio.run(scenario())
+
+
+def test_concurrent_submissions_are_each_stored_once(settings: Any, redis: Redis) -> None:
+    bodies = [{"id": f"c-{i}", "type": "data_processing", "payload": {"i": i}} for i in range(40)]
+    answers = _concurrently(settings, bodies)
+    assert [a.status_code for a in answers] == [201] * 40
+    assert [a.json()["id"] for a in answers] == [b["id"] for b in bodies]
+    assert redis.llen("rq:queue:default") == 40
+    assert redis.zcard("rqflow:tasks") == 40
+
+
+def test_the_same_task_sent_many_times_at_once_is_created_once(settings: Any, redis: Redis) -> None:
+    same = {"id": "twin", "type": "data_processing", "payload": {"n": 1}}
+    answers = _concurrently(settings, [same] * 12)
+    assert sorted(a.status_code for a in answers) == [200] * 11 + [201]
+    assert {a.json()["id"] for a in answers} == {"twin"}
+    assert redis.lrange("rq:queue:default", 0, -1) == [b"twin"]
+
+
+def test_the_same_id_with_other_contents_at_once_is_created_once_and_refused_otherwise(
+    settings: Any, redis: Redis
+) -> None:
+    bodies = [{"id": "contested", "type": "data_processing", "payload": {"n": n}} for n in range(8)]
+    answers = _concurrently(settings, bodies)
+    assert sorted(a.status_code for a in answers) == [201] + [409] * 7
+    created = next(a.json() for a in answers if a.status_code == 201)
+    with TestClient(create_app(settings)) as reader:
+        assert reader.get("/api/tasks/contested").json()["payload"] == created["payload"]
+    assert redis.lrange("rq:queue:default", 0, -1) == [b"contested"]
+
+
+def test_a_submission_after_redis_lost_its_scripts_is_stored(client: TestClient, redis: Redis) -> None:
+    assert post(client, {"id": "before", "type": "data_processing"}).status_code == 201
+    redis.script_flush()  # as after a restart of Redis
+    response = post(client, {"id": "after", "type": "data_processing"})
+    assert response.status_code == 201, response.text
+    assert client.get("/api/tasks/after").json()["status"] == "QUEUED"
