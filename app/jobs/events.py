@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import time
+from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -159,7 +160,7 @@ def finished_field(task_type: str, status: TaskStatus) -> str:
 def bucket_of(seconds: float) -> int:
     """The histogram bucket (1-based; one past the last for +Inf) `seconds` falls in, as the Lua
     `observe` finds it."""
-    return next((i for i, bound in enumerate(HISTOGRAM_BUCKETS_S, 1) if seconds <= bound), len(HISTOGRAM_BUCKETS_S) + 1)
+    return bisect_left(HISTOGRAM_BUCKETS_S, seconds) + 1  # the first bound not below it
 
 
 def lag_observed(target: Any, seconds: float) -> None:
