@@ -25,6 +25,7 @@ from hiredis import pack_command
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, WatchError
 from rq.defaults import RQ_KEY_PREFIX
 from rq.job import JobStatus
@@ -269,11 +270,17 @@ class Submission:
             self._pipeline = (connection, AutoPipeline(connection))
         pipeline = self._pipeline[1]
         command = ("EVALSHA", self._write_one.sha, len(one.keys), *one.keys, *one.words)
+        packed = pack_command(command)
         try:
-            taken = await pipeline.call(pack_command(command))
+            taken = await pipeline.call(packed)
         except NoScriptError:  # Redis restarted, or its scripts were flushed
             await connection.script_load(WRITE_ONE)
-            taken = await pipeline.call(pack_command(command))
+            taken = await pipeline.call(packed)
+        except RedisConnectionError:
+            # A connection Redis dropped (a restart) fails its first use; the pipeline does not
+            # retry, not knowing what is safe to send twice. This script is: if the first one
+            # stored the task, the second answers STORED, and the stored task is the answer.
+            taken = await pipeline.call(packed)
         if taken == STORED:
             return None
         one.check(taken)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,6 +12,8 @@ from redis import Redis
 from starlette.testclient import TestClient
 
 from app.api.main import create_app
+from app.settings import Settings
+from tests.support import RedisServer
 
 
 def post(client: TestClient, body: Any) -> Any:
@@ -302,3 +305,18 @@ def test_a_submission_after_redis_lost_its_scripts_is_stored(client: TestClient,
     response = post(client, {"id": "after", "type": "data_processing"})
     assert response.status_code == 201, response.text
     assert client.get("/api/tasks/after").json()["status"] == "QUEUED"
+
+
+def test_a_submission_right_after_redis_restarted_is_stored_not_refused(tmp_path: Path) -> None:
+    server = RedisServer.start_new(tmp_path, appendonly=True)
+    try:
+        settings = Settings(redis_url=server.url, task_modules=["tests.handlers"], var_dir=tmp_path)
+        with TestClient(create_app(settings)) as client:
+            assert post(client, {"id": "before", "type": "data_processing"}).status_code == 201
+            server.kill()
+            server.start()  # its AOF keeps "before"; the API's connection to the old one is dead
+            response = post(client, {"id": "after", "type": "data_processing"})
+            assert response.status_code == 201, response.text
+            assert {client.get(f"/api/tasks/{i}").json()["status"] for i in ("before", "after")} == {"QUEUED"}
+    finally:
+        server.kill()
