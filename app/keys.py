@@ -121,12 +121,12 @@ counted in /api/stats so that a damaged record is seen, not silently missing."""
 
 
 EVENTS = f"{PREFIX}:events"
-"""Stream of what happens to tasks, schedules and workers (app.events), written in the same step
+"""Stream of what happens to tasks, schedules and workers (app.jobs.events), written in the same step
 as the change it tells of; `GET /api/events` reads it. Each entry holds a JSON array of events."""
 
 METRICS = f"{PREFIX}:metrics"
 """Hash of the counters and histogram buckets that tasks' events add to, whichever process on
-whichever machine makes them (app.metrics reads it for `/metrics`)."""
+whichever machine makes them (app.jobs.metrics reads it for `/metrics`)."""
 
 HTTP_METRICS = f"{PREFIX}:metrics:http"
 """Hash of the API's request counts and durations, which each API process adds to once a second."""

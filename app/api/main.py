@@ -22,6 +22,7 @@ from app.api.observe import Observe, flush_every
 from app.api.problems import HANDLERS, problem
 from app.api.routes import BATCH_PATH, ROUTES
 from app.clock import Clock, now
+from app.jobs.autopipeline import AutoPipeline
 from app.jobs.metrics import HttpCounts
 from app.jobs.ratelimit import Rate
 from app.jobs.store import connect, connect_async
@@ -124,6 +125,8 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
         redis = connect(settings)
         app.state.redis = redis
         app.state.redis_async = connect_async(settings)
+        # The one-task submissions of concurrent requests share their round trips to Redis.
+        app.state.pipeline = AutoPipeline(app.state.redis_async)
         app.state.tasks = TaskService(
             redis,
             registry,

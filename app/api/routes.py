@@ -71,7 +71,7 @@ async def submit_task(request: Request) -> Response:
     service = _service(request)
     # On the event loop where one script does it all; else (dependencies, limits) off it.
     actor = _actor(request)
-    done = await service.submit_async(request.app.state.redis_async, spec, actor)
+    done = await service.submit_async(request.app.state.pipeline, spec, actor)
     task, created = done if done is not None else await run_in_threadpool(service.submit, spec, actor)
     # The path alone (request.url_for builds the absolute URL first, a tenth of a submission's
     # CPU), from the route itself: the app's url_path_for tries every route before it, each

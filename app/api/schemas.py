@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from app.clock import iso
-from app.defaults import MAX_BATCH, MAX_LIST_LIMIT, MAX_MS
+from app.defaults import MAX_BATCH, MAX_LIST_LIMIT, MAX_MS, SUMMARY_OVER
 from app.jobs.store import INDEX_MEMBER_PATTERN
 from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus, assemble
 from app.schedules import Schedule, ScheduleSpec, TaskTemplate
@@ -401,14 +401,18 @@ class BatchOut(_Out):
     dry_run: bool
     tasks: list[TaskOut | TaskStatusOut] = Field(
         description="every task, or only id and status with Prefer: return=minimal (a batch of more than "
-        "1,000 tasks is answered with a BatchSummaryOut unless one of the two is asked for)"
+        f"{SUMMARY_OVER:,} tasks is answered with a BatchSummaryOut unless one of the two is asked for)"
     )
 
 
 class BatchSummaryOut(_Out):
-    """The answer to a batch of more than 1,000 tasks, and to any NDJSON batch, unless the client
-    asks for the tasks: `Prefer: return=representation` (every task) or `return=minimal` (the id
-    and status of each)."""
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": f"The answer to a batch of more than {SUMMARY_OVER:,} tasks, and to any NDJSON "
+            "batch, unless the client asks for the tasks: `Prefer: return=representation` (every task) "
+            "or `return=minimal` (the id and status of each)."
+        }
+    )
 
     dry_run: bool
     created: bool

@@ -1,8 +1,8 @@
 """Commands of concurrent requests sent to Redis together: what callers ask for in one turn of the
 event loop leaves as one pipeline, on one connection, and each caller gets its own reply.
 
-A round trip costs this 2-core machine about 35 µs of CPU on each side (two system calls and a
-wake-up), more than a submission's script costs Redis; sixteen clients submitting at once share
+A round trip costs about 35 µs of CPU on each side on a small (2-core) machine: system calls and
+a wake-up, more than a submission's script costs Redis; sixteen clients submitting at once share
 it instead of paying it sixteen times. Nothing waits to be batched: the pipeline leaves at the end
 of the turn in which its first command was asked for, and another turn's commands go on another
 connection of the pool without waiting for the first to come back.
@@ -23,6 +23,7 @@ from redis.exceptions import ResponseError
 
 class AutoPipeline:
     def __init__(self, client: AsyncRedis) -> None:
+        self.client = client
         self._pool = client.connection_pool
         self._asked: list[tuple[bytes, asyncio.Future[Any]]] = []
         self._sending: set[asyncio.Task[None]] = set()

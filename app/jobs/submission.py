@@ -23,7 +23,6 @@ from uuid import uuid4
 
 from hiredis import pack_command
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, WatchError
@@ -174,8 +173,6 @@ class Submission:
         self.max_payload_bytes = max_payload_bytes
         self._reserve = connection.register_script(RESERVE)
         self._write_one = connection.register_script(WRITE_ONE)
-        self._pipeline: tuple[AsyncRedis, AutoPipeline] | None = None
-        """The pipeline of the asyncio client submit_one was last given (the API has one)."""
 
     def store(
         self,
@@ -255,26 +252,23 @@ class Submission:
         return Outcome(self.factory, [p], True, one.placed)
 
     async def submit_one(
-        self, connection: AsyncRedis, spec: TaskSpec, actor: str | None = None
+        self, pipeline: AutoPipeline, spec: TaskSpec, actor: str | None = None
     ) -> tuple[Task, bool] | None:
-        """`submit` of one task on an asyncio connection, for the API's event loop: no thread hop
-        and no blocked loop while Redis runs the script. None where the general path must take it
-        (dependencies, a limit, or an id already stored, whose repeat needs reads)."""
+        """`submit` of one task through an asyncio pipeline, for the API's event loop: no thread
+        hop and no blocked loop while Redis runs the script. None where the general path must take
+        it (dependencies, a limit, or an id already stored, whose repeat needs reads)."""
         if spec.dependencies:
             return None  # before planning it: the general path plans it again
         p = self._plan([spec], batch=False, actor=actor)[0]
         one = self._prepare_one(p) if _one_script(p) else None
         if one is None:
             return None
-        if self._pipeline is None or self._pipeline[0] is not connection:
-            self._pipeline = (connection, AutoPipeline(connection))
-        pipeline = self._pipeline[1]
         command = ("EVALSHA", self._write_one.sha, len(one.keys), *one.keys, *one.words)
         packed = pack_command(command)
         try:
             taken = await pipeline.call(packed)
         except NoScriptError:  # Redis restarted, or its scripts were flushed
-            await connection.script_load(WRITE_ONE)
+            await pipeline.client.script_load(WRITE_ONE)
             taken = await pipeline.call(packed)
         except RedisConnectionError:
             # A connection Redis dropped (a restart) fails its first use; the pipeline does not

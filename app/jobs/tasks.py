@@ -11,7 +11,6 @@ from datetime import datetime, timedelta, timezone
 from enum import Enum
 
 from redis import Redis
-from redis.asyncio import Redis as AsyncRedis
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 from rq.command import send_stop_job_command
@@ -29,6 +28,7 @@ from app.errors import TaskConflict, UnreadableRecord
 from app.history import EventName
 from app.jobs import events, release, store
 from app.jobs import spec as spec_fields
+from app.jobs.autopipeline import AutoPipeline
 from app.jobs.dependencies import WAITING, cancel_dependent, cancel_task, cascade, judge_now, rearm
 from app.jobs.job import TaskJob
 from app.jobs.reads import TaskReader
@@ -83,11 +83,11 @@ class TaskService:
         return outcome.tasks()[0], outcome.created
 
     async def submit_async(
-        self, connection: AsyncRedis, spec: TaskSpec, actor: str | None = None
+        self, pipeline: AutoPipeline, spec: TaskSpec, actor: str | None = None
     ) -> tuple[Task, bool] | None:
-        """`submit` on an asyncio connection where one script does it all; None where the caller
-        must run `submit` (off its event loop)."""
-        return await self.submission.submit_one(connection, spec, actor)
+        """`submit` through the API's asyncio pipeline where one script does it all; None where the
+        caller must run `submit` (off its event loop)."""
+        return await self.submission.submit_one(pipeline, spec, actor)
 
     def submit_batch(
         self,

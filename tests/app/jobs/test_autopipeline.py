@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hiredis import pack_command
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
@@ -17,13 +19,19 @@ from app.jobs.autopipeline import AutoPipeline
 from tests.support import RedisServer
 
 
-def _run(coroutine):  # type: ignore[no-untyped-def]
-    return asyncio.run(coroutine)
-
-
 def test_commands_asked_for_in_one_turn_share_one_connection_and_each_gets_its_reply(
-    redis_server: RedisServer, redis: Redis
+    redis_server: RedisServer, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    writes: list[int] = []
+    send = Connection.send_packed_command
+
+    async def counted(self: Connection, command: Any, check_health: bool = True) -> None:
+        if isinstance(command, list) and b"INCRBY" in b"".join(command):  # not the connection's handshake
+            writes.append(len(command))
+        await send(self, command, check_health)
+
+    monkeypatch.setattr(Connection, "send_packed_command", counted)
+
     async def scenario() -> tuple[list[int], int]:
         client = AsyncRedis.from_url(redis_server.url)
         try:
@@ -34,10 +42,11 @@ def test_commands_asked_for_in_one_turn_share_one_connection_and_each_gets_its_r
         finally:
             await client.aclose()
 
-    replies, connections = _run(scenario())
+    replies, connections = asyncio.run(scenario())
     # In order, each its own: the running total after each increment.
     assert replies == [sum(range(1, i + 1)) for i in range(1, 51)]
     assert connections == 1  # one pipeline, not fifty round trips on fifty connections
+    assert writes == [50]  # all fifty commands in one write
     assert int(redis.get("n") or 0) == sum(range(1, 51))
 
 
@@ -57,7 +66,7 @@ def test_an_error_reply_fails_only_its_own_caller(redis_server: RedisServer, red
         finally:
             await client.aclose()
 
-    first, second, third = _run(scenario())
+    first, second, third = asyncio.run(scenario())
     assert first == b"OK" and third == b"1"
     assert isinstance(second, ResponseError) and "WRONGTYPE" in str(second)
 
@@ -81,7 +90,7 @@ def test_redis_gone_fails_the_callers_and_the_next_calls_reconnect(tmp_path: Pat
             finally:
                 await client.aclose()
 
-        lost, again = _run(scenario())
+        lost, again = asyncio.run(scenario())
         assert all(isinstance(error, RedisConnectionError) for error in lost), lost
         assert again == b"OK"
         assert server.client().get("k") == b"after"
@@ -101,5 +110,5 @@ def test_a_canceled_caller_does_not_disturb_the_others(redis_server: RedisServer
         finally:
             await client.aclose()
 
-    assert _run(scenario()) == list(range(2, count + 2))
+    assert asyncio.run(scenario()) == list(range(2, count + 2))
     assert int(redis.get("c") or 0) == count + 1
