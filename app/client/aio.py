@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Iterable
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
 from typing_extensions import Unpack
 
 from app.client import calls
-from app.client.calls import ApiError, Call, Event, Task, Unreachable
-from app.client.sync import DEFAULT_URL, LOOK_AGAIN
+from app.client.calls import DEFAULT_URL, ApiError, Call, Event, Task, Unreachable
 
 
 class AsyncClient:
@@ -25,7 +26,7 @@ class AsyncClient:
         retries: int = 5,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers = calls.auth_headers(key)
         self.http = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, transport=transport)
         self.retries = retries
 
@@ -39,27 +40,16 @@ class AsyncClient:
         await self.http.aclose()
 
     async def run(self, call: Call) -> Any:
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries or not call.retry
+        for attempt in itertools.count():
+            got: httpx.Response | httpx.TransportError
             try:
-                response = await self.http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.body,
-                    content=call.content,
-                    headers=call.headers,
-                )
+                got = await self.http.request(**call.kwargs)
             except httpx.TransportError as error:
-                if last:
-                    raise calls.unreachable(self.http.base_url, error) from error
-                await asyncio.sleep(calls.backoff(attempt))
-                continue
-            if response.status_code in (429, 503) and not last:
-                await asyncio.sleep(calls.retry_after(response, attempt))
-                continue
-            return calls.answer(call, response, self.http.base_url)
-        raise AssertionError("unreachable")
+                got = error
+            then = calls.outcome(call, got, attempt, self.retries, self.http.base_url)
+            if not isinstance(then, calls.Again):
+                return then
+            await asyncio.sleep(then.after_s)
 
     async def submit(
         self, task_type: str, payload: dict[str, Any] | None = None, **fields: Unpack[calls.TaskFields]
@@ -150,14 +140,8 @@ class AsyncClient:
         params = calls.event_params(task, type, status)
         attempt = 0
         while True:
-            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
-                async with self.http.stream(
-                    "GET", "/api/events", params=params, headers=headers, timeout=calls.STREAM
-                ) as response:
-                    if response.is_error:
-                        await response.aread()
-                        raise calls.problem_of(response)
+                async with self._open_events(params, calls.STREAM, last_event_id) as response:
                     attempt = 0
                     frames = calls.Frames()
                     async for line in response.aiter_lines():
@@ -173,41 +157,76 @@ class AsyncClient:
 
     async def wait(self, task_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Task:
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            return await self._wait_on_events(task_id, deadline)
-        except (ApiError, httpx.TransportError):
-            pass
+        async with AsyncExitStack() as opened:
+            # As in Client.wait: only the opening decides that there is no stream.
+            try:
+                events = await opened.enter_async_context(self.follow(task=task_id, deadline=deadline))
+            except (ApiError, httpx.TransportError):
+                pass
+            else:
+                try:
+                    return await self._wait_on_events(task_id, events, deadline)
+                except httpx.TransportError:
+                    pass
         while True:
             task = await self.get(task_id)
-            if task.get("status") in calls.TERMINAL:
+            if calls.has_ended(task):
                 return task
-            if deadline is not None and time.monotonic() >= deadline:
+            if calls.past(deadline):
                 raise TimeoutError(f"task {task_id} has not ended within {timeout} s")
             await asyncio.sleep(poll_s)
 
-    async def _wait_on_events(self, task_id: str, deadline: float | None) -> Task:
-        timeout = calls.read_timeout(deadline)
-        async with self.http.stream("GET", "/api/events", params={"task": task_id}, timeout=timeout) as response:
-            if response.is_error:
-                await response.aread()
-                raise calls.problem_of(response)
+    async def _wait_on_events(self, task_id: str, events: AsyncIterator[Event | None], deadline: float | None) -> Task:
+        task = await self.get(task_id)
+        if calls.has_ended(task):
+            return task
+        async for event in events:
+            if calls.look_again(event):
+                task = await self.get(task_id)
+                if calls.has_ended(task):
+                    return task
+            if calls.past(deadline):
+                raise TimeoutError(f"task {task_id} has not ended in time")
+        raise httpx.ReadError("the event stream ended")
+
+    @asynccontextmanager
+    async def follow(
+        self,
+        *,
+        task: str | None = None,
+        type: str | None = None,
+        status: str | None = None,
+        deadline: float | None = None,
+    ) -> AsyncIterator[AsyncIterator[Event | None]]:
+        """As Client.follow, read with `async for`."""
+        params = calls.event_params(task, type, status)
+        async with self._open_events(params, calls.read_timeout(deadline)) as response:
             lines = response.aiter_lines()
             async for line in lines:
                 if line.startswith(": connected"):
                     break
-            task = await self.get(task_id)
-            if task.get("status") in calls.TERMINAL:
-                return task
-            frames = calls.Frames()
-            async for line in lines:
-                event = frames.feed(line)
-                if calls.ends(event) or (event is not None and event.get("event") in LOOK_AGAIN):
-                    task = await self.get(task_id)
-                    if task.get("status") in calls.TERMINAL:
-                        return task
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"task {task_id} has not ended in time")
-        raise httpx.ReadError("the event stream ended")
+
+            async def read() -> AsyncIterator[Event | None]:
+                frames = calls.Frames()
+                async for line in lines:
+                    event = frames.feed(line)
+                    if event is not None:
+                        yield event  # type: ignore[misc]
+                    elif line.startswith(": keep-alive"):
+                        yield None
+
+            yield read()
+
+    @asynccontextmanager
+    async def _open_events(
+        self, params: dict[str, str], timeout: httpx.Timeout, last_event_id: str | None = None
+    ) -> AsyncIterator[httpx.Response]:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        async with self.http.stream("GET", "/api/events", params=params, headers=headers, timeout=timeout) as response:
+            if response.is_error:
+                await response.aread()
+                raise calls.problem_of(response)
+            yield response
 
     async def health(self) -> dict[str, Any]:
         found: dict[str, Any] = await self.run(calls.health())

@@ -15,13 +15,31 @@ from typing import Any, TypedDict
 import httpx
 from typing_extensions import Unpack
 
+DEFAULT_URL = "http://127.0.0.1:8000"
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELED"})
+LOOK_AGAIN = ("deleted", "reset")
+"""Events after which a waiting client reads the task again."""
+
+
+def has_ended(task: Mapping[str, Any]) -> bool:
+    return task.get("status") in TERMINAL
 
 
 def ends(event: Mapping[str, Any] | None) -> bool:
     """Whether an event ends its task. `stopped` does not: the server stops a running task only to
     cancel it, and `canceled` comes next (the task reads FAILED for that instant)."""
-    return event is not None and event.get("status") in TERMINAL and event.get("event") != "stopped"
+    return event is not None and has_ended(event) and event.get("event") != "stopped"
+
+
+def look_again(event: Mapping[str, Any] | None) -> bool:
+    """Whether a client waiting on a task reads it again: at an end, where it was deleted (get
+    says 404), or where events were trimmed away (reset)."""
+    return ends(event) or (event is not None and event.get("event") in LOOK_AGAIN)
+
+
+def past(deadline: float | None) -> bool:
+    """Whether `deadline` (a time.monotonic(); None: never) has come."""
+    return deadline is not None and time.monotonic() >= deadline
 
 
 MAX_JSON_BATCH = 10_000
@@ -100,6 +118,22 @@ class Call:
     """Safe to send again: it changes nothing, or the server recognises a repeat."""
     read: Callable[[httpx.Response], Any] = lambda response: response.json() if response.content else None
 
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """The call as httpx's `request` takes it."""
+        return {
+            "method": self.method,
+            "url": self.path,
+            "params": self.params,
+            "json": self.body,
+            "content": self.content,
+            "headers": self.headers,
+        }
+
+
+def auth_headers(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
 
 def problem_of(response: httpx.Response) -> ApiError:
     try:
@@ -118,6 +152,29 @@ def retry_after(response: httpx.Response, attempt: int) -> float:
 
 def backoff(attempt: int) -> float:
     return min(0.2 * float(2**attempt), 5.0)
+
+
+@dataclass(frozen=True)
+class Again:
+    """Send the call again, `after_s` seconds from now."""
+
+    after_s: float
+
+
+def outcome(
+    call: Call, got: httpx.Response | httpx.TransportError, attempt: int, retries: int, base_url: httpx.URL
+) -> Any:
+    """What an attempt (counted from 0) at `call` that `got` an answer or lost its connection
+    comes to: `Again` where sending again is safe and allowed, else what `call` returns or raises
+    (Unreachable for a connection lost the last time)."""
+    last = attempt >= retries or not call.retry
+    if isinstance(got, httpx.TransportError):
+        if last:
+            raise unreachable(base_url, got) from got
+        return Again(backoff(attempt))
+    if got.status_code in (429, 503) and not last:
+        return Again(retry_after(got, attempt))
+    return answer(call, got, base_url)
 
 
 def answer(call: Call, response: httpx.Response, base_url: httpx.URL) -> Any:

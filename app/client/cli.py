@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -23,8 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.client import calls
-from app.client.calls import ApiError, Unreachable
-from app.client.sync import DEFAULT_URL, Client
+from app.client.calls import DEFAULT_URL, ApiError, Unreachable
+from app.client.sync import Client
 
 OK, ENDED_BADLY, BAD_INPUT, UNAVAILABLE = 0, 1, 2, 3
 
@@ -75,8 +76,16 @@ def client() -> Iterator[Client]:
         fail(BAD_INPUT if refused.status < 500 else UNAVAILABLE, f"{refused.status} " + "\n".join(lines))
 
 
-def emit(document: Any, as_json: bool, table: Callable[[], Any] | None = None) -> None:
-    if as_json or SETTINGS.json or table is None:
+def _as_json(json_out: bool) -> bool:
+    return json_out or SETTINGS.json
+
+
+def _status(given: str | None) -> str | None:
+    return given.upper() if given else None
+
+
+def emit(document: Any, json_out: bool, table: Callable[[], Any] | None = None) -> None:
+    if _as_json(json_out) or table is None:
         sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
     else:
         out.print(table())
@@ -91,7 +100,7 @@ def _json_arg(text: str | None, what: str) -> Any:
         fail(BAD_INPUT, f"{what} is not JSON: {bad}")
 
 
-def _tasks_table(tasks: list[dict[str, Any]]) -> Table:
+def _tasks_table(tasks: Iterable[Mapping[str, Any]]) -> Table:
     table = Table("id", "type", "status", "priority", "attempts", "created", "updated")
     for t in tasks:
         attempts = f"{t.get('attempts', 0)}/{t.get('max_attempts', '')}"
@@ -107,7 +116,15 @@ def _tasks_table(tasks: list[dict[str, Any]]) -> Table:
     return table
 
 
-def _ended(task: dict[str, Any]) -> int:
+def _show_task(task: Mapping[str, Any], json_out: bool) -> None:
+    emit(task, json_out, lambda: _tasks_table([task]))
+
+
+def _deleted(deleted_id: str, json_out: bool) -> None:
+    emit({"id": deleted_id, "deleted": True}, json_out, lambda: f"deleted {deleted_id}")
+
+
+def _ended(task: Mapping[str, Any]) -> int:
     return OK if task.get("status") == "COMPLETED" else ENDED_BADLY
 
 
@@ -150,9 +167,9 @@ def submit(
         task = rqflow.submit(task_type, body, **fields)
         if wait:
             task = rqflow.wait(task["id"])
-    emit(task, json_out, lambda: _tasks_table([dict(task)]))
+    _show_task(task, json_out)
     if wait:
-        raise typer.Exit(_ended(dict(task)))
+        raise typer.Exit(_ended(task))
 
 
 def _read_batch(source: str) -> list[dict[str, Any]]:
@@ -181,43 +198,42 @@ def batch(
 ) -> None:
     """Submit a batch (a DAG) and show its progress until every task has ended."""
     tasks = _read_batch(file)
-    quiet = json_out or SETTINGS.json
     with client() as rqflow, rqflow.follow() as events:  # following before submitting: no end is missed
-        stored = rqflow.submit_batch(tasks)
-        statuses = {t["id"]: t["status"] for t in stored}
+        statuses = {t["id"]: t["status"] for t in rqflow.submit_batch(tasks)}
+        left = sum(s not in calls.TERMINAL for s in statuses.values())
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             console=err,
-            disable=quiet,
+            disable=_as_json(json_out),
         ) as progress:
             bar = progress.add_task("tasks ended", total=len(statuses))
-            progress.update(bar, completed=sum(s in calls.TERMINAL for s in statuses.values()))
-            left = sum(s not in calls.TERMINAL for s in statuses.values())
-            for event in events if left else ():
-                if event is not None and event.get("event") == "reset":
-                    # Events were trimmed away before they were read: ask for what is still open.
-                    for task_id in [i for i, s in statuses.items() if s not in calls.TERMINAL]:
-                        statuses[task_id] = rqflow.get(task_id).get("status", statuses[task_id])
-                        if statuses[task_id] in calls.TERMINAL:
-                            progress.advance(bar)
-                            left -= 1
-                    if left == 0:
-                        break
-                    continue
-                if event is None or event.get("task") not in statuses:
-                    continue
-                if calls.ends(event) and statuses[event["task"]] not in calls.TERMINAL:
-                    statuses[event["task"]] = event["status"]
+            progress.update(bar, completed=len(statuses) - left)
+
+            def note(task_id: str, status: str) -> None:
+                """A task's news; the first end counts, a later one changes nothing."""
+                nonlocal left
+                if statuses[task_id] in calls.TERMINAL:
+                    return
+                statuses[task_id] = status
+                if status in calls.TERMINAL:
                     progress.advance(bar)
                     left -= 1
-                    if left == 0:
-                        break
-    counts: dict[str, int] = {}
-    for status in statuses.values():
-        counts[status] = counts.get(status, 0) + 1
+
+            for event in events if left else ():
+                if event is None:
+                    continue
+                if event.get("event") == "reset":
+                    # Events were trimmed away before they were read: ask for what is still open.
+                    for task_id in [i for i, s in statuses.items() if s not in calls.TERMINAL]:
+                        note(task_id, rqflow.get(task_id).get("status", statuses[task_id]))
+                elif event.get("task") in statuses and calls.ends(event):
+                    note(event["task"], event["status"])
+                if not left:
+                    break
+    counts = Counter(statuses.values())
     bad = sorted(i for i, s in statuses.items() if s != "COMPLETED")
     emit({"count": len(statuses), "statuses": counts, "not_completed": bad[:100]}, json_out, lambda: _summary(counts))
     raise typer.Exit(ENDED_BADLY if bad else OK)
@@ -239,9 +255,7 @@ def list_tasks(
 ) -> None:
     """List tasks, newest first."""
     with client() as rqflow:
-        tasks = [
-            dict(t) for t in rqflow.list_tasks(status=status.upper() if status else None, type=task_type, limit=limit)
-        ]
+        tasks = list(rqflow.list_tasks(status=_status(status), type=task_type, limit=limit))
     emit(tasks, json_out, lambda: _tasks_table(tasks))
 
 
@@ -282,32 +296,26 @@ def show(task_id: str, json_out: JsonFlag = False) -> None:
     emit(task, json_out, table)
 
 
-def _act(action: str, task_id: str, json_out: bool) -> None:
-    with client() as rqflow:
-        if action == "rm":
-            rqflow.delete(task_id)
-            emit({"id": task_id, "deleted": True}, json_out, lambda: f"deleted {task_id}")
-            return
-        task = dict(rqflow.cancel(task_id) if action == "cancel" else rqflow.retry(task_id))
-    emit(task, json_out, lambda: _tasks_table([task]))
-
-
 @app.command()
 def cancel(task_id: str, json_out: JsonFlag = False) -> None:
     """Cancel a task (a running one is stopped)."""
-    _act("cancel", task_id, json_out)
+    with client() as rqflow:
+        _show_task(rqflow.cancel(task_id), json_out)
 
 
 @app.command()
 def retry(task_id: str, json_out: JsonFlag = False) -> None:
     """Run a FAILED or CANCELED task again."""
-    _act("retry", task_id, json_out)
+    with client() as rqflow:
+        _show_task(rqflow.retry(task_id), json_out)
 
 
 @app.command()
 def rm(task_id: str, json_out: JsonFlag = False) -> None:
     """Delete a task (canceled first if it has not ended)."""
-    _act("rm", task_id, json_out)
+    with client() as rqflow:
+        rqflow.delete(task_id)
+        _deleted(task_id, json_out)
 
 
 @app.command()
@@ -320,8 +328,8 @@ def watch(
     """Print events as they happen (Ctrl-C stops); with --json, one JSON object a line."""
     with client() as rqflow:
         try:
-            for event in rqflow.events(task=task, type=task_type, status=status.upper() if status else None):
-                if json_out or SETTINGS.json:
+            for event in rqflow.events(task=task, type=task_type, status=_status(status)):
+                if _as_json(json_out):
                     sys.stdout.write(json.dumps(event) + "\n")
                     sys.stdout.flush()
                 else:
@@ -392,29 +400,27 @@ def schedules_add(
     emit(created, json_out, lambda: f"schedule {created['id']}: next run {created.get('next_run_at')}")
 
 
-def _schedule_act(action: str, schedule_id: str, json_out: bool) -> None:
-    with client() as rqflow:
-        if action == "rm":
-            rqflow.delete_schedule(schedule_id)
-            emit({"id": schedule_id, "deleted": True}, json_out, lambda: f"deleted {schedule_id}")
-            return
-        changed = rqflow.pause_schedule(schedule_id, paused=action == "pause")
+def _show_state(schedule_id: str, changed: dict[str, Any], json_out: bool) -> None:
     emit(changed, json_out, lambda: f"schedule {schedule_id}: {'paused' if changed.get('paused') else 'active'}")
 
 
 @schedules_app.command("pause")
 def schedules_pause(schedule_id: str, json_out: JsonFlag = False) -> None:
-    _schedule_act("pause", schedule_id, json_out)
+    with client() as rqflow:
+        _show_state(schedule_id, rqflow.pause_schedule(schedule_id), json_out)
 
 
 @schedules_app.command("resume")
 def schedules_resume(schedule_id: str, json_out: JsonFlag = False) -> None:
-    _schedule_act("resume", schedule_id, json_out)
+    with client() as rqflow:
+        _show_state(schedule_id, rqflow.resume_schedule(schedule_id), json_out)
 
 
 @schedules_app.command("rm")
 def schedules_rm(schedule_id: str, json_out: JsonFlag = False) -> None:
-    _schedule_act("rm", schedule_id, json_out)
+    with client() as rqflow:
+        rqflow.delete_schedule(schedule_id)
+        _deleted(schedule_id, json_out)
 
 
 def main() -> None:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import httpx
 from typing_extensions import Unpack
 
 from app.client import calls
-from app.client.calls import ApiError, Call, Event, Task, Unreachable
-
-DEFAULT_URL = "http://127.0.0.1:8000"
-LOOK_AGAIN = ("deleted", "reset")
-"""Events after which a waiting client reads the task again."""
+from app.client.calls import DEFAULT_URL, ApiError, Call, Event, Task, Unreachable
 
 
 class Client:
@@ -28,7 +25,7 @@ class Client:
         retries: int = 5,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers = calls.auth_headers(key)
         self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout, transport=transport)
         self.retries = retries
 
@@ -43,27 +40,16 @@ class Client:
 
     def run(self, call: Call) -> Any:
         """Send `call`, again on 429, 503 or a lost connection where that is safe."""
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries or not call.retry
+        for attempt in itertools.count():
+            got: httpx.Response | httpx.TransportError
             try:
-                response = self.http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.body,
-                    content=call.content,
-                    headers=call.headers,
-                )
+                got = self.http.request(**call.kwargs)
             except httpx.TransportError as error:
-                if last:
-                    raise calls.unreachable(self.http.base_url, error) from error
-                time.sleep(calls.backoff(attempt))
-                continue
-            if response.status_code in (429, 503) and not last:
-                time.sleep(calls.retry_after(response, attempt))
-                continue
-            return calls.answer(call, response, self.http.base_url)
-        raise AssertionError("unreachable")
+                got = error
+            then = calls.outcome(call, got, attempt, self.retries, self.http.base_url)
+            if not isinstance(then, calls.Again):
+                return then
+            time.sleep(then.after_s)
 
     # -- tasks --------------------------------------------------------------------------------------
 
@@ -162,14 +148,8 @@ class Client:
         params = calls.event_params(task, type, status)
         attempt = 0
         while True:
-            headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
             try:
-                with self.http.stream(
-                    "GET", "/api/events", params=params, headers=headers, timeout=calls.STREAM
-                ) as response:
-                    if response.is_error:
-                        response.read()
-                        raise calls.problem_of(response)
+                with self._open_events(params, calls.STREAM, last_event_id) as response:
                     attempt = 0
                     frames = calls.Frames()
                     for line in response.iter_lines():
@@ -187,33 +167,39 @@ class Client:
         """The task once it has ended (COMPLETED, FAILED or CANCELED), following the event stream,
         or polling where the stream cannot be had. TimeoutError past `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            return self._wait_on_events(task_id, deadline)
-        except (ApiError, httpx.TransportError):
-            pass  # no stream here (an older server, a proxy that buffers): ask until it has ended
+        with ExitStack() as opened:
+            # Only the opening decides that there is no stream: a refusal of the task's own reads
+            # is the caller's answer, which polling would only ask for again.
+            try:
+                events = opened.enter_context(self.follow(task=task_id, deadline=deadline))
+            except (ApiError, httpx.TransportError):
+                pass  # no stream here (an older server, a proxy that buffers): ask until it has ended
+            else:
+                try:
+                    return self._wait_on_events(task_id, events, deadline)
+                except httpx.TransportError:
+                    # Cut off, or quiet up to the deadline (a keep-alive comes only every 15 s,
+                    # so the read timed out there): polling asks once more and keeps to it.
+                    pass
         while True:
             task = self.get(task_id)
-            if task.get("status") in calls.TERMINAL:
+            if calls.has_ended(task):
                 return task
-            if deadline is not None and time.monotonic() >= deadline:
+            if calls.past(deadline):
                 raise TimeoutError(f"task {task_id} has not ended within {timeout} s")
             time.sleep(poll_s)
 
-    def _wait_on_events(self, task_id: str, deadline: float | None) -> Task:
-        # A quiet stream reads a keep-alive every 15 s; past the deadline, the read times out and
-        # wait() asks once more by polling, which keeps to it.
-        with self.follow(task=task_id, deadline=deadline) as events:
-            task = self.get(task_id)  # read once the stream follows: an end between the two is seen
-            if task.get("status") in calls.TERMINAL:
-                return task
-            for event in events:
-                # An end, or a sign to look again: deleted (get says 404), or events trimmed away.
-                if calls.ends(event) or (event is not None and event.get("event") in LOOK_AGAIN):
-                    task = self.get(task_id)
-                    if task.get("status") in calls.TERMINAL:
-                        return task
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise TimeoutError(f"task {task_id} has not ended in time")
+    def _wait_on_events(self, task_id: str, events: Iterator[Event | None], deadline: float | None) -> Task:
+        task = self.get(task_id)  # read once the stream follows: an end between the two is seen
+        if calls.has_ended(task):
+            return task
+        for event in events:
+            if calls.look_again(event):
+                task = self.get(task_id)
+                if calls.has_ended(task):
+                    return task
+            if calls.past(deadline):
+                raise TimeoutError(f"task {task_id} has not ended in time")
         raise httpx.ReadError("the event stream ended")
 
     @contextmanager
@@ -231,10 +217,7 @@ class Client:
         (look the tasks up again). A line comes within 30 s, or the read times out (sooner at
         `deadline`, a time.monotonic())."""
         params = calls.event_params(task, type, status)
-        with self.http.stream("GET", "/api/events", params=params, timeout=calls.read_timeout(deadline)) as response:
-            if response.is_error:
-                response.read()
-                raise calls.problem_of(response)
+        with self._open_events(params, calls.read_timeout(deadline)) as response:
             lines = response.iter_lines()
             for line in lines:
                 if line.startswith(": connected"):
@@ -250,6 +233,18 @@ class Client:
                         yield None
 
             yield read()
+
+    @contextmanager
+    def _open_events(
+        self, params: dict[str, str], timeout: httpx.Timeout, last_event_id: str | None = None
+    ) -> Iterator[httpx.Response]:
+        """`GET /api/events`, open; ApiError if the server refuses it."""
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        with self.http.stream("GET", "/api/events", params=params, headers=headers, timeout=timeout) as response:
+            if response.is_error:
+                response.read()
+                raise calls.problem_of(response)
+            yield response
 
     def health(self) -> dict[str, Any]:
         found: dict[str, Any] = self.run(calls.health())

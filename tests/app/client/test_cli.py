@@ -7,6 +7,8 @@ import os
 import select
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.support import free_port
@@ -17,6 +19,23 @@ RQFLOW = str(Path(sys.executable).parent / "rqflow")
 def rqflow(*args: str, stdin: str | None = None, url: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "RQFLOW_URL": url, "COLUMNS": "200"}
     return subprocess.run([RQFLOW, *args], input=stdin, capture_output=True, text=True, env=env, timeout=120)
+
+
+def lines_within(fd: int, seconds: float) -> Iterator[bytes]:
+    """Lines from a pipe as they come; the test fails, instead of hanging, if one is not complete
+    within `seconds` of the first call. Read from the file descriptor: a buffered reader may hold
+    lines that select() no longer sees."""
+    deadline = time.monotonic() + seconds
+    pending = b""
+    while True:
+        while b"\n" not in pending:
+            left = deadline - time.monotonic()
+            assert left > 0 and select.select([fd], [], [], left)[0], f"no line came within {seconds} s"
+            chunk = os.read(fd, 65536)
+            assert chunk, "the output ended"
+            pending += chunk
+        line, pending = pending.split(b"\n", 1)
+        yield line
 
 
 def test_submit_and_wait_exits_0_when_it_completed(server: str) -> None:
@@ -99,10 +118,12 @@ def test_watch_prints_events_as_they_happen(server: str) -> None:
             probes += 1
         assert rqflow("submit", "echo", "--id", "watched", url=server).returncode == 0
         seen: list[str] = []
-        while "completed" not in seen:  # each line comes as its event happens
-            event = json.loads(watcher.stdout.readline())
+        for line in lines_within(watcher.stdout.fileno(), 60):  # each line comes as its event happens
+            event = json.loads(line)
             if event["task"] == "watched":
                 seen.append(event["event"])
+            if "completed" in seen:
+                break
     finally:
         watcher.kill()
         watcher.wait(10)

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import json
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -48,16 +49,40 @@ def test_listing_pages_through_everything(server: str) -> None:
         assert len(list(rqflow.list_tasks(page_size=2, limit=5))) == 5
 
 
+class Recording(httpx.HTTPTransport):
+    """The real transport, keeping each request it sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        return super().handle_request(request)
+
+
 def test_a_dag_larger_than_one_request_goes_in_parents_first_pieces(
     server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(calls, "MAX_JSON_BATCH", 3)
     monkeypatch.setattr(calls, "MAX_NDJSON_BATCH", 4)
     chain = [{"id": f"c{n}", "type": "echo", "dependencies": [f"c{n - 1}"] if n else []} for n in range(10)]
-    with Client(server) as rqflow:
+    recording = Recording()
+    with Client(server, transport=recording) as rqflow:
         stored = rqflow.submit_batch(list(reversed(chain)))  # children first: the client reorders
         assert sorted(t["id"] for t in stored) == sorted(t["id"] for t in chain)
         assert rqflow.wait("c9", timeout=30)["status"] == "COMPLETED"
+    pieces = [
+        [json.loads(line) for line in request.content.splitlines()]
+        for request in recording.sent
+        if request.url.path == "/api/tasks/batch"
+    ]
+    assert [len(piece) for piece in pieces] == [4, 4, 2]
+    stored_before: set[str] = set()
+    for piece in pieces:  # each depends only on what an earlier one stored, or on itself
+        ids = {task["id"] for task in piece}
+        assert {dep for task in piece for dep in task["dependencies"]} <= stored_before | ids, piece
+        stored_before |= ids
 
 
 def test_schedules_from_the_client(server: str) -> None:
@@ -120,18 +145,66 @@ def test_wait_polls_where_there_is_no_event_stream(monkeypatch: pytest.MonkeyPat
         assert rqflow.wait("t")["status"] == "COMPLETED"
 
 
+class Quiet(httpx.SyncByteStream, httpx.AsyncByteStream):
+    """An event stream that follows, then sends nothing until the read times out."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b": connected\n\n"
+        raise httpx.ReadTimeout("quiet")
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b": connected\n\n"
+        raise httpx.ReadTimeout("quiet")
+
+
+def test_wait_polls_where_the_stream_fails_and_not_where_the_task_is_refused() -> None:
+    sent: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if request.url.path == "/api/events":
+            return httpx.Response(200, stream=Quiet())
+        if request.url.path == "/api/tasks/gone":
+            return httpx.Response(404, json={"title": "Not Found", "detail": "no task gone"})
+        return httpx.Response(
+            200, json={"id": "t", "status": "COMPLETED" if "/api/tasks/t" in sent[:-1] else "RUNNING"}
+        )
+
+    refused = ["/api/events", "/api/tasks/gone"]  # once: polling would ask the same again
+    polled = ["/api/events", "/api/tasks/t", "/api/tasks/t"]  # the read timed out: asked again
+    with Client("http://rqflow.test", transport=httpx.MockTransport(answer)) as rqflow:
+        with pytest.raises(ApiError):
+            rqflow.wait("gone")
+        assert sent == refused
+        sent.clear()
+        assert rqflow.wait("t")["status"] == "COMPLETED" and sent == polled
+
+    async def run() -> None:
+        async with AsyncClient("http://rqflow.test", transport=httpx.MockTransport(answer)) as rqflow:
+            with pytest.raises(ApiError):
+                await rqflow.wait("gone")
+            assert sent == refused
+            sent.clear()
+            assert (await rqflow.wait("t"))["status"] == "COMPLETED" and sent == polled
+
+    sent.clear()
+    asyncio.run(run())
+
+
 def test_wait_keeps_to_its_timeout_and_a_deleted_task_ends_it(server: str, redis: Redis) -> None:
-    with Client(server) as rqflow:
+    def following() -> bool:  # the API reads the event stream for a waiting client
+        return any(c.get("cmd") == "xread" for c in redis.client_list())
+
+    with Client(server) as rqflow, concurrent.futures.ThreadPoolExecutor(1) as pool:
         rqflow.submit("data_processing", id="long", duration_ms=30_000)
         started = time.monotonic()
         with pytest.raises(TimeoutError):
             rqflow.wait("long", timeout=1.5)
         assert time.monotonic() - started < 5
-        waiting = concurrent.futures.ThreadPoolExecutor(1).submit(rqflow.wait, "long", 30)
-
-        def following() -> bool:  # the API reads the event stream for the waiting client
-            return any(c.get("cmd") == "xread" for c in redis.client_list())
-
+        # Until the first wait's stream is gone, `following` cannot tell that the second follows:
+        # the task could be deleted before it does, and the "deleted" event never be read.
+        wait_until(lambda: not following(), timeout=10, interval=0.05, what="the first wait's stream to close")
+        waiting = pool.submit(rqflow.wait, "long", 30)
         wait_until(following, timeout=10, interval=0.05, what="the wait to follow the task's events")
         with Client(server) as other:
             other.delete("long")
