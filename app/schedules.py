@@ -193,15 +193,16 @@ class ScheduleService:
             raw = pipe.hgetall(keys.schedule_key(schedule_id))  # read under the transaction's WATCH
             if not raw:
                 raise ScheduleNotFound(schedule_id)
+            stored: ScheduleSpec | None
             try:
-                current: Schedule | None = _schedule(schedule_id, raw)
-                assert current is not None
-                runs, created = current.runs, current.created_at
+                current = _schedule(schedule_id, raw)
             except UnreadableRecord:
                 # A new definition is how a damaged one is mended; what can be kept of it is.
-                current = None
+                stored = None
                 runs, created = _salvage(raw, self.clock())
-            spec = revise(current.spec if current else None)
+            else:
+                stored, runs, created = current.spec, current.runs, current.created_at
+            spec = revise(stored)
             pipe.multi()
             self._store(pipe, spec, runs=runs, created=created)
             pipe.srem(keys.UNREADABLE, f"schedule:{schedule_id}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +73,11 @@ def main() -> None:
                             )
                         )
                         page.get_by_role("button", name="Preview").click()
+                        page.get_by_role("heading", name="What would be stored").wait_for()
                     if name == "new-schedule":
                         page.get_by_role("textbox", name="Cron expression").fill("30 9 * * 1-5")
                         page.get_by_role("button", name="Preview the next five runs").click()
-                    time.sleep(0.3)
+                        page.get_by_role("heading", name="Next five runs").wait_for()
                     page.screenshot(path=str(OUT / f"{name}.png"), full_page=True)
                     print(f"{name}: {OUT / (name + '.png')}")
                 browser.close()

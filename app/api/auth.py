@@ -89,15 +89,19 @@ def find_key(given: bytes, keys: list[ApiKey]) -> ApiKey | None:
     return found
 
 
-SessionReader = Callable[[Headers], "tuple[str, Access] | None"]
-"""The key (its name and access) a request's console session cookie stands for (app.api.session)."""
+def forbidden(name: str | None, has: Access, needs: Access) -> str:
+    """Why a key may not do what was asked (the API's 403 and the console's say the same)."""
+    return f"the key {name!r} may {has.name.lower()}; this needs {needs.name.lower()} access"
 
 
 class BearerAuth:
     """`Authorization: Bearer <key>` on /api/* and /metrics when keys are configured (pure ASGI: nothing is
     buffered, so streamed answers pass through)."""
 
-    def __init__(self, app: ASGIApp, keys: list[ApiKey], session: SessionReader | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: list[ApiKey], session: Callable[[Headers], ApiKey | None] | None = None
+    ) -> None:
+        """`session`: the key a request's console session cookie stands for (app.api.session)."""
         self.app = app
         self.keys = keys
         self.session = session
@@ -108,19 +112,16 @@ class BearerAuth:
         headers = Headers(scope=scope)
         scheme, _, token = headers.get("authorization", "").partition(" ")
         key = find_key(token.strip().encode(), self.keys) if scheme.lower() == "bearer" else None
-        held = (key.name, key.access) if key is not None else None
-        if held is None and self.session is not None and scope["method"] in ("GET", "HEAD"):
+        if key is None and self.session is not None and scope["method"] in ("GET", "HEAD"):
             # The console's pages read through the API with their session (EventSource cannot
             # send a header); a cookie never authorizes a change, so no other site can make one.
-            held = self.session(headers)
-        if held is None:
+            key = self.session(headers)
+        if key is None:
             response = problem(401, "send a valid API key as `Authorization: Bearer <key>`")
             response.headers["WWW-Authenticate"] = 'Bearer realm="rqflow"'
             return await response(scope, receive, send)
-        name, has = held
         access = needed(scope["method"], scope["path"])
-        if has < access:
-            detail = f"the key {name!r} may {has.name.lower()}; this needs {access.name.lower()} access"
-            return await problem(403, detail)(scope, receive, send)
-        scope.setdefault("state", {})[ACTOR] = name
+        if key.access < access:
+            return await problem(403, forbidden(key.name, key.access, access))(scope, receive, send)
+        scope.setdefault("state", {})[ACTOR] = key.name
         await self.app(scope, receive, send)

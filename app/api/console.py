@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from pydantic import ValidationError
+from redis import Redis
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -28,9 +29,9 @@ from starlette.templating import Jinja2Templates
 
 from app import codec
 from app.api import layout, session
-from app.api.auth import Access, ApiKey, find_key
+from app.api.auth import Access, ApiKey, find_key, forbidden
 from app.api.problems import status_of
-from app.api.routes import batch_specs
+from app.api.routes import _schedules, _service, batch_specs
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, task_json
 from app.api.session import NOBODY_NEEDED, Viewer
 from app.clock import iso
@@ -38,12 +39,19 @@ from app.errors import DomainError, FieldError, InvalidInput, TaskNotFound
 from app.jobs import events, stats
 from app.jobs.tasks import Cancellation, TaskService
 from app.model import Priority, Task, TaskStatus
-from app.schedules import ScheduleService, ScheduleSpec, next_fire
+from app.schedules import ScheduleSpec, next_fire
 
 HERE = Path(__file__).parent
 TEMPLATES = Jinja2Templates(directory=HERE / "templates")
 TEMPLATES.env.filters["iso"] = lambda at: iso(at) if at else ""
 TEMPLATES.env.filters["json"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
+TEMPLATES.env.globals.update(
+    statuses=[s.value for s in TaskStatus],
+    priorities=[p.value for p in Priority],
+    NODE_W=layout.NODE_W,
+    NODE_H=layout.NODE_H,
+    GAP_Y=layout.GAP_Y,
+)
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -57,6 +65,8 @@ BULK_MAX = 10_000
 GRAPH_MAX = 150
 """Most tasks a task page draws of its ancestors and descendants."""
 WAITING = (TaskStatus.PENDING, TaskStatus.SCHEDULED, TaskStatus.QUEUED)
+LIVE = "x-live-refresh"
+"""Sent by console.js when it fetches a page again only to swap its live parts in."""
 
 
 def _keys(request: Request) -> list[ApiKey]:
@@ -66,17 +76,10 @@ def _keys(request: Request) -> list[ApiKey]:
 
 def _viewer(request: Request) -> Viewer | None:
     keys = _keys(request)
-    return session.from_headers(request.headers, keys) if keys else NOBODY_NEEDED
-
-
-def _tasks(request: Request) -> TaskService:
-    service: TaskService = request.app.state.tasks
-    return service
-
-
-def _schedules(request: Request) -> ScheduleService:
-    service: ScheduleService = request.app.state.schedules
-    return service
+    if not keys:
+        return NOBODY_NEEDED
+    key = session.from_headers(request.headers, keys)
+    return Viewer(key.name, key.access) if key is not None else None
 
 
 def render(request: Request, template: str, viewer: Viewer, status: int = 200, **context: Any) -> HTMLResponse:
@@ -86,9 +89,6 @@ def render(request: Request, template: str, viewer: Viewer, status: int = 200, *
         viewer=viewer,
         may_write=viewer.may(Access.WRITE),
         may_admin=viewer.may(Access.ADMIN),
-        keys_configured=bool(_keys(request)),
-        statuses=[s.value for s in TaskStatus],
-        priorities=[p.value for p in Priority],
     )
     response = TEMPLATES.TemplateResponse(request, template, context, status_code=status)
     response.headers["Content-Security-Policy"] = CSP
@@ -122,19 +122,16 @@ def _check_write(request: Request, viewer: Viewer, access: Access) -> None:
     if not session.same_origin(request.headers):
         raise Refused(403, "this change came from another site's page; it was refused")
     if not viewer.may(access):
-        raise Refused(
-            403, f"the key {viewer.name!r} may {viewer.access.name.lower()}; this needs {access.name.lower()}"
-        )
+        raise Refused(403, forbidden(viewer.name, viewer.access, access))
 
 
 Handler = Callable[[Request, Viewer], Awaitable[Response]]
 
 
-def page(
-    access: Access = Access.READ, write: bool = False
-) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """A console handler: the viewer found (or sent to log in), writes checked, refusals and
-    domain errors shown as a page."""
+def page(access: Access = Access.READ) -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
+    """A console handler: the viewer found (or sent to log in), writes (what needs more than
+    reading) checked, refusals and domain errors shown as a page."""
+    write = access > Access.READ
 
     def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
@@ -146,9 +143,10 @@ def page(
             try:
                 if write:
                     _check_write(request, viewer, access)
-                else:
+                elif LIVE not in request.headers:
                     # Before anything is read: the page's live updates start from here, so a change
-                    # made while it is rendered is not missed.
+                    # made while it is rendered is not missed. A live refresh's page is only swapped
+                    # into one that listens already.
                     request.state.events_after = await run_in_threadpool(events.newest_id, request.app.state.redis)
                 return await handler(request, viewer)
             except Refused as refused:
@@ -209,19 +207,23 @@ async def logout(request: Request) -> Response:
 
 @page()
 async def overview(request: Request, viewer: Viewer) -> Response:
-    redis = request.app.state.redis
-    seen = await run_in_threadpool(stats.counts, redis)
-    limits = await run_in_threadpool(stats.limit_load, redis)
-    workers = await run_in_threadpool(stats.workers, redis)
-    failures = await run_in_threadpool(
-        lambda: _tasks(request).reads.list_tasks(status=TaskStatus.FAILED, limit=5).tasks
-    )
+    seen, limits, workers, failures = await run_in_threadpool(_overview, request.app.state.redis, _service(request))
     registry = request.app.state.registry
     types = [
         {"name": t.name, "concurrency": t.concurrency, **limits.get(t.name, {"holding": 0, "waiting": 0})}
         for t in registry.values()
     ]
     return render(request, "overview.html", viewer, seen=seen, types=types, workers=workers, failures=failures)
+
+
+def _overview(
+    redis: Redis, service: TaskService
+) -> tuple[dict[str, Any], dict[str, dict[str, int]], list[dict[str, Any]], list[Task]]:
+    """Counts, limits, workers and recent failures, in one trip to the thread pool."""
+    seen = stats.counts(redis)
+    limits = stats.limit_load(redis, seen["waiting_for_limits"])
+    failures = service.reads.list_tasks(status=TaskStatus.FAILED, limit=5).tasks
+    return seen, limits, stats.workers(redis), failures
 
 
 # -- tasks ------------------------------------------------------------------------------------------
@@ -234,7 +236,9 @@ def _filters(params: Any) -> dict[str, str]:
     return {name: str(params.get(name, "")).strip() for name in FILTERS if str(params.get(name, "")).strip()}
 
 
-def _list(service: TaskService, filters: dict[str, str], limit: int, cursor: str | None = None) -> Any:
+def _list(
+    service: TaskService, filters: dict[str, str], limit: int, cursor: str | None = None, waiting_for: bool = False
+) -> Any:
     named = filters.get("status", "").upper()
     if named and named not in TaskStatus.__members__:
         raise InvalidInput(f"no status {filters['status']!r}", [FieldError("status", filters["status"])])
@@ -246,6 +250,7 @@ def _list(service: TaskService, filters: dict[str, str], limit: int, cursor: str
         id_prefix=filters.get("id_prefix"),
         limit=limit,
         cursor=cursor,
+        waiting_for=waiting_for,
     )
 
 
@@ -266,14 +271,9 @@ def _waiting_line(task: Task) -> str:
 @page()
 async def tasks(request: Request, viewer: Viewer) -> Response:
     filters = _filters(request.query_params)
-    service = _tasks(request)
     cursor = request.query_params.get("cursor") or None
-    found = await run_in_threadpool(_list, service, filters, PAGE_SIZE, cursor)
-    rows = []
-    for task in found.tasks:
-        if task.status in WAITING:
-            task = await run_in_threadpool(service.reads.get, task.id)
-        rows.append({"task": task, "waiting": _waiting_line(task)})
+    found = await run_in_threadpool(_list, _service(request), filters, PAGE_SIZE, cursor, waiting_for=True)
+    rows = [{"task": task, "waiting": _waiting_line(task)} for task in found.tasks]
     next_url = f"/console/tasks?{urlencode({**filters, 'cursor': found.next_cursor})}" if found.next_cursor else None
     types = sorted(t.name for t in request.app.state.registry.values())
     return render(request, "tasks.html", viewer, rows=rows, filters=filters, next_url=next_url, types=types)
@@ -294,7 +294,7 @@ def _matching_ids(service: TaskService, filters: dict[str, str]) -> list[str]:
 ACTIONS = {"cancel": Access.WRITE, "retry": Access.WRITE, "delete": Access.ADMIN}
 
 
-@page(Access.WRITE, write=True)
+@page(Access.WRITE)
 async def bulk(request: Request, viewer: Viewer) -> Response:
     """Cancel, retry or delete the selected tasks, or all the filter matches: first a page that
     says how many and asks, then (confirmed) the action, task by task."""
@@ -304,7 +304,7 @@ async def bulk(request: Request, viewer: Viewer) -> Response:
         raise Refused(400, f"unknown action {action!r}")
     if not viewer.may(ACTIONS[action]):
         raise Refused(403, f"the key {viewer.name!r} may not {action} tasks")
-    service = _tasks(request)
+    service = _service(request)
     filters = {name: _one(form, name) for name in FILTERS if _one(form, name)}
     every = _one(form, "scope") == "all"
     ids = await run_in_threadpool(_matching_ids, service, filters) if every else form.get("id", [])
@@ -335,27 +335,8 @@ def _act(service: TaskService, action: str, task_id: str, actor: str | None) -> 
 
 def _graph(service: TaskService, root: Task) -> layout.Drawing:
     """The task with its ancestors and descendants, as far as GRAPH_MAX tasks."""
-    seen: dict[str, Task] = {root.id: root}
-    edges: set[tuple[str, str]] = set()
-    up, down = [root], [root]
-    while up and len(seen) < GRAPH_MAX:
-        task = up.pop()
-        for edge in task.dependencies:
-            edges.add((edge.parent, task.id))
-            if edge.parent not in seen:
-                try:
-                    seen[edge.parent] = parent = service.reads.get(edge.parent)
-                except TaskNotFound:
-                    continue
-                up.append(parent)
-    while down and len(seen) < GRAPH_MAX:
-        task = down.pop()
-        for child in service.reads.dependents(task.id):
-            edges.add((task.id, child.id))
-            if child.id not in seen:
-                seen[child.id] = child
-                down.append(child)
-    return layout.layered({t.id: t.status.value for t in seen.values()}, edges)
+    found, edges = service.reads.family(root, GRAPH_MAX)
+    return layout.layered({t.id: t.status.value for t in found}, edges)
 
 
 @page()
@@ -372,7 +353,7 @@ async def _task_page(
     values: dict[str, str] | None = None,
 ) -> Response:
     """A task's page; with the errors and values of an edit that was refused."""
-    service = _tasks(request)
+    service = _service(request)
     task = await run_in_threadpool(service.reads.get, task_id)
     return render(
         request,
@@ -390,14 +371,14 @@ async def _task_page(
     )
 
 
-@page(Access.WRITE, write=True)
+@page(Access.WRITE)
 async def task_action(request: Request, viewer: Viewer) -> Response:
     task_id, action = request.path_params["task_id"], request.path_params["action"]
     if action not in ACTIONS:
         raise Refused(404, f"no action {action!r}")
     if not viewer.may(ACTIONS[action]):
         raise Refused(403, f"the key {viewer.name!r} may not {action} tasks")
-    await run_in_threadpool(_act, _tasks(request), action, task_id, viewer.name)
+    await run_in_threadpool(_act, _service(request), action, task_id, viewer.name)
     return RedirectResponse("/console/tasks" if action == "delete" else f"/console/tasks/{task_id}", status_code=303)
 
 
@@ -406,13 +387,21 @@ def _field_errors(error: Exception) -> dict[str, str]:
     found: dict[str, str] = {}
     if isinstance(error, ValidationError):
         for e in error.errors():
-            found.setdefault(str(e["loc"][0]) if e["loc"] else "form", e["msg"])
+            found.setdefault(_field([str(part) for part in e["loc"]]), e["msg"])
     elif isinstance(error, InvalidInput) and error.errors:
         for bad in error.errors:
-            found.setdefault(bad.loc.split(".")[0], bad.message)
+            found.setdefault(_field(bad.loc.split(".")), bad.message)
     elif isinstance(error, DomainError):
         found["form"] = error.detail
     return found
+
+
+def _field(loc: list[str]) -> str:
+    """The form field an error's location is in: a schedule's task template is flat on its form
+    (`task.type` is the field `type`), like a task's own fields."""
+    if loc[:1] == ["task"] and len(loc) > 1:
+        loc = loc[1:]
+    return loc[0] if loc else "form"
 
 
 def _task_body(form: dict[str, list[str]], errors: dict[str, str], editing: bool = False) -> dict[str, Any]:
@@ -450,7 +439,7 @@ async def new_task(request: Request, viewer: Viewer) -> Response:
     return render(request, "new.html", viewer, types=types, errors={}, values={"priority": "default"})
 
 
-@page(Access.WRITE, write=True)
+@page(Access.WRITE)
 async def create_task(request: Request, viewer: Viewer) -> Response:
     form = await _form(request)
     errors: dict[str, str] = {}
@@ -463,16 +452,16 @@ async def create_task(request: Request, viewer: Viewer) -> Response:
     if not errors:
         try:
             spec = TaskIn.model_validate(body).to_spec()
-            task, _ = await run_in_threadpool(_tasks(request).submit, spec, viewer.name)
+            task, _ = await run_in_threadpool(_service(request).submit, spec, viewer.name)
             return RedirectResponse(f"/console/tasks/{task.id}", status_code=303)
         except (ValidationError, DomainError) as error:
             errors = _field_errors(error)
     return render(request, "new.html", viewer, 422, types=types, errors=errors, values=values)
 
 
-@page(Access.WRITE, write=True)
+@page(Access.WRITE)
 async def edit_task(request: Request, viewer: Viewer) -> Response:
-    service = _tasks(request)
+    service = _service(request)
     task_id = request.path_params["task_id"]
     form = await _form(request)
     errors: dict[str, str] = {}
@@ -496,7 +485,7 @@ async def batch_form(request: Request, viewer: Viewer) -> Response:
     return render(request, "batch.html", viewer, text="", preview=None, error=None)
 
 
-@page(Access.WRITE, write=True)
+@page(Access.WRITE)
 async def batch_submit(request: Request, viewer: Viewer) -> Response:
     form = await _form(request)
     text = _one(form, "tasks")
@@ -504,10 +493,9 @@ async def batch_submit(request: Request, viewer: Viewer) -> Response:
         body = codec.loads_request(text.encode()) if text else None
         specs = batch_specs(body if isinstance(body, dict) else {"tasks": body})
         dry_run = _one(form, "action") != "submit"
-        outcome = await run_in_threadpool(_tasks(request).store_batch, specs, dry_run, None, viewer.name)
-    except (ValidationError, DomainError) as error:
-        message = error.detail if isinstance(error, DomainError) else str(error)
-        return render(request, "batch.html", viewer, 422, text=text, preview=None, error=message)
+        outcome = await run_in_threadpool(_service(request).store_batch, specs, dry_run, None, viewer.name)
+    except DomainError as error:  # batch_specs gives pydantic's errors as the domain's
+        return render(request, "batch.html", viewer, 422, text=text, preview=None, error=error.detail)
     statuses = outcome.statuses()
     if not dry_run:
         return render(
@@ -573,7 +561,7 @@ async def new_schedule(request: Request, viewer: Viewer) -> Response:
 SCHEDULE_FIELDS = ("id", "type", "payload", "priority", "kind", "cron", "interval_s", "timezone")
 
 
-@page(Access.ADMIN, write=True)
+@page(Access.ADMIN)
 async def save_schedule(request: Request, viewer: Viewer) -> Response:
     """A new schedule, or (with a schedule id in the path) a changed one: previewed, or saved."""
     editing = request.path_params.get("schedule_id")
@@ -598,8 +586,6 @@ async def save_schedule(request: Request, viewer: Viewer) -> Response:
                 return RedirectResponse(f"/console/schedules/{schedule.id}", status_code=303)
         except (ValidationError, DomainError) as error:
             errors = _field_errors(error)
-            if "task" in errors:
-                errors["type"] = errors.pop("task")
     return _schedule_form(request, viewer, values, errors, fires, editing, 422 if errors else 200)
 
 
@@ -647,12 +633,12 @@ async def edit_schedule(request: Request, viewer: Viewer) -> Response:
 async def schedule_page(request: Request, viewer: Viewer) -> Response:
     schedule_id = request.path_params["schedule_id"]
     schedule = await run_in_threadpool(_schedules(request).get, schedule_id)
-    runs = await run_in_threadpool(_list, _tasks(request), {"schedule_id": schedule_id}, PAGE_SIZE)
+    runs = await run_in_threadpool(_list, _service(request), {"schedule_id": schedule_id}, PAGE_SIZE)
     fires = _next_five(schedule.spec) if not schedule.spec.paused else []
     return render(request, "schedule.html", viewer, schedule=schedule, runs=runs.tasks, fires=fires)
 
 
-@page(Access.ADMIN, write=True)
+@page(Access.ADMIN)
 async def schedule_action(request: Request, viewer: Viewer) -> Response:
     schedule_id, action = request.path_params["schedule_id"], request.path_params["action"]
     service = _schedules(request)

@@ -36,7 +36,6 @@ class Drawing:
     edges: list[Edge]
     width: int
     height: int
-    layers: list[list[Node]]
 
 
 def layered(statuses: dict[str, str], edges: Iterable[tuple[str, str]]) -> Drawing:
@@ -66,16 +65,13 @@ def layered(statuses: dict[str, str], edges: Iterable[tuple[str, str]]) -> Drawi
         place.update((t, n) for n, t in enumerate(row))
     widest = max((len(row) for row in layers), default=0)
     nodes: dict[str, Node] = {}
-    placed_layers = []
     for d, row in enumerate(layers):
         offset = (widest - len(row)) * (NODE_W + GAP_X) // 2
-        placed = [
-            Node(t, statuses[t], d, MARGIN + offset + n * (NODE_W + GAP_X), MARGIN + d * (NODE_H + GAP_Y))
+        nodes.update(
+            (t, Node(t, statuses[t], d, MARGIN + offset + n * (NODE_W + GAP_X), MARGIN + d * (NODE_H + GAP_Y)))
             for n, t in enumerate(row)
-        ]
-        nodes.update((node.id, node) for node in placed)
-        placed_layers.append(placed)
+        )
     drawn = [Edge(nodes[p], nodes[c]) for c, ps in parents.items() for p in ps]
     width = 2 * MARGIN + widest * NODE_W + max(widest - 1, 0) * GAP_X
     height = 2 * MARGIN + len(layers) * NODE_H + max(len(layers) - 1, 0) * GAP_Y
-    return Drawing(list(nodes.values()), drawn, width, height, placed_layers)
+    return Drawing(list(nodes.values()), drawn, width, height)

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
@@ -167,7 +168,7 @@ def create_app(settings: Settings, clock: Clock = now) -> Starlette:
     ]
     keys = parse_keys(settings.api_keys)
     if keys:
-        middleware.append(Middleware(BearerAuth, keys=keys, session=session.reader(keys)))
+        middleware.append(Middleware(BearerAuth, keys=keys, session=partial(session.from_headers, keys=keys)))
     if settings.rate_limit:
         # After the keys: a request counts against its key's name.
         middleware.append(Middleware(RateLimit, rate=Rate.parse(settings.rate_limit), batch_path=BATCH_PATH))

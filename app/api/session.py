@@ -15,10 +15,10 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.auth import Access, ApiKey
@@ -61,8 +61,8 @@ def issue(key: ApiKey, keys: list[ApiKey], now: float | None = None) -> str:
     return f"{payload}.{signature}"
 
 
-def read(value: str, keys: list[ApiKey], now: float | None = None) -> Viewer | None:
-    """The viewer a cookie value stands for, or None if it is forged, expired, or its key is gone."""
+def read(value: str, keys: list[ApiKey], now: float | None = None) -> ApiKey | None:
+    """The key a cookie value stands for, or None if it is forged, expired, or its key is gone."""
     payload, _, signature = value.partition(".")
     expected = hmac.new(_signing_key(keys), payload.encode(), hashlib.sha256).hexdigest()
     # Bytes: compare_digest refuses non-ASCII text, and a cookie is whatever a client sends.
@@ -76,26 +76,13 @@ def read(value: str, keys: list[ApiKey], now: float | None = None) -> Viewer | N
     if expires < (now or time.time()):
         return None
     found = [k for k in keys if k.name == name and hmac.compare_digest(_fingerprint(k), fingerprint)]
-    return Viewer(name, found[0].access) if found else None
+    return found[0] if found else None
 
 
-def from_headers(headers: Headers, keys: list[ApiKey]) -> Viewer | None:
-    """The viewer of a request's session cookie, if it has a valid one."""
-    for part in headers.get("cookie", "").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == COOKIE and value:
-            return read(value, keys)
-    return None
-
-
-def reader(keys: list[ApiKey]) -> Callable[[Headers], tuple[str, Access] | None]:
-    """`from_headers` as app.api.auth.BearerAuth takes it."""
-
-    def held(headers: Headers) -> tuple[str, Access] | None:
-        viewer = from_headers(headers, keys)
-        return (viewer.name or "", viewer.access) if viewer is not None else None
-
-    return held
+def from_headers(headers: Headers, keys: list[ApiKey]) -> ApiKey | None:
+    """The key of a request's session cookie, if it has a valid one."""
+    value = cookie_parser(headers.get("cookie", "")).get(COOKIE)
+    return read(value, keys) if value else None
 
 
 def same_origin(headers: Headers) -> bool:

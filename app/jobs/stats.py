@@ -73,7 +73,7 @@ def counts(connection: Redis) -> dict[str, Any]:
         totals = [t + int(c) for t, c in zip(totals, chunk[1:], strict=True)]
     held, finished = int(raw[-2]), sum(int(b) for b in raw[-1] if b)
     started, deferred, retry_wait, completed, failed, canceled = totals
-    limited = {r.key: r.get_rate_limited_job_count() for r in RateLimitRegistry.all(connection)}
+    limited = _waiting_for_limits(connection)
     return {
         "tasks": {
             "PENDING": deferred,
@@ -156,14 +156,27 @@ def unreadable(connection: Redis) -> dict[str, Any]:
     return {"count": len(still), "records": still[:UNREADABLE_SHOWN]}
 
 
-def limit_load(connection: Redis) -> dict[str, dict[str, int]]:
+def _waiting_for_limits(connection: Redis) -> dict[str, int]:
+    """For each concurrency limit in use (by its key), how many tasks wait for a slot."""
+    limits = RateLimitRegistry.all(connection)
+    with connection.pipeline(transaction=False) as reads:
+        for limit in limits:
+            reads.zcard(limit.rate_limited_key)
+        return {limit.key: int(n) for limit, n in zip(limits, reads.execute(), strict=True)}
+
+
+def limit_load(connection: Redis, waiting: dict[str, int] | None = None) -> dict[str, dict[str, int]]:
     """For each task type with a concurrency limit in use: the slots its tasks hold and how many
-    wait for one (RQ's rate limit registries)."""
-    found = {}
-    for limit in RateLimitRegistry.all(connection):
-        name = as_text(limit.key).removeprefix("type:")
-        found[name] = {"holding": limit.get_allowed_job_count(), "waiting": limit.get_rate_limited_job_count()}
-    return found
+    wait for one (RQ's rate limit registries); `waiting` as `counts` found it, not read again."""
+    waiting = _waiting_for_limits(connection) if waiting is None else waiting
+    with connection.pipeline(transaction=False) as reads:
+        for key in waiting:
+            reads.zcard(RateLimitRegistry(key, connection=connection).allowed_key)
+        holding = reads.execute()
+    return {
+        key.removeprefix("type:"): {"holding": int(held), "waiting": waiting[key]}
+        for key, held in zip(waiting, holding, strict=True)
+    }
 
 
 def workers(connection: Redis) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 // The live parts of a console page (elements with data-live) are fetched again whenever the event
 // stream tells of a change, and swapped in place; never the part that holds the focus (it waits
-// until the focus leaves), never while a dialog is open, and ticked boxes stay ticked. A hidden
-// tab closes its stream and catches up when it is shown again.
+// until the focus leaves), and ticked boxes stay ticked. A hidden tab closes its stream and catches
+// up when it is shown again.
 (function () {
   "use strict";
   if (!document.querySelector("[data-live]") || !window.EventSource || !window.fetch) {
@@ -26,7 +26,7 @@
       if (!next) {
         return;
       }
-      if (focusedIn(region) || document.querySelector("dialog[open]")) {
+      if (focusedIn(region)) {
         held = true;
         return;
       }
@@ -49,7 +49,9 @@
       return;
     }
     inFlight = true;
-    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html" } })
+    // Marked as a refresh: only the live parts are taken, so the server need not find where the
+    // event stream of a new page would start.
+    fetch(window.location.href, { credentials: "same-origin", headers: { Accept: "text/html", "X-Live-Refresh": "1" } })
       .then(function (response) {
         return response.ok ? response.text() : null;
       })
