@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -539,12 +539,13 @@ def _schedule_body(form: dict[str, list[str]], errors: dict[str, str]) -> dict[s
     return body
 
 
-def _next_five(spec: ScheduleSpec) -> list[datetime]:
-    now = datetime.now(timezone.utc)
+def _next_five(spec: ScheduleSpec, anchor: datetime, runs: int) -> list[datetime]:
+    """The next five fires as the scheduler makes them: an interval counted from `anchor` (the
+    schedule's creation), `runs` of its max_runs spent."""
     fires: list[datetime] = []
-    after = spec.start_at - timedelta(microseconds=1) if spec.start_at and spec.start_at > now else now
+    after = datetime.now(timezone.utc)
     while len(fires) < 5:
-        upcoming = next_fire(spec, after, anchor=spec.start_at or now, runs=len(fires))
+        upcoming = next_fire(spec, after, anchor=anchor, runs=runs + len(fires))
         if upcoming is None:
             break
         fires.append(upcoming)
@@ -575,7 +576,10 @@ async def save_schedule(request: Request, viewer: Viewer) -> Response:
     if not errors:
         try:
             spec = ScheduleIn.model_validate(body).to_spec(editing)
-            fires = _next_five(spec)
+            # A change keeps the schedule's creation and runs (ScheduleService.replace).
+            stored = await run_in_threadpool(_schedules(request).get, editing) if editing else None
+            anchor, runs = (stored.created_at, stored.runs) if stored else (datetime.now(timezone.utc), 0)
+            fires = _next_five(spec, anchor, runs)
             if _one(form, "action") == "save":
                 service = _schedules(request)
                 if editing:
@@ -634,7 +638,7 @@ async def schedule_page(request: Request, viewer: Viewer) -> Response:
     schedule_id = request.path_params["schedule_id"]
     schedule = await run_in_threadpool(_schedules(request).get, schedule_id)
     runs = await run_in_threadpool(_list, _service(request), {"schedule_id": schedule_id}, PAGE_SIZE)
-    fires = _next_five(schedule.spec) if not schedule.spec.paused else []
+    fires = [] if schedule.spec.paused else _next_five(schedule.spec, schedule.created_at, schedule.runs)
     return render(request, "schedule.html", viewer, schedule=schedule, runs=runs.tasks, fires=fires)
 
 

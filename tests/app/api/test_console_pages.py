@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from redis import Redis
 from starlette.testclient import TestClient
 
@@ -35,3 +37,16 @@ def test_login_goes_back_only_into_the_console(settings: Settings, redis: Redis)
     with TestClient(create_app(keyed), base_url="http://rqflow.example") as remote:
         answer = remote.post("/console/login", data={"key": "boss-secret-9"}, follow_redirects=False)
         assert "secure" in answer.headers["set-cookie"].lower()  # off loopback, over TLS only
+
+
+def test_a_schedules_page_lists_the_fires_the_scheduler_will_make(client: TestClient) -> None:
+    body = {"id": "hourly", "interval_s": 3600, "task": {"type": "echo"}}
+    assert client.post("/api/schedules", json=body).status_code == 201
+    next_run = client.get("/api/schedules/hourly").json()["next_run_at"]
+    page = client.get("/console/schedules/hourly").text
+    fires = re.findall(r"<li>([^<]+)</li>", page.split("<h2>Runs</h2>")[0])
+    # Counted from the schedule's creation, as the scheduler counts, not from when the page is read.
+    assert fires[0] == next_run and len(fires) == 5
+    change = {"type": "echo", "kind": "interval", "interval_s": "3600", "action": "preview"}
+    edit = client.post("/console/schedules/hourly/edit", data=change)
+    assert re.findall(r'<time datetime="([^"]+)"', edit.text)[0] == next_run
