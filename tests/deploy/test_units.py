@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,16 +42,58 @@ def test_each_unit_is_hardened_restarts_and_stops_its_whole_group(unit: str) -> 
     assert given["Restart"] == "always"
 
 
+Command = tuple[str, dict[str, str | None], list[str]]
+"""A command line as (program's name, its options with their values, its other arguments)."""
+
+SWITCHES = {"--with-scheduler", "--burst", "--verbose", "--quiet"}
+"""Options of rq's commands that take no value."""
+
+
+def command(words: list[str]) -> Command:
+    program, *rest = words
+    options: dict[str, str | None] = {}
+    arguments = []
+    given = iter(rest)
+    for word in given:
+        if word.startswith("--"):
+            options[word] = None if word in SWITCHES else next(given)
+        else:
+            arguments.append(word)
+    return Path(program).name, options, arguments
+
+
+def environment_file() -> dict[str, str]:
+    """The example /etc/rqflow/rqflow.env the units read."""
+    lines = (SYSTEMD / "rqflow.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+
+def procfile_command(name: str) -> Command:
+    """The Procfile's line as its shell hands it to the program, in the units' environment."""
+    line = read_procfile(ROOT / "Procfile")[name]
+    words = subprocess.run(
+        ["/bin/sh", "-c", f"printf '%s\\0' {line}"], env=environment_file(), capture_output=True, check=True
+    ).stdout
+    return command(words.decode().split("\0")[:-1])
+
+
+def unit_command(unit: str) -> Command:
+    """The unit's ExecStart as systemd hands it to the program, in the same environment."""
+    words = shlex.split(settings_of(SYSTEMD / unit)["ExecStart"])
+    return command([word.replace("${RQFLOW_REDIS_URL}", environment_file()["RQFLOW_REDIS_URL"]) for word in words])
+
+
 def test_the_units_run_what_the_procfile_runs() -> None:
-    procfile = read_procfile(ROOT / "Procfile")
-    api = settings_of(SYSTEMD / "rqflow-api.service")["ExecStart"]
-    worker = settings_of(SYSTEMD / "rqflow-worker@.service")["ExecStart"]
-    scheduler = settings_of(SYSTEMD / "rqflow-scheduler.service")["ExecStart"]
-    assert api.endswith(procfile["web"].removeprefix("python"))
-    assert "--worker-class workers.engine.EngineWorker" in worker and worker.endswith("high default low")
-    assert "--worker-class workers.engine.EngineWorker" in procfile["worker"]
-    for part in ("--job-class scheduler.fire.TimerJob", "--queue-class scheduler.fire.FireQueue"):
-        assert part in scheduler and part in procfile["scheduler"]
+    assert unit_command("rqflow-api.service") == procfile_command("web")
+    assert unit_command("rqflow-scheduler.service") == procfile_command("scheduler")
+    # A worker unit's instances are the pool's workers: `rq worker` each, under a name of its own, and
+    # with RQ's scheduler, which a pool's workers always run: it queues a retry when its backoff ends.
+    program, options, (pool, *queues) = procfile_command("worker")
+    assert pool == "worker-pool" and options.pop("--num-workers")
+    one_of_the_pool = (program, {**options, "--with-scheduler": None}, ["worker", *queues])
+    program, options, arguments = unit_command("rqflow-worker@.service")
+    assert options.pop("--name") == "%H-%i"
+    assert (program, options, arguments) == one_of_the_pool
 
 
 def _installed(tmp_path: Path, text_of: dict[str, str]) -> list[str]:
