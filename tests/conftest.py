@@ -70,6 +70,17 @@ def work(redis: Redis, settings: Settings):  # type: ignore[no-untyped-def]
     return run
 
 
+@pytest.fixture
+def engine_work(redis: Redis, settings: Settings):  # type: ignore[no-untyped-def]
+    """`work`, by the engine worker (the Procfile's) in this process."""
+    from workers.engine import EngineWorker
+
+    def run() -> bool:
+        return bool(EngineWorker(["high", "default", "low"], connection=redis, settings=settings).work(burst=True))
+
+    return run
+
+
 class FakeClock:
     """A clock that moves only when a test says so (`advance`), starting at the real now."""
 

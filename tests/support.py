@@ -7,10 +7,11 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -22,6 +23,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from app.embedded import redis_server_binary
 
 ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+"""This virtualenv's commands (rq, rqscheduler, rq-dashboard, rqflow)."""
 REDIS_CONF = ROOT / "deploy" / "redis.conf"
 T = TypeVar("T")
 
@@ -33,9 +36,29 @@ is seen, not guessed."""
 
 def output_file(name: str) -> int:
     """A file descriptor for a started process's stdout and stderr, shown if the test fails."""
+    return _output(name)[0]
+
+
+def _output(name: str) -> tuple[int, Path]:
     fd, path = tempfile.mkstemp(prefix=f"rqflow-{name}-", suffix=".log")
     PROCESS_OUTPUT[Path(path)] = fd
-    return fd
+    return fd, Path(path)
+
+
+class Process(subprocess.Popen[bytes]):
+    """A process the test started, its stdout and stderr in the file `output` (shown if the test
+    fails): a test that reads what its process wrote reads it there."""
+
+    def __init__(self, args: Sequence[str], name: str, **kwargs: Any) -> None:
+        fd, self.output = _output(name)
+        super().__init__(args, stdout=fd, stderr=subprocess.STDOUT, **kwargs)
+
+
+def complete_lines(path: Path) -> list[str]:
+    """The lines of a file a process may still be writing, only those it has ended with a newline:
+    a line caught half-written would not parse."""
+    text = path.read_text(errors="replace")
+    return text[: text.rfind("\n") + 1].splitlines()
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -117,42 +140,85 @@ def rq_worker(
     queues: tuple[str, ...] = ("high", "default", "low"),
     env: dict[str, str] | None = None,
     worker_class: str = "workers.worker.TaskWorker",
-) -> subprocess.Popen[bytes]:
+) -> Process:
     """The standard `rq worker` command with rqflow's worker class, as a process of its own
     (its own session, so that killing its tree takes the work-horse too)."""
-    import sys
-
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "RQFLOW_TASK_MODULES": "tests.handlers", **(env or {})}
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "rq"),
-            "worker",
-            "-w",
-            worker_class,
-            "--url",
-            url,
-            *flags,
-            *queues,
-        ],
+    return Process(
+        [str(BIN / "rq"), "worker", "-w", worker_class, "--url", url, *flags, *queues],
+        "rq-worker",
         env=full_env,
         cwd=ROOT,
-        stdout=output_file("rq-worker"),
-        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
 
 @contextmanager
-def engine_worker(url: str, *flags: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+def engine_worker(url: str, *flags: str, env: dict[str, str] | None = None) -> Iterator[Process]:
     """The Procfile's default worker class as `rq worker`, killed (with its children) on the way out."""
+    with worker_process(url, *flags, env=env, worker_class="workers.engine.EngineWorker") as worker:
+        yield worker
+
+
+@contextmanager
+def worker_process(
+    url: str, *flags: str, env: dict[str, str] | None = None, worker_class: str = "workers.worker.TaskWorker"
+) -> Iterator[Process]:
+    """`rq_worker`, killed (with its children) on the way out."""
     from bench.procs import kill_tree
 
-    worker = rq_worker(url, *flags, env=env, worker_class="workers.engine.EngineWorker")
+    worker = rq_worker(url, *flags, env=env, worker_class=worker_class)
     try:
         yield worker
     finally:
-        kill_tree(worker.pid)
+        # A worker the test stopped and waited for is reaped: its pid may be another process's now.
+        if worker.poll() is None:
+            kill_tree(worker.pid)
         worker.wait(10)
+
+
+@contextmanager
+def shell_process(
+    name: str,
+    command: str,
+    url: str,
+    *,
+    env: dict[str, str] | None = None,
+    inside: Sequence[str] = (),
+    grace_s: float = 30,
+) -> Iterator[Process]:
+    """`command` (a Procfile line) as `make run` starts it: by a shell, for its $VARIABLES, with
+    RQFLOW_REDIS_URL set to `url` and this virtualenv's commands first on PATH, in this process's
+    environment and `env`; `inside` goes before the shell (`ip netns exec <ns>`). On the way out
+    its process group gets SIGTERM, and SIGKILL if still there after `grace_s` (0: at once)."""
+    full_env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "RQFLOW_REDIS_URL": url,
+        **(env or {}),
+    }
+    # A session of its own: what the command starts (a pool's workers) is stopped with it.
+    process = Process(
+        [*inside, "/bin/sh", "-c", f"exec {command}"], name, env=full_env, cwd=ROOT, start_new_session=True
+    )
+    try:
+        yield process
+    finally:
+        _stop_group(process, grace_s)
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    # Only while it is not reaped: after, its pid (and group id) may be another's.
+    if process.poll() is None:
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM if grace_s else signal.SIGKILL)
+        try:
+            process.wait(grace_s or 10)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
 
 
 @contextmanager
@@ -161,7 +227,6 @@ def api_process(url: str, env: dict[str, str] | None = None, output: int | None 
     process's, with the test task types); yields the port once /health answers, and stops it on
     the way out."""
     import http.client
-    import sys
 
     port = free_port()
     proc = subprocess.Popen(

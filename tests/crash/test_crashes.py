@@ -23,9 +23,9 @@ from app.api.main import create_app
 from app.settings import Settings
 from bench.procs import kill_tree
 from tests.support import (
-    PROCESS_OUTPUT,
     ROOT,
     RedisServer,
+    engine_worker,
     free_port,
     output_file,
     rq_worker,
@@ -175,19 +175,14 @@ def test_workers_ride_out_a_redis_restart(aof_redis: RedisServer, worker_env: di
 def test_a_worker_whose_redis_is_gone_still_stops_on_sigterm(
     aof_redis: RedisServer, worker_env: dict[str, str]
 ) -> None:
-    worker = start_worker(aof_redis.url, env=worker_env)
-    try:
+    with engine_worker(aof_redis.url, env=worker_env) as worker:
         redis = aof_redis.client()
         wait_until(lambda: len(redis.smembers("rq:workers")) == 1, timeout=30, what="the worker to start")
         redis.close()
         aof_redis.kill(signal.SIGKILL)  # and it does not come back
-        output = [path for path in PROCESS_OUTPUT if "rq-worker" in path.name][-1]
-        wait_until(lambda: "Redis unavailable" in output.read_text(), timeout=30, what="the worker to notice")
+        wait_until(lambda: "Redis unavailable" in worker.output.read_text(), timeout=30, what="the worker to notice")
         worker.terminate()
         worker.wait(15)  # TimeoutExpired if it goes on trying to reconnect instead
-    finally:
-        if worker.poll() is None:
-            kill_tree(worker.pid)
 
 
 def test_an_api_killed_in_the_middle_of_a_batch_leaves_all_of_it_or_none(settings: Settings, redis: Redis) -> None:

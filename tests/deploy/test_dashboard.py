@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -15,7 +11,7 @@ from starlette.testclient import TestClient
 
 from app.settings import Settings
 from deploy.launch import read_procfile
-from tests.support import ROOT, free_port, output_file, wait_until
+from tests.support import ROOT, free_port, shell_process, wait_until
 from workers.worker import TaskSimpleWorker
 
 
@@ -37,19 +33,7 @@ def test_the_dashboard_shows_tasks_readably_and_listens_on_loopback(
     client.post("/api/tasks", json={"id": "shown", "type": "echo", "payload": {"n": 1}})
     client.post("/api/tasks", json={"id": "queued-one", "type": "data_processing", "priority": "low"})
     assert TaskSimpleWorker(["default"], connection=redis, settings=settings).work(burst=True)
-    env = {
-        **os.environ,
-        "RQFLOW_REDIS_URL": str(settings.redis_url),
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }
-    dashboard = subprocess.Popen(
-        ["/bin/sh", "-c", f"exec {command}"],
-        env=env,
-        cwd=ROOT,
-        stdout=output_file("dashboard"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    with shell_process("dashboard", command, str(settings.redis_url), grace_s=20):
         base = f"http://127.0.0.1:{port}/0/data"
         queues = wait_until(lambda: fetch(f"{base}/queues.json"), timeout=30, interval=0.2, what="the dashboard")
         assert {"high", "default", "low"} >= {q["name"] for q in queues["queues"]}
@@ -58,6 +42,3 @@ def test_the_dashboard_shows_tasks_readably_and_listens_on_loopback(
         assert job["result"] == {"payload": {"n": 1}, "task_id": "shown", "attempt": 1}
         listed = fetch(f"{base}/jobs/low/queued/10/asc/1.json")
         assert [j["description"] for j in listed["jobs"]] == ["data_processing queued-one"]
-    finally:
-        dashboard.terminate()
-        dashboard.wait(20)

@@ -18,11 +18,15 @@ from app.jobs.tasks import TaskService
 from app.model import Edge, TaskSpec
 from app.settings import Settings
 from tests.support import engine_worker, wait_until
-from workers.engine import EngineWorker
 
 
 def told(redis: Redis) -> list[events.Told]:
     return events.entries(redis.xrange(keys.EVENTS))
+
+
+def counts(redis: Redis) -> dict[str, float]:
+    """The counts behind /metrics."""
+    return {k.decode(): float(v) for k, v in redis.hgetall(keys.METRICS).items()}
 
 
 def story(redis: Redis, task_id: str) -> list[tuple[str, str]]:
@@ -49,43 +53,37 @@ def submit_three(service: TaskService) -> None:
     service.submit(TaskSpec(type="flaky", id="flaky", payload={"succeed_on": 2}, backoff=None))
 
 
-@pytest.mark.parametrize("runner", ["rq", "engine"])
+@pytest.fixture(params=["rq", "engine"])
+def run_queued(request: pytest.FixtureRequest, work: Any, engine_work: Any) -> Any:
+    """Every queued task run in this process, by RQ's loop or by the engine's."""
+    return work if request.param == "rq" else engine_work
+
+
 def test_every_change_of_a_task_is_told_in_order_with_the_status_it_left(
-    runner: str, service: TaskService, redis: Redis, settings: Settings, work: Any
+    service: TaskService, redis: Redis, run_queued: Any
 ) -> None:
     submit_three(service)
-    if runner == "rq":
-        work()
-    else:
-        assert EngineWorker(["high", "default", "low"], connection=redis, settings=settings).work(burst=True)
+    assert run_queued()
     for task_id, life in LIVES.items():
         assert story(redis, task_id) == life, task_id
     everything = told(redis)
-    ids = [events.parse_id(t.id) for t in everything]
-    assert ids == sorted(ids, key=lambda i: (tuple(map(int, i[0].split("-"))), i[1])) and len(set(ids)) == len(ids)
     by_task = [t.data for t in everything if t.data.get("task") == "flaky"]
     assert {d["type"] for d in by_task} == {"flaky"}
     assert by_task[2]["error"] == {"type": "ValueError", "message": "attempt 1 fails"} and by_task[2]["attempt"] == 1
     assert [t.data["event"] for t in everything if "task" not in t.data] == ["worker_started", "worker_stopped"]
 
 
-@pytest.mark.parametrize("runner", ["rq", "engine"])
-def test_the_counts_add_up_whichever_worker_ran_the_tasks(
-    runner: str, service: TaskService, redis: Redis, settings: Settings, work: Any
-) -> None:
+def test_the_counts_add_up_whichever_worker_ran_the_tasks(service: TaskService, redis: Redis, run_queued: Any) -> None:
     submit_three(service)
     service.submit(TaskSpec(type="flaky", id="hopeless", max_attempts=2, backoff=None))
-    if runner == "rq":
-        work()
-    else:
-        assert EngineWorker(["high", "default", "low"], connection=redis, settings=settings).work(burst=True)
-    counts = {k.decode(): float(v) for k, v in redis.hgetall(keys.METRICS).items()}
-    assert counts["submitted|echo"] == 2 and counts["submitted|flaky"] == 2
-    assert counts["finished|echo|COMPLETED"] == 2
-    assert counts["finished|flaky|COMPLETED"] == 1 and counts["finished|flaky|FAILED"] == 1
-    assert counts["retries|flaky"] == 2  # one each: flaky's first attempt, hopeless's first
-    waits = sum(v for k, v in counts.items() if k.startswith("wait|echo|"))
-    runs = sum(v for k, v in counts.items() if k.startswith("run|flaky|"))
+    assert run_queued()
+    counted = counts(redis)
+    assert counted["submitted|echo"] == 2 and counted["submitted|flaky"] == 2
+    assert counted["finished|echo|COMPLETED"] == 2
+    assert counted["finished|flaky|COMPLETED"] == 1 and counted["finished|flaky|FAILED"] == 1
+    assert counted["retries|flaky"] == 2  # one each: flaky's first attempt, hopeless's first
+    waits = sum(v for k, v in counted.items() if k.startswith("wait|echo|"))
+    runs = sum(v for k, v in counted.items() if k.startswith("run|flaky|"))
     assert waits == 2 and runs == 2  # every start waited; flaky's and hopeless's last attempts ran
 
 
@@ -142,9 +140,9 @@ def test_a_timed_task_released_late_is_counted_in_the_schedulers_lag(service: Ta
     due_ms = json.loads(redis.hget("rq:job:timed", "rqflow_spec") or b"{}")["due_ms"]
     wait_until(lambda: time.time() * 1000 >= due_ms + 100, timeout=5, what="the task to be 100 ms overdue")
     service.release("timed", due_ms)
-    counts = {k.decode(): float(v) for k, v in redis.hgetall(keys.METRICS).items()}
-    assert sum(v for k, v in counts.items() if k.startswith("lag||")) == 1
-    assert counts["lag_sum|"] >= 0.1
+    counted = counts(redis)
+    assert sum(v for k, v in counted.items() if k.startswith("lag||")) == 1
+    assert counted["lag_sum|"] >= 0.1
     assert story(redis, "timed") == [("submitted", "SCHEDULED"), ("queued", "QUEUED")]
 
 
@@ -161,7 +159,7 @@ def test_a_running_task_canceled_counts_once_as_canceled(
         wait_until(lambda: redis.hget("rq:job:long", "status") == b"started", timeout=30, what="the task to run")
         service.cancel("long")
         wait_until(lambda: redis.hget("rq:job:long", "status") == b"canceled", timeout=30, what="it to be canceled")
-    counts = {k.decode(): float(v) for k, v in redis.hgetall(keys.METRICS).items()}
-    assert counts.get("finished|data_processing|CANCELED") == 1
-    assert "finished|data_processing|FAILED" not in counts  # stopped on the way: not an end of its own
+    counted = counts(redis)
+    assert counted.get("finished|data_processing|CANCELED") == 1
+    assert "finished|data_processing|FAILED" not in counted  # stopped on the way: not an end of its own
     assert [e for e, _ in story(redis, "long")][-2:] == ["stopped", "canceled"]
