@@ -20,6 +20,7 @@ from app.api.auth import needed, protected
 from app.api.schemas import (
     BatchIn,
     BatchOut,
+    BatchQuery,
     BatchSummaryOut,
     EventOut,
     ListQuery,
@@ -72,12 +73,6 @@ HEADERS: dict[str, dict[str, Any]] = {
 
 TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
 SCHEDULE_ID = {"name": "schedule_id", "in": "path", "required": True, "schema": {"type": "string"}}
-DRY_RUN = {
-    "name": "dry_run",
-    "in": "query",
-    "description": "validate and answer what would be stored, storing nothing",
-    "schema": {"type": "boolean", "default": False},
-}
 
 
 def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
@@ -95,6 +90,7 @@ def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
 
 LIST_QUERY = _query(ListQuery)
 """`GET /api/tasks`'s parameters, from the model that validates them."""
+BATCH_QUERY = _query(BatchQuery)
 
 
 EVENT_ID = {"type": "string", "pattern": f"^{events.EVENT_ID.pattern}$"}
@@ -199,7 +195,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         "Submit a batch (a DAG), all or nothing",
         {201: BatchOut, 200: BatchOut},
         body=BatchIn,
-        parameters=[DRY_RUN],
+        parameters=BATCH_QUERY,
         problems=(400, 409, 413, 422),
         headers={201: ("Preference-Applied",), 200: ("Preference-Applied",)},
     ),

@@ -22,7 +22,7 @@ from app.api.auth import ACTOR
 from app.api.limits import charge
 from app.api.problems import parse_json
 from app.api.responses import JsonResponse
-from app.api.schemas import ListQuery, ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
+from app.api.schemas import BatchQuery, ListQuery, ScheduleIn, TaskIn, TaskUpdateIn, schedule_json, task_json
 from app.api.stream import stream_events
 from app.clock import iso
 from app.defaults import (
@@ -81,7 +81,7 @@ async def submit_task(request: Request) -> Response:
 
 
 async def submit_batch(request: Request) -> Response:
-    dry_run = request.query_params.get("dry_run", "false").lower() in ("1", "true", "yes")
+    dry_run = BatchQuery.model_validate(dict(request.query_params)).dry_run
     ndjson = request.headers.get("content-type", "").split(";")[0].strip().lower() == NDJSON
     specs = await (_ndjson_specs(request) if ndjson else run_in_threadpool(_parsed_batch, await request.body()))
     refused = await charge(request, 0 if dry_run else len(specs))  # a dry run spends nothing

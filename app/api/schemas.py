@@ -53,6 +53,15 @@ NAME = AliasChoices("name", "description")
 RUN_AT = AliasChoices("run_at", "execution_time")
 
 
+class BatchQuery(BaseModel):
+    """`POST /api/tasks/batch`'s query, read as strictly as ListQuery: `?dry_run=ture` or
+    `?dry-run=true` storing the batch for real would be worse than a 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dry_run: bool = Field(default=False, description="validate and answer what would be stored, storing nothing")
+
+
 class ListQuery(BaseModel):
     """`GET /api/tasks`'s query (its parameters in the contract are made from it). A parameter it
     does not know is refused: `?stauts=FAILED` answering every task would be worse than a 422."""

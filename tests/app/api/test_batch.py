@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
 from redis import Redis
 from starlette.testclient import TestClient
 
@@ -124,6 +125,21 @@ def test_dry_run_validates_and_stores_nothing(client: TestClient, redis: Redis) 
     assert response.json()["dry_run"] is True
     assert [t["status"] for t in response.json()["tasks"]] == ["QUEUED", "PENDING", "CANCELED", "SCHEDULED"]
     assert sorted(redis.keys("*")) == keys_before
+
+
+@pytest.mark.parametrize("query", ["dry_run=ture", "dry_run=-1", "dry-run=true", "dryrun=1"])
+def test_a_query_that_does_not_say_dry_run_clearly_stores_nothing(client: TestClient, redis: Redis, query: str) -> None:
+    # A misspelt dry run must not store the batch for real.
+    response = client.post(f"/api/tasks/batch?{query}", json={"tasks": [{"id": "a", "type": "echo"}]})
+    assert_problem(response, 422)
+    assert redis.keys("rq:job:*") == []
+
+
+@pytest.mark.parametrize("query", ["dry_run=TRUE", "dry_run=1", "dry_run=yes"])
+def test_the_usual_spellings_of_true_ask_for_a_dry_run(client: TestClient, redis: Redis, query: str) -> None:
+    response = client.post(f"/api/tasks/batch?{query}", json={"tasks": [{"id": "a", "type": "echo"}]})
+    assert response.status_code == 200 and response.json()["dry_run"] is True
+    assert redis.keys("rq:job:*") == []
 
 
 def test_a_repeated_batch_is_idempotent(client: TestClient) -> None:
