@@ -28,16 +28,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from app import codec
-from app.api import layout, session
+from app.api import layout, routes, session
 from app.api.auth import Access, ApiKey, find_key, forbidden
 from app.api.problems import status_of
-from app.api.routes import _schedules, _service, batch_specs
+from app.api.routes import batch_specs, schedules_of, tasks_of
 from app.api.schemas import ScheduleIn, TaskIn, TaskUpdateIn, task_json
 from app.api.session import NOBODY_NEEDED, Viewer
 from app.clock import iso
 from app.errors import DomainError, FieldError, InvalidInput, TaskNotFound
 from app.jobs import events, stats
-from app.jobs.tasks import Cancellation, TaskService
+from app.jobs.tasks import TaskService
 from app.model import Priority, Task, TaskStatus
 from app.schedules import ScheduleSpec, next_fire
 
@@ -207,7 +207,7 @@ async def logout(request: Request) -> Response:
 
 @page()
 async def overview(request: Request, viewer: Viewer) -> Response:
-    seen, limits, workers, failures = await run_in_threadpool(_overview, request.app.state.redis, _service(request))
+    seen, limits, workers, failures = await run_in_threadpool(_overview, request.app.state.redis, tasks_of(request))
     registry = request.app.state.registry
     types = [
         {"name": t.name, "concurrency": t.concurrency, **limits.get(t.name, {"holding": 0, "waiting": 0})}
@@ -272,7 +272,7 @@ def _waiting_line(task: Task) -> str:
 async def tasks(request: Request, viewer: Viewer) -> Response:
     filters = _filters(request.query_params)
     cursor = request.query_params.get("cursor") or None
-    found = await run_in_threadpool(_list, _service(request), filters, PAGE_SIZE, cursor, waiting_for=True)
+    found = await run_in_threadpool(_list, tasks_of(request), filters, PAGE_SIZE, cursor, waiting_for=True)
     rows = [{"task": task, "waiting": _waiting_line(task)} for task in found.tasks]
     next_url = f"/console/tasks?{urlencode({**filters, 'cursor': found.next_cursor})}" if found.next_cursor else None
     types = sorted(t.name for t in request.app.state.registry.values())
@@ -304,7 +304,7 @@ async def bulk(request: Request, viewer: Viewer) -> Response:
         raise Refused(400, f"unknown action {action!r}")
     if not viewer.may(ACTIONS[action]):
         raise Refused(403, f"the key {viewer.name!r} may not {action} tasks")
-    service = _service(request)
+    service = tasks_of(request)
     filters = {name: _one(form, name) for name in FILTERS if _one(form, name)}
     every = _one(form, "scope") == "all"
     ids = await run_in_threadpool(_matching_ids, service, filters) if every else form.get("id", [])
@@ -317,20 +317,22 @@ async def bulk(request: Request, viewer: Viewer) -> Response:
     done, failed = 0, []
     for task_id in ids:
         try:
-            await run_in_threadpool(_act, service, action, task_id, viewer.name)
+            await _act(service, action, task_id, viewer.name)
             done += 1
         except DomainError as error:
             failed.append(f"{task_id}: {error.detail}")
     return render(request, "done.html", viewer, action=action, done=done, failed=failed[:50], back="/console/tasks")
 
 
-def _act(service: TaskService, action: str, task_id: str, actor: str | None) -> None:
+async def _act(service: TaskService, action: str, task_id: str, actor: str | None) -> None:
+    """Cancel, retry or delete as the API does (app.api.routes): again while a worker is taking the
+    task, and a running task's record deleted once it has stopped."""
     if action == "cancel":
-        service.cancel(task_id, actor)
+        await routes.cancel(service, task_id, actor)
     elif action == "retry":
-        service.retry(task_id, actor)
-    elif service.delete(task_id) is Cancellation.STOPPING:
-        service.delete(task_id, running_or_not=True)
+        await run_in_threadpool(service.retry, task_id, actor)
+    else:
+        await routes.delete(service, task_id)
 
 
 def _graph(service: TaskService, root: Task) -> layout.Drawing:
@@ -353,7 +355,7 @@ async def _task_page(
     values: dict[str, str] | None = None,
 ) -> Response:
     """A task's page; with the errors and values of an edit that was refused."""
-    service = _service(request)
+    service = tasks_of(request)
     task = await run_in_threadpool(service.reads.get, task_id)
     return render(
         request,
@@ -378,7 +380,7 @@ async def task_action(request: Request, viewer: Viewer) -> Response:
         raise Refused(404, f"no action {action!r}")
     if not viewer.may(ACTIONS[action]):
         raise Refused(403, f"the key {viewer.name!r} may not {action} tasks")
-    await run_in_threadpool(_act, _service(request), action, task_id, viewer.name)
+    await _act(tasks_of(request), action, task_id, viewer.name)
     return RedirectResponse("/console/tasks" if action == "delete" else f"/console/tasks/{task_id}", status_code=303)
 
 
@@ -452,7 +454,7 @@ async def create_task(request: Request, viewer: Viewer) -> Response:
     if not errors:
         try:
             spec = TaskIn.model_validate(body).to_spec()
-            task, _ = await run_in_threadpool(_service(request).submit, spec, viewer.name)
+            task, _ = await run_in_threadpool(tasks_of(request).submit, spec, viewer.name)
             return RedirectResponse(f"/console/tasks/{task.id}", status_code=303)
         except (ValidationError, DomainError) as error:
             errors = _field_errors(error)
@@ -461,7 +463,7 @@ async def create_task(request: Request, viewer: Viewer) -> Response:
 
 @page(Access.WRITE)
 async def edit_task(request: Request, viewer: Viewer) -> Response:
-    service = _service(request)
+    service = tasks_of(request)
     task_id = request.path_params["task_id"]
     form = await _form(request)
     errors: dict[str, str] = {}
@@ -493,7 +495,7 @@ async def batch_submit(request: Request, viewer: Viewer) -> Response:
         body = codec.loads_request(text.encode()) if text else None
         specs = batch_specs(body if isinstance(body, dict) else {"tasks": body})
         dry_run = _one(form, "action") != "submit"
-        outcome = await run_in_threadpool(_service(request).store_batch, specs, dry_run, None, viewer.name)
+        outcome = await run_in_threadpool(tasks_of(request).store_batch, specs, dry_run, None, viewer.name)
     except DomainError as error:  # batch_specs gives pydantic's errors as the domain's
         return render(request, "batch.html", viewer, 422, text=text, preview=None, error=error.detail)
     statuses = outcome.statuses()
@@ -512,7 +514,7 @@ async def batch_submit(request: Request, viewer: Viewer) -> Response:
 
 @page()
 async def schedules(request: Request, viewer: Viewer) -> Response:
-    found = await run_in_threadpool(_schedules(request).list_schedules)
+    found = await run_in_threadpool(schedules_of(request).list_schedules)
     return render(request, "schedules.html", viewer, schedules=found)
 
 
@@ -577,11 +579,11 @@ async def save_schedule(request: Request, viewer: Viewer) -> Response:
         try:
             spec = ScheduleIn.model_validate(body).to_spec(editing)
             # A change keeps the schedule's creation and runs (ScheduleService.replace).
-            stored = await run_in_threadpool(_schedules(request).get, editing) if editing else None
+            stored = await run_in_threadpool(schedules_of(request).get, editing) if editing else None
             anchor, runs = (stored.created_at, stored.runs) if stored else (datetime.now(timezone.utc), 0)
             fires = _next_five(spec, anchor, runs)
             if _one(form, "action") == "save":
-                service = _schedules(request)
+                service = schedules_of(request)
                 if editing:
                     # Pausing has buttons of its own: a change leaves it as it is when written.
                     await run_in_threadpool(partial(service.replace, editing, spec, keep_paused=True))
@@ -619,7 +621,7 @@ def _schedule_form(
 @page()
 async def edit_schedule(request: Request, viewer: Viewer) -> Response:
     schedule_id = request.path_params["schedule_id"]
-    spec = (await run_in_threadpool(_schedules(request).get, schedule_id)).spec
+    spec = (await run_in_threadpool(schedules_of(request).get, schedule_id)).spec
     values = {
         "id": schedule_id,
         "type": spec.task.type,
@@ -636,8 +638,8 @@ async def edit_schedule(request: Request, viewer: Viewer) -> Response:
 @page()
 async def schedule_page(request: Request, viewer: Viewer) -> Response:
     schedule_id = request.path_params["schedule_id"]
-    schedule = await run_in_threadpool(_schedules(request).get, schedule_id)
-    runs = await run_in_threadpool(_list, _service(request), {"schedule_id": schedule_id}, PAGE_SIZE)
+    schedule = await run_in_threadpool(schedules_of(request).get, schedule_id)
+    runs = await run_in_threadpool(_list, tasks_of(request), {"schedule_id": schedule_id}, PAGE_SIZE)
     fires = [] if schedule.spec.paused else _next_five(schedule.spec, schedule.created_at, schedule.runs)
     return render(request, "schedule.html", viewer, schedule=schedule, runs=runs.tasks, fires=fires)
 
@@ -645,7 +647,7 @@ async def schedule_page(request: Request, viewer: Viewer) -> Response:
 @page(Access.ADMIN)
 async def schedule_action(request: Request, viewer: Viewer) -> Response:
     schedule_id, action = request.path_params["schedule_id"], request.path_params["action"]
-    service = _schedules(request)
+    service = schedules_of(request)
     if action == "delete":
         await run_in_threadpool(service.delete, schedule_id)
         return RedirectResponse("/console/schedules", status_code=303)

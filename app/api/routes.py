@@ -49,7 +49,8 @@ BATCH_MEMBERS = TypeAdapter(list[TaskIn])
 NDJSON = "application/x-ndjson"
 
 
-def _service(request: Request) -> TaskService:
+def tasks_of(request: Request) -> TaskService:
+    """The app's TaskService (made in its lifespan)."""
     service: TaskService = request.app.state.tasks
     return service
 
@@ -62,13 +63,13 @@ def _actor(request: Request) -> str | None:
 
 
 def _reads(request: Request) -> TaskReader:
-    return _service(request).reads
+    return tasks_of(request).reads
 
 
 async def submit_task(request: Request) -> Response:
     body = TaskIn.model_validate(parse_json(await request.body()))
     spec = body.to_spec()
-    service = _service(request)
+    service = tasks_of(request)
     # On the event loop where one script does it all; else (dependencies, limits) off it.
     actor = _actor(request)
     done = await service.submit_async(request.app.state.pipeline, spec, actor)
@@ -88,7 +89,7 @@ async def submit_batch(request: Request) -> Response:
     if refused is not None:
         return refused
     form, stated = _answer_form(request.headers.get("prefer", ""), len(specs), ndjson)
-    status, content = await run_in_threadpool(_submit_batch, _service(request), specs, dry_run, form, _actor(request))
+    status, content = await run_in_threadpool(_submit_batch, tasks_of(request), specs, dry_run, form, _actor(request))
     # Preference-Applied names only a preference the client stated (RFC 7240, section 3).
     headers = {"Preference-Applied": f"return={form}"} if stated and form != "representation" else None
     return Response(content, status_code=status, media_type="application/json", headers=headers)
@@ -234,16 +235,34 @@ async def get_task(request: Request) -> Response:
 async def update_task(request: Request) -> Response:
     body = TaskUpdateIn.model_validate(parse_json(await request.body()))
     task_id, changes = request.path_params["task_id"], body.to_changes()
-    task = await run_in_threadpool(_service(request).update, task_id, changes, _actor(request))
+    task = await run_in_threadpool(tasks_of(request).update, task_id, changes, _actor(request))
     return JsonResponse(task_json(task, detailed=True))
 
 
 async def cancel_task(request: Request) -> Response:
     task_id = request.path_params["task_id"]
-    outcome = await _until_not_taken(partial(_service(request).cancel, actor=_actor(request)), task_id)
+    outcome = await cancel(tasks_of(request), task_id, _actor(request))
     task = await run_in_threadpool(_reads(request).get, task_id)
     # 202: a running task was told to stop; it is CANCELED within moments.
     return JsonResponse(task_json(task, detailed=True), status_code=200 if outcome is Cancellation.CANCELED else 202)
+
+
+async def cancel(service: TaskService, task_id: str, actor: str | None) -> Cancellation:
+    """Cancel a task (the API's and the console's way): CANCELED, or STOPPING for a running one."""
+    return await _until_not_taken(partial(service.cancel, actor=actor), task_id)
+
+
+async def delete(service: TaskService, task_id: str) -> None:
+    """Delete a task (the API's and the console's way). A running task stops within moments; its
+    record goes once it has (after DELETE_WAIT_S anyway), so its worker never ends a task whose
+    record is gone."""
+    if await _until_not_taken(service.delete, task_id) is Cancellation.STOPPING:
+        deadline = time.monotonic() + DELETE_WAIT_S
+        while (
+            time.monotonic() < deadline and not (await run_in_threadpool(service.reads.get_status, task_id)).is_terminal
+        ):
+            await asyncio.sleep(DELETE_POLL_S)
+        await run_in_threadpool(partial(service.delete, task_id, running_or_not=True))
 
 
 async def _until_not_taken(step: Callable[[str], Cancellation], task_id: str) -> Cancellation:
@@ -258,21 +277,12 @@ async def _until_not_taken(step: Callable[[str], Cancellation], task_id: str) ->
 
 
 async def retry_task(request: Request) -> Response:
-    task = await run_in_threadpool(_service(request).retry, request.path_params["task_id"], _actor(request))
+    task = await run_in_threadpool(tasks_of(request).retry, request.path_params["task_id"], _actor(request))
     return JsonResponse(task_json(task, detailed=True))
 
 
 async def delete_task(request: Request) -> Response:
-    task_id = request.path_params["task_id"]
-    service = _service(request)
-    if await _until_not_taken(service.delete, task_id) is Cancellation.STOPPING:
-        # A running task stops within moments; then its record can go (after DELETE_WAIT_S anyway).
-        deadline = time.monotonic() + DELETE_WAIT_S
-        while (
-            time.monotonic() < deadline and not (await run_in_threadpool(service.reads.get_status, task_id)).is_terminal
-        ):
-            await asyncio.sleep(DELETE_POLL_S)
-        await run_in_threadpool(partial(service.delete, task_id, running_or_not=True))
+    await delete(tasks_of(request), request.path_params["task_id"])
     return Response(status_code=204)
 
 
@@ -313,25 +323,26 @@ async def get_task_status(request: Request) -> Response:
     return JsonResponse({"id": task_id, "status": status.value})
 
 
-def _schedules(request: Request) -> ScheduleService:
+def schedules_of(request: Request) -> ScheduleService:
+    """The app's ScheduleService (made in its lifespan)."""
     service: ScheduleService = request.app.state.schedules
     return service
 
 
 async def create_schedule(request: Request) -> Response:
     body = ScheduleIn.model_validate(parse_json(await request.body()))
-    schedule, created = await run_in_threadpool(_schedules(request).create, body.to_spec())
+    schedule, created = await run_in_threadpool(schedules_of(request).create, body.to_spec())
     headers = {"Location": str(request.app.url_path_for("get_schedule", schedule_id=schedule.id))}
     return JsonResponse(schedule_json(schedule), status_code=201 if created else 200, headers=headers)
 
 
 async def list_schedules(request: Request) -> Response:
-    schedules = await run_in_threadpool(_schedules(request).list_schedules)
+    schedules = await run_in_threadpool(schedules_of(request).list_schedules)
     return JsonResponse([schedule_json(s) for s in schedules])
 
 
 async def get_schedule(request: Request) -> Response:
-    schedule = await run_in_threadpool(_schedules(request).get, request.path_params["schedule_id"])
+    schedule = await run_in_threadpool(schedules_of(request).get, request.path_params["schedule_id"])
     return JsonResponse(schedule_json(schedule))
 
 
@@ -340,12 +351,12 @@ async def replace_schedule(request: Request) -> Response:
     body = ScheduleIn.model_validate(parse_json(await request.body()))
     if body.id is not None and body.id != schedule_id:
         raise InvalidInput("the id in the body differs from the one in the path", [FieldError("id", "mismatch")])
-    schedule = await run_in_threadpool(_schedules(request).replace, schedule_id, body.to_spec(schedule_id))
+    schedule = await run_in_threadpool(schedules_of(request).replace, schedule_id, body.to_spec(schedule_id))
     return JsonResponse(schedule_json(schedule))
 
 
 async def delete_schedule(request: Request) -> Response:
-    await run_in_threadpool(_schedules(request).delete, request.path_params["schedule_id"])
+    await run_in_threadpool(schedules_of(request).delete, request.path_params["schedule_id"])
     return Response(status_code=204)
 
 

@@ -43,3 +43,24 @@ def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def test_deleting_a_running_task_from_the_console_stops_it_first(
+    client: TestClient, settings: Settings, worker_class: str
+) -> None:
+    client.post("/api/tasks", json={"id": "long", "type": "data_processing", "duration_ms": 20_000})
+    client.post("/api/tasks", json={"id": "after", "type": "echo", "dependencies": ["long"]})
+    worker = rq_worker(str(settings.redis_url), worker_class=worker_class)
+    try:
+        wait_for_status(client, "long", "RUNNING", timeout=20, what="start")
+        answer = client.post("/console/tasks/long/delete", follow_redirects=False)
+        assert answer.status_code == 303
+        # As the API's DELETE: the record went only once the task had stopped, and the stop
+        # reached its dependent; then the worker is free for the next task.
+        assert client.get("/api/tasks/long").status_code == 404
+        wait_for_status(client, "after", "CANCELED", timeout=5, what="the dependent to be canceled")
+        client.post("/api/tasks", json={"id": "next", "type": "echo"})
+        wait_for_status(client, "next", "COMPLETED", timeout=20)
+    finally:
+        worker.terminate()
+        worker.wait(30)
