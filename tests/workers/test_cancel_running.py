@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from starlette.testclient import TestClient
 
@@ -10,14 +12,24 @@ from app.settings import Settings
 from tests.support import rq_worker, wait_for_status
 
 
-def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(
-    client: TestClient, settings: Settings, worker_class: str
-) -> None:
+@contextmanager
+def long_task_running(client: TestClient, settings: Settings, worker_class: str) -> Iterator[None]:
+    """`long` (20 s) running on a worker of `worker_class`, and `after` waiting on it."""
     client.post("/api/tasks", json={"id": "long", "type": "data_processing", "duration_ms": 20_000})
     client.post("/api/tasks", json={"id": "after", "type": "echo", "dependencies": ["long"]})
     worker = rq_worker(str(settings.redis_url), worker_class=worker_class)
     try:
         wait_for_status(client, "long", "RUNNING", timeout=20, what="start")
+        yield
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(
+    client: TestClient, settings: Settings, worker_class: str
+) -> None:
+    with long_task_running(client, settings, worker_class):
         asked = time.monotonic()
         response = client.post("/api/tasks/long/cancel")
         assert response.status_code == 202
@@ -40,19 +52,12 @@ def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(
         # The worker is free again: it runs the next task.
         client.post("/api/tasks", json={"id": "next", "type": "echo"})
         wait_for_status(client, "next", "COMPLETED", timeout=20)
-    finally:
-        worker.terminate()
-        worker.wait(30)
 
 
 def test_deleting_a_running_task_from_the_console_stops_it_first(
     client: TestClient, settings: Settings, worker_class: str
 ) -> None:
-    client.post("/api/tasks", json={"id": "long", "type": "data_processing", "duration_ms": 20_000})
-    client.post("/api/tasks", json={"id": "after", "type": "echo", "dependencies": ["long"]})
-    worker = rq_worker(str(settings.redis_url), worker_class=worker_class)
-    try:
-        wait_for_status(client, "long", "RUNNING", timeout=20, what="start")
+    with long_task_running(client, settings, worker_class):
         answer = client.post("/console/tasks/long/delete", follow_redirects=False)
         assert answer.status_code == 303
         # As the API's DELETE: the record went only once the task had stopped, and the stop
@@ -61,6 +66,3 @@ def test_deleting_a_running_task_from_the_console_stops_it_first(
         wait_for_status(client, "after", "CANCELED", timeout=5, what="the dependent to be canceled")
         client.post("/api/tasks", json={"id": "next", "type": "echo"})
         wait_for_status(client, "next", "COMPLETED", timeout=20)
-    finally:
-        worker.terminate()
-        worker.wait(30)
