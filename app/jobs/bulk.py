@@ -4,10 +4,11 @@ redis-py spends some 10 µs of Python on each command of a transaction: it check
 argument, then parses the QUEUED reply and runs a response callback for each. A 10,000-task batch
 is ~30,000 commands, so that alone took longer than Redis takes to run them. `FastTransaction`
 is redis-py's own transaction pipeline (WATCH, MULTI, the same command methods RQ calls on a
-pipeline) with only the sending replaced: each command is packed by hiredis in one C call, and
-every `stream_every` commands go out at once, so Redis parses and queues them on its own core
-while the caller builds the rest. Nothing runs before EXEC: an error on the way, or a connection
-closed half-way, leaves Redis as it was.
+pipeline) with only the sending replaced: each command is packed by hiredis in one C call (or
+comes packed, `queue_packed`), every `stream_every` commands go out at once, so Redis parses and
+queues them on its own core while the caller builds the rest, and the QUEUED replies are skipped
+at C speed. Nothing runs before EXEC: an error on the way, or a connection closed half-way, leaves
+Redis as it was.
 """
 
 from __future__ import annotations
@@ -17,8 +18,12 @@ from typing import Any
 
 from hiredis import pack_command
 from redis import Redis
+from redis._parsers import hiredis as redis_hiredis
 from redis.client import Pipeline
-from redis.exceptions import ExecAbortError, ResponseError, WatchError
+from redis.exceptions import ConnectionError, ExecAbortError, ResponseError, WatchError
+
+_NOT_ENOUGH_DATA = getattr(redis_hiredis, "NOT_ENOUGH_DATA", None)
+"""What redis-py's hiredis reader answers while no whole reply is buffered (None: unknown)."""
 
 
 class FastTransaction(Pipeline):
@@ -35,8 +40,11 @@ class FastTransaction(Pipeline):
         return cls(connection.connection_pool, connection.response_callbacks, True, None)
 
     def __init__(self, *args: Any) -> None:
-        self.sent: list[Any] = []
-        """Names of the commands sent after MULTI and not yet answered by EXEC, in order."""
+        self.packed: list[bytes] = []
+        """Commands packed and not yet sent."""
+        self.queued: list[Any] = []
+        """The commands queued after MULTI (sent or not) and not yet answered by EXEC, in order:
+        each one's name, or, if it came packed (`queue_packed`), the packed command."""
         super().__init__(*args)
 
     def __enter__(self) -> FastTransaction:
@@ -52,28 +60,34 @@ class FastTransaction(Pipeline):
                 args = ("EVAL", body, *args[2:])
         elif " " in name:  # redis-py names some commands in one string ('SCRIPT LOAD'); Redis wants two
             args = (*name.split(), *args[1:])
-        self.command_stack.append((args, options))
-        if len(self.command_stack) >= self.stream_every:
+        self.packed.append(pack_command(args))
+        self.queued.append(args[0])
+        if len(self.packed) >= self.stream_every:
             self._send()
         return self
 
+    def queue_packed(self, commands: list[bytes]) -> None:
+        """Queue commands packed by the caller (as hiredis.pack_command packs them)."""
+        self.packed += commands
+        self.queued += commands
+        if len(self.packed) >= self.stream_every:
+            self._send()
+
     def _send(self, end: bool = False) -> None:
-        first = not self.sent
+        first = len(self.queued) == len(self.packed)
         if self.connection is None:
             self.connection = self.connection_pool.get_connection()
-        packed = [pack_command(("MULTI",))] if first else []
-        packed += [pack_command(args) for args, _ in self.command_stack]
+        packed = [pack_command(("MULTI",)), *self.packed] if first else self.packed
         if end:
             packed.append(pack_command(("EXEC",)))
-        self.sent += [args[0] for args, _ in self.command_stack]
-        self.command_stack = []
+        self.packed = []
         # Only before MULTI may a health check (a PING) be sent, and never while WATCHing: a
         # reconnect would drop the WATCH silently.
         self.connection.send_packed_command([b"".join(packed)], check_health=first and not self.watching)
 
     def execute(self, raise_on_error: bool = True, while_waiting: Callable[[], None] | None = None) -> list[Any]:
         """Send what is left and EXEC; `while_waiting` runs while Redis runs the transaction."""
-        if not self.command_stack and not self.sent:
+        if not self.queued:
             self.reset()
             return []
         try:
@@ -82,34 +96,31 @@ class FastTransaction(Pipeline):
                 if while_waiting is not None:
                     while_waiting()
             finally:
-                replies = self._read(self.connection, len(self.sent))
-            names, self.sent = self.sent, []  # every reply read: the connection is clean again
+                replies = self._read(self.connection, len(self.queued))
+            names, self.queued = self.queued, []  # every reply read: the connection is clean again
             self.watching = False  # EXEC ended the WATCH
         finally:
             self.reset()
         if raise_on_error:
             for n, reply in enumerate(replies):
                 if isinstance(reply, ResponseError):
-                    raise type(reply)(f"command #{n + 1} ({names[n]}) failed: {reply}")
+                    raise type(reply)(f"command #{n + 1} ({_name(names[n])}) failed: {reply}")
         return replies
 
     def reset(self) -> None:  # type: ignore[override]  # Pipeline.reset, not the RESET command
-        if self.sent and self.connection is not None:
+        sent = len(self.queued) > len(self.packed)
+        self.packed = []
+        if sent and self.connection is not None:
             # A MULTI (or its replies) is left on the connection; it must not go back to the pool
             # that way. Closing it discards the queued commands, so nothing was applied.
             self.connection.disconnect()
             self.watching = False  # closing the connection ended the WATCH too
-        self.sent = []
+        self.queued = []
         super().reset()
 
     @staticmethod
     def _read(connection: Any, count: int) -> list[Any]:
-        queued_error: ResponseError | None = None
-        for _ in range(count + 1):  # +OK for MULTI, then QUEUED (or an error) for each command
-            try:
-                connection.read_response()
-            except ResponseError as error:
-                queued_error = queued_error or error
+        queued_error = _skip_queued(connection, count + 1)  # +OK for MULTI, then QUEUED for each command
         try:
             replies = connection.read_response()
         except ExecAbortError:
@@ -117,3 +128,39 @@ class FastTransaction(Pipeline):
         if replies is None:
             raise WatchError("a watched key changed")
         return list(replies)
+
+
+def _skip_queued(connection: Any, count: int) -> ResponseError | None:
+    """Read `count` replies that only acknowledge (+OK, +QUEUED); the first error among them, if
+    any. Through redis-py's hiredis reader where it has one: its read_response costs some 3 µs a
+    reply, and a 10,000-task batch has 30,000 of them. The reader is redis-py's internals (8.x);
+    without it, the public way."""
+    parser: Any = getattr(connection, "_parser", None)
+    reader = getattr(parser, "_reader", None)
+    if reader is None or not hasattr(parser, "read_from_socket") or _NOT_ENOUGH_DATA is None:
+        first: ResponseError | None = None
+        for _ in range(count):
+            try:
+                connection.read_response()
+            except ResponseError as error:
+                first = first or error
+        return first
+    first = None
+    while count:
+        reply = reader.gets()
+        if reply is _NOT_ENOUGH_DATA:  # no whole reply buffered yet
+            parser.read_from_socket()
+            continue
+        count -= 1
+        if isinstance(reply, ConnectionError):
+            raise reply
+        if isinstance(reply, ResponseError):
+            first = first or reply
+    return first
+
+
+def _name(command: Any) -> str:
+    """A command's name, from itself or from its packed form."""
+    if isinstance(command, bytes):
+        return command.split(b"\r\n", 3)[2].decode(errors="replace")
+    return str(command)

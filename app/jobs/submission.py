@@ -53,8 +53,9 @@ from app.jobs.bulk import FastTransaction
 from app.jobs.dependencies import parent_statuses
 from app.jobs.factory import Factory, Planned, Shapes
 from app.jobs.job import TaskJob
-from app.jobs.status import task_status
+from app.jobs.status import TASK_STATUS, task_status
 from app.jobs.timers import hold
+from app.jobs.writer import JobWriter, add_dependencies
 from app.model import Priority, Task, TaskSpec, TaskStatus
 from app.registry import Registry
 
@@ -405,30 +406,36 @@ class Submission:
         index_prefix = store.index_member(created_at, "")  # the tasks of a batch share their creation time
         everything: dict[str, float] = {}
         indexes: dict[str, dict[str, float]] = {keys.TASK_INDEX: everything}
+        by_type: dict[str, dict[str, float]] = {}
         pushes: dict[str, list[str]] = {}
-        told: dict[int, dict[str, Any]] = {}
-        counts: Counter[str] = Counter()
+        told: list[dict[str, Any]] = [{}] * len(plan)
+        submitted: Counter[str] = Counter()
+        doomed: Counter[str] = Counter()
         at_ms = int(created_at.timestamp() * 1000)
+        registered_at = created_at.timestamp()
         if not dry_run:
             pipe.multi()
         # A dry run makes every write into a no-op and so returns exactly what would be stored.
         target: Any = _Discard() if dry_run else pipe
+        writer = JobWriter(target, packed=isinstance(target, FastTransaction))
         for p in plan:
-            blocked, waiting = _verdict(p, outside, canceled)
-            due = _due(p.spec, created_at)
+            spec = p.spec
+            blocked, waiting = _verdict(p, outside, canceled) if spec.dependencies else (None, False)
+            due = _due(spec, created_at) if spec.run_at or spec.delay_ms else None
             queued_at = None
             error = None
             if blocked:
                 canceled.add(p.task_id)
                 status = JobStatus.CANCELED
                 error = self._store_canceled(self.factory.build(p, created_at, status), *blocked, target)
+                doomed[spec.type] += 1  # by a parent that had failed: it ends here
             elif due is not None:
                 status = JobStatus.SCHEDULED
                 self._hold_until(p, self.factory.build(p, created_at, status), due, target, indexes)
             elif waiting:
                 status = JobStatus.DEFERRED
-                target.execute_command("HSET", TaskJob.key_for(p.task_id), *shapes.fields(p, status))
-                self._register_dependency(p, target, indexes, created_at.timestamp())
+                parents = self._defer(p, indexes, registered_at)
+                writer.add(p.task_id, *shapes.parts(p, status), parents)
             elif p.task_type.concurrency:
                 job = self.factory.build(p, created_at, JobStatus.QUEUED)
                 self.enqueue(job, target)
@@ -437,19 +444,25 @@ class Submission:
                 # RQ's Queue._enqueue_job, with the ids pushed in one RPUSH per queue, in
                 # dependency order, after every job is written.
                 status, queued_at = JobStatus.QUEUED, created_at
-                target.execute_command("HSET", TaskJob.key_for(p.task_id), *shapes.fields(p, status))
-                pushes.setdefault(self.queues[p.spec.priority].name, []).append(p.task_id)
+                writer.add(p.task_id, *shapes.parts(p, status), [])
+                pushes.setdefault(self.queues[spec.priority].name, []).append(p.task_id)
             placed.append((p, (status, created_at, queued_at, error)))
-            shown = task_status(status)
-            told[p.index] = events.event("submitted", at_ms, task=p.task_id, status=shown.value, type=p.spec.type)
-            counts[events.submitted_field(p.spec.type)] += 1
-            if shown is TaskStatus.CANCELED:  # doomed by a parent that had failed: it ends here
-                counts[events.finished_field(p.spec.type, shown)] += 1
+            told[p.index] = {
+                "event": "submitted",
+                "at": at_ms,
+                "task": p.task_id,
+                "status": TASK_STATUS[status].value,
+                "type": spec.type,
+            }
+            submitted[spec.type] += 1
             member = index_prefix + p.task_id
             everything[member] = 0
-            indexes.setdefault(keys.type_index(p.spec.type), {})[member] = 0
-            if p.spec.schedule_id:
-                indexes.setdefault(keys.schedule_runs_index(p.spec.schedule_id), {})[member] = 0
+            of_type = by_type.get(spec.type)
+            if of_type is None:
+                of_type = by_type[spec.type] = indexes.setdefault(keys.type_index(spec.type), {})
+            of_type[member] = 0
+            if spec.schedule_id:
+                indexes.setdefault(keys.schedule_runs_index(spec.schedule_id), {})[member] = 0
         for index, members in indexes.items():
             target.zadd(index, members)
         for queue_name, ids in pushes.items():
@@ -458,7 +471,9 @@ class Submission:
             target.rpush(queue_key, *ids)
             target.zadd(keys.wake_key(queue_name), {"w": 0})
         target.zrem(keys.CLAIMS, *(p.task_id for p in plan))
-        events.told(target, [told[index] for index in sorted(told)])  # in request order
+        events.told(target, told)  # in request order
+        counts = {events.submitted_field(t): n for t, n in submitted.items()}
+        counts.update((events.finished_field(t, TaskStatus.CANCELED), n) for t, n in doomed.items())
         events.counted(target, counts)
         return placed
 
@@ -473,17 +488,14 @@ class Submission:
         else:
             queue._enqueue_job(job, pipeline=pipe)
 
-    def _register_dependency(
-        self, p: Planned, pipe: Any, indexes: dict[str, dict[str, float]], registered_at: float
-    ) -> None:
+    @staticmethod
+    def _defer(p: Planned, indexes: dict[str, dict[str, float]], registered_at: float) -> list[str]:
         """RQ's `Job.register_dependency`, with the deferred-registry entries gathered into one ZADD
-        per queue (`indexes`) instead of one registry object and command per task."""
+        per queue (`indexes`) instead of one registry object and command per task; returns the
+        parents, whose sets the caller writes (JobWriter)."""
         registry_key = DeferredJobRegistry.key_template.format(p.spec.priority.value)
         indexes.setdefault(registry_key, {})[p.task_id] = registered_at
-        parents = [e.parent for e in p.spec.dependencies]
-        for parent in parents:
-            pipe.execute_command("SADD", TaskJob.dependents_key_for(parent), p.task_id)
-        pipe.execute_command("SADD", TaskJob.dependencies_key_for(p.task_id), *parents)
+        return [e.parent for e in p.spec.dependencies]
 
     def _hold_until(
         self, p: Planned, job: TaskJob, due: datetime, pipe: Any, indexes: dict[str, dict[str, float]]
@@ -496,7 +508,8 @@ class Submission:
         job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
         job.save(pipeline=pipe)
         if p.spec.dependencies:
-            self._register_dependency(p, pipe, indexes, job.created_at.timestamp())
+            parents = self._defer(p, indexes, job.created_at.timestamp())
+            add_dependencies(pipe, p.task_id, parents)
         hold(self.connection, job.id, due_ms, pipe)
 
     def _store_canceled(self, job: TaskJob, parent: str, parent_status: TaskStatus | None, pipe: Any) -> dict[str, str]:

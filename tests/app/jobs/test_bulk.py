@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hiredis import pack_command
 from redis import Redis
 from redis.exceptions import ResponseError, WatchError
 
 from app.jobs.bulk import FastTransaction
+from tests.support import wait_until
 
 
 def test_writes_apply_together_and_replies_come_back_raw(redis: Redis) -> None:
@@ -65,11 +67,17 @@ def test_a_script_runs_even_after_redis_forgot_it(redis: Redis) -> None:
     assert redis.get("after") == b"1"
 
 
+def _queued_in_redis(redis: Redis) -> int:
+    """How many commands Redis holds queued in a MULTI (the test's transaction is the only one)."""
+    return max(int(c["multi"]) for c in redis.client_list())
+
+
 def test_a_long_transaction_is_streamed_but_applies_only_at_exec(redis: Redis) -> None:
     with FastTransaction.on(redis) as pipe:
         for n in range(5 * FastTransaction.stream_every):
             pipe.set(f"k{n}", n)
-        assert pipe.sent, "the first commands are on their way before execute()"
+        # Sent before execute(): Redis holds them (it reads them in its own time).
+        wait_until(lambda: _queued_in_redis(redis) >= 4 * FastTransaction.stream_every, what="queued commands")
         assert redis.get("k0") is None
         pipe.execute()
     assert redis.get(f"k{5 * FastTransaction.stream_every - 1}") == str(5 * FastTransaction.stream_every - 1).encode()
@@ -108,3 +116,28 @@ def test_a_script_anywhere_in_a_streamed_transaction_runs(redis: Redis) -> None:
         script(keys=["k"], args=["v"], client=pipe)
         pipe.execute()
     assert redis.get("k") == b"v"
+
+
+def test_packed_commands_take_their_place_among_the_others(redis: Redis) -> None:
+    redis.set("text", "x")
+    with FastTransaction.on(redis) as pipe:
+        pipe.set("a", "1")
+        pipe.queue_packed([pack_command(("RPUSH", "l", "x", "y")), pack_command(("SADD", "text", "m"))])
+        pipe.set("b", "2")
+        with pytest.raises(ResponseError, match=r"command #3 \(SADD\)"):  # WRONGTYPE, named from its packing
+            pipe.execute()
+    assert redis.lrange("l", 0, -1) == [b"x", b"y"]
+    assert (redis.get("a"), redis.get("b")) == (b"1", b"2")
+    assert redis.ping()
+
+
+def test_many_packed_commands_stream_and_apply_together(redis: Redis) -> None:
+    count = 3 * FastTransaction.stream_every + 7
+    with FastTransaction.on(redis) as pipe:
+        for n in range(count):
+            pipe.queue_packed([pack_command(("SET", f"k{n}", n))])
+        assert redis.get("k0") is None
+        replies = pipe.execute()
+    assert replies == [b"OK"] * count
+    assert redis.mget("k0", f"k{count - 1}") == [b"0", str(count - 1).encode()]
+    assert redis.set("x", 1) is True  # the connection went back to the pool in step
