@@ -189,17 +189,31 @@ def _field_names(cls: type) -> tuple[str, ...]:
 def _plain(value: Any) -> Any:
     """A field's value as the JSON the fingerprint hashes: enums by value, times in ISO 8601, small
     dataclasses (Edge, Backoff) as the list of their fields."""
-    if type(value) in _AS_IS:
+    kind = type(value)
+    if kind in _AS_IS:
         return value
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if is_dataclass(value) and not isinstance(value, type):
-        return [_plain(getattr(value, name)) for name in _field_names(type(value))]
-    return value
+    convert = _PLAIN.get(kind)
+    if convert is None:
+        convert = _PLAIN[kind] = _plain_of(kind)
+    return convert(value)
+
+
+_PLAIN: dict[type, Callable[[Any], Any]] = {}
+"""`_plain`'s conversion for each type met, worked out once: a batch of 10,000 tasks converts
+each of their edges."""
+
+
+def _plain_of(kind: type) -> Callable[[Any], Any]:
+    if issubclass(kind, Enum):
+        return lambda value: value.value
+    if issubclass(kind, datetime):
+        return datetime.isoformat
+    if issubclass(kind, tuple):
+        return lambda value: [_plain(v) for v in value]
+    if is_dataclass(kind):
+        names = _field_names(kind)
+        return lambda value: [_plain(getattr(value, name)) for name in names]
+    return lambda value: value
 
 
 @dataclass(frozen=True)

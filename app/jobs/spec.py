@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from enum import Enum
+from operator import attrgetter
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from app.graph import edges_from_spec
@@ -58,9 +59,13 @@ _HINTS = get_type_hints(TaskSpec)
 _CODECS: dict[str, tuple[Codec | None, Codec | None]] = {n: _codecs(_HINTS[n]) for n in STORED}
 
 
+_STORED_OF = attrgetter(*STORED)
+_ENCODERS = tuple((name, write, _MISSING[name]) for name, (write, _) in _CODECS.items())
+
+
 def resolved(spec: TaskSpec, task_type: Any) -> dict[str, Any]:
     """The stored fields of `spec`, with those it leaves out taken from its task type."""
-    values = {name: getattr(spec, name) for name in STORED}
+    values = dict(zip(STORED, _STORED_OF(spec), strict=True))
     for name in TYPE_DEFAULTS:
         if values[name] is None:
             values[name] = getattr(task_type, name)
@@ -72,9 +77,9 @@ def encode(values: dict[str, Any]) -> dict[str, Any]:
     value is what an absent one reads as (`decode`) is left out: most of a task's fields are
     their defaults, and every byte is kept once per task for as long as the task is."""
     out = {}
-    for name, (write, _) in _CODECS.items():
+    for name, write, missing in _ENCODERS:
         value = values[name]
-        if value == _MISSING[name]:
+        if value is missing or value == missing:
             continue
         out[name] = value if write is None or value is None else write(value)
     return out
