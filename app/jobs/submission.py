@@ -65,6 +65,9 @@ Placement = tuple[JobStatus, datetime, datetime | None, dict[str, str] | None]
 
 STORED, CLAIMED, FULL = 1, 2, 3
 
+_DEFERRED = {priority: DeferredJobRegistry.key_template.format(priority.value) for priority in Priority}
+"""RQ's deferred registry of each priority's queue."""
+
 
 def _lua_list(names: list[str]) -> str:
     return "{" + ", ".join(f"'{name}'" for name in names) + "}"
@@ -493,8 +496,7 @@ class Submission:
         """RQ's `Job.register_dependency`, with the deferred-registry entries gathered into one ZADD
         per queue (`indexes`) instead of one registry object and command per task; returns the
         parents, whose sets the caller writes (JobWriter)."""
-        registry_key = DeferredJobRegistry.key_template.format(p.spec.priority.value)
-        indexes.setdefault(registry_key, {})[p.task_id] = registered_at
+        indexes.setdefault(_DEFERRED[p.spec.priority], {})[p.task_id] = registered_at
         return [e.parent for e in p.spec.dependencies]
 
     def _hold_until(

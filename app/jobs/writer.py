@@ -23,9 +23,9 @@ def _packed(*words: Any) -> bytes:
     return packed
 
 
-def _words(packed: bytes) -> bytes:
+def _words(packed: bytes) -> memoryview:
     """A packed command without its count of words: the words alone, to be joined to others."""
-    return packed[packed.index(b"\r\n") + 2 :]
+    return memoryview(packed)[packed.index(b"\r\n") + 2 :]
 
 
 class JobWriter:
@@ -35,7 +35,7 @@ class JobWriter:
     def __init__(self, target: Any, *, packed: bool) -> None:
         self.target = target
         self.packed = packed
-        self._templates: dict[int, tuple[bytes, list[Any]]] = {}
+        self._templates: dict[int, tuple[memoryview, list[Any]]] = {}
         """Each template's packed words by its object's id, with the template (held, so that no
         other list can take its id meanwhile)."""
 
@@ -50,8 +50,8 @@ class JobWriter:
         known = self._templates.get(id(template))
         if known is None:
             known = self._templates[id(template)] = (_words(pack_command(tuple(template))), template)
-        count = b"*%d\r\n" % (2 + len(template) + len(own))
-        commands = [count + b"$4\r\nHSET\r\n" + _words(pack_command((key, *own))) + known[0]]
+        head = b"*%d\r\n$4\r\nHSET\r\n" % (2 + len(template) + len(own))
+        commands = [b"".join((head, _words(pack_command((key, *own))), known[0]))]
         if parents:
             commands += [_packed("SADD", TaskJob.dependents_key_for(parent), job_id) for parent in parents]
             commands.append(_packed("SADD", TaskJob.dependencies_key_for(job_id), *parents))
