@@ -317,7 +317,8 @@ class Submission:
                     if outside:
                         pipe.watch(*(TaskJob.key_for(parent) for parent in outside))
                     statuses = dict(zip(outside, parent_statuses(self.connection, outside), strict=True))
-                    self._check_parents_exist(plan, statuses, batch)
+                    if statuses:
+                        self._check_parents_exist(plan, statuses, batch)
                     placed = self._write_all(plan, statuses, pipe, dry_run)
                     outcome = Outcome(self.factory, sorted(plan, key=lambda p: p.index), not dry_run, placed)
                     if dry_run:
