@@ -86,14 +86,23 @@ async def submit_batch(request: Request) -> Response:
     ndjson = request.headers.get("content-type", "").split(";")[0].strip().lower() == NDJSON
     # A batch allocates some 30 objects a task, nearly all alive until its answer is encoded: the
     # cyclic collector would walk them again and again (a tenth of a 10,000-task batch's time)
-    # and find nothing, since reference counting frees them. It rests until they are gone.
+    # and find nothing, since reference counting frees them. It rests from the end of the upload
+    # (never during one: a slow client must not hold it off for everyone) until they are gone.
+    if ndjson:
+        specs = await _ndjson_specs(request)  # validated as it arrives, off the event loop
+        with gc_paused():
+            answer = await _stored(request, specs, dry_run, ndjson)
+            del specs
+        return answer
+    body = await request.body()
     with gc_paused():
-        answer = await _batch(request, dry_run, ndjson)
+        specs = await run_in_threadpool(_parsed_batch, body)
+        answer = await _stored(request, specs, dry_run, ndjson)
+        del specs
     return answer
 
 
-async def _batch(request: Request, dry_run: bool, ndjson: bool) -> Response:
-    specs = await (_ndjson_specs(request) if ndjson else run_in_threadpool(_parsed_batch, await request.body()))
+async def _stored(request: Request, specs: list[TaskSpec], dry_run: bool, ndjson: bool) -> Response:
     refused = await charge(request, 0 if dry_run else len(specs))  # a dry run spends nothing
     if refused is not None:
         return refused
