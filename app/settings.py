@@ -6,7 +6,7 @@ import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -98,7 +98,8 @@ class Settings(BaseSettings):
     """An engine child is replaced after this many tasks (what leaks in task code stays bounded)."""
     child_max_memory_mb: int = Field(default=1024, ge=16)
     """An engine child whose resident memory passes this after a task is replaced."""
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    """Any case (`debug` too); every process's level, RQ's worker lines included."""
     log_format: Literal["text", "json"] = "text"
     """`json`: one JSON object a line (app.logs), for log search; `text`: readable lines."""
 
@@ -109,6 +110,11 @@ class Settings(BaseSettings):
     _csv = field_validator(
         "api_keys", "task_modules", "http_allowed_hosts", "processes", "cors_origins", mode="before"
     )(_split_csv)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def effective_redis_url(self) -> str:

@@ -115,6 +115,16 @@ class TaskWorkerMixin(BaseWorker):
         self._shutdown_deadline: float | None = None
         self._cut_off: str | None = None
 
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        # RQ sets its loggers to its command line's --logging-level, INFO when not given, which
+        # would hide RQ's DEBUG lines from RQFLOW_LOG_LEVEL=DEBUG. The more verbose of the two holds.
+        wanted = logging.getLevelName(self.settings.log_level)
+        for name in ("rq.worker", "rq.job"):
+            logger = logging.getLogger(name)
+            if logger.level == logging.NOTSET or wanted < logger.level:
+                logger.setLevel(wanted)
+
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
         """RQ's loop quits on any error it did not expect, Redis going away among them (rq#2015,
         rq#1968). Unless a stop was asked for (or the run was bounded), start it again, with

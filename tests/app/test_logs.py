@@ -110,10 +110,9 @@ def test_rqs_own_worker_at_debug_logs_that_a_task_returned_but_not_what(
     service.submit(TaskSpec(type="echo", id="echoed", payload={"token": SECRET}))
     env = {"RQFLOW_LOG_FORMAT": "json", "RQFLOW_LOG_LEVEL": "DEBUG"}
     # RQ's loop (not the engine's) writes `Worker %s: result: %r` at DEBUG, here with the payload in
-    # it. RQ sets its worker's logger to INFO when imported, which RQFLOW_LOG_LEVEL leaves as it is:
-    # its own flag is what lets that line be written.
-    flags = ("--burst", "--logging_level", "DEBUG")
-    with worker_process(str(settings.redis_url), *flags, env=env) as worker:
+    # it. RQ sets its loggers to its own --logging-level (INFO when not given): RQFLOW_LOG_LEVEL
+    # alone lets that line be written.
+    with worker_process(str(settings.redis_url), "--burst", env=env) as worker:
         assert worker.wait(60) == 0
     assert redis.hget("rq:job:echoed", "status") == b"finished"
     results = [line for line in json_lines(worker.output) if ": result: " in line["message"]]

@@ -47,3 +47,11 @@ def test_bad_limits_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RQFLOW_TYPE_LIMITS", '{"data_processing": {"concurrency": 0}}')
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_a_log_level_is_read_in_any_case_and_a_wrong_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RQFLOW_LOG_LEVEL", "debug")
+    assert Settings().log_level == "DEBUG"
+    monkeypatch.setenv("RQFLOW_LOG_LEVEL", "loud")
+    with pytest.raises(ValidationError, match="log_level"):
+        Settings()
