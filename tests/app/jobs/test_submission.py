@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 import zlib
+from datetime import datetime, timezone
 
 import pytest
 from redis import Redis
 
 from app import keys
 from app.errors import SubmissionInProgress
+from app.jobs.submission import _Recorder
 from app.jobs.tasks import TaskService
-from app.model import Edge, TaskSpec
+from app.model import Backoff, Edge, Priority, TaskSpec
 
 
 def test_the_same_batch_sent_twice_at_once_is_created_exactly_once(service: TaskService, redis: Redis) -> None:
@@ -115,3 +117,33 @@ def test_what_meanwhile_sees_is_the_answer_and_a_repeat_does_not_call_it(service
     assert [t.id for t in tasks] == [f"m{n}" for n in range(50)]
     _, created = service.submit_batch(specs, meanwhile=seen.append)
     assert not created and len(seen) == 1  # the answer of a repeat is read after, not during a write
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        TaskSpec(type="echo", id="plain", payload={"text": "hi"}),
+        TaskSpec(
+            type="echo",
+            id="dressed",
+            priority=Priority.HIGH,
+            max_attempts=4,
+            timeout_ms=2500,
+            backoff=Backoff(initial_ms=5, factor=2, max_ms=50, jitter=False),
+            name="nightly",
+            schedule_id="every-day",
+            payload={"long": "x" * 2000},  # compressed
+        ),
+    ],
+)
+def test_a_single_task_queued_at_once_is_written_as_a_batch_of_one_would_be(
+    service: TaskService, spec: TaskSpec
+) -> None:
+    """The single path writes its commands out directly; they are the general path's, word for word."""
+    submission = service.submission
+    p = submission._plan([spec], batch=False, actor="ci")[0]
+    created_at = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=timezone.utc)
+    direct, placed = submission._queued_one(p, created_at)
+    recorder = _Recorder(submission.connection)
+    assert submission._write_all([p], {}, recorder, dry_run=False, created_at=created_at) == placed
+    assert direct == [args for args, _ in recorder.command_stack]
