@@ -332,8 +332,9 @@ def _claimed(row: list[Any]) -> Claimed:
     task_type, payload, duration_ms, refused_as = "", None, None, ErrorType.FORBIDDEN_JOB.value
     try:
         raw = bytes(data or b"")
-        with contextlib.suppress(zlib.error):
-            raw = zlib.decompress(raw)
+        if not raw.startswith(b"["):  # RQ compresses only data past a size; JSON data opens a list
+            with contextlib.suppress(zlib.error):
+                raw = zlib.decompress(raw)
         func_name, instance, args, kwargs = codec.loads(raw)
         # Children call the handler with the kwargs alone, so positional arguments are refused too.
         refused = forbidden(task_id, func_name, instance) or (
