@@ -20,6 +20,7 @@ import os
 import random
 import select
 import signal
+import struct
 import time
 import traceback
 from dataclasses import dataclass
@@ -35,6 +36,36 @@ from workers.worker import describe_error
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+
+_HEADER = struct.Struct("!i")
+"""A message's length before it, as multiprocessing's Connection frames one."""
+
+
+def send_message(fd: int, data: bytes) -> None:
+    """One message, in one write where the pipe takes it whole."""
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def receive_message(fd: int) -> bytes:
+    """The next message; EOFError once the other end is closed. multiprocessing's Connection
+    reads a message's length and the message in two system calls; worker and child take turns
+    (a task, its outcome), so nothing of a next message can follow, and one read mostly does."""
+    data = os.read(fd, 65536)
+    while len(data) < _HEADER.size:
+        more = os.read(fd, 65536)
+        if not more:
+            raise EOFError
+        data += more
+    (size,) = _HEADER.unpack_from(data)
+    body = data[_HEADER.size :]
+    while len(body) < size:
+        more = os.read(fd, size - len(body))
+        if not more:
+            raise EOFError
+        body += more
+    return body
 
 
 @dataclass
@@ -130,7 +161,7 @@ class Pool:
             "max_attempts": task.max_attempts,
         }
         with contextlib.suppress(OSError):  # a dead child: wait() reports it
-            child.conn.send_bytes(codec.dumps(message))
+            send_message(child.conn.fileno(), codec.dumps(message))
 
     def kill(self, child: Child, why: str) -> None:
         """Stop the child's task by killing the child (from any thread)."""
@@ -153,22 +184,24 @@ class Pool:
                 time.sleep(timeout)
             return []
         events = self._poller.poll(max(timeout, 0.0) * 1000)
-        touched: dict[int, Child] = {}
+        touched: dict[int, tuple[Child, bool]] = {}
         for fd, _ in events:
             child = self._by_fd.get(fd)
             if child is not None:
-                touched[id(child)] = child
+                # Whether its pipe has something (a message, or its end closed), not only its sentinel.
+                piped = fd == child.conn.fileno() or touched.get(id(child), (child, False))[1]
+                touched[id(child)] = (child, piped)
         outcomes = []
-        for child in touched.values():
+        for child, piped in touched.values():
             if child.spent:
                 continue
             if not child.ready:
                 with contextlib.suppress(EOFError, OSError):
-                    if child.conn.poll():
-                        child.conn.recv_bytes()  # its one message before any task: "ready"
+                    if piped:
+                        receive_message(child.conn.fileno())  # its one message before any task: "ready"
                         child.ready = True
                         continue
-            elif child.task is not None and child.conn.poll():
+            elif child.task is not None and piped:
                 outcome = self._receive(child)
                 if outcome is not None:
                     outcomes.append(outcome)
@@ -183,7 +216,7 @@ class Pool:
 
     def _receive(self, child: Child) -> Outcome | None:
         try:
-            header, _, result_json = child.conn.recv_bytes().partition(b"\n")
+            header, _, result_json = receive_message(child.conn.fileno()).partition(b"\n")
         except (EOFError, OSError):
             return None
         reply = codec.loads(header)
@@ -270,13 +303,14 @@ def child_main(conn: Connection, settings_json: str) -> None:
     raw_environ: dict[bytes, bytes] = getattr(os.environ, "_data", {})
     raw_saved = dict(raw_environ)
     resident = _Resident()
+    fd = conn.fileno()
     try:
-        conn.send_bytes(b"ready")
+        send_message(fd, b"ready")
     except OSError:
         return
     while True:
         try:
-            message = codec.loads(conn.recv_bytes())
+            message = codec.loads(receive_message(fd))
         except (EOFError, OSError):
             return
         reply, result_json = _run(message)
@@ -288,7 +322,7 @@ def child_main(conn: Connection, settings_json: str) -> None:
         reply["rss_mb"] = resident.mb()
         # A header line, then the result's JSON as it goes into Redis (encoded once, here).
         try:
-            conn.send_bytes(codec.dumps(reply) + b"\n" + result_json)
+            send_message(fd, codec.dumps(reply) + b"\n" + result_json)
         except OSError:
             return
 

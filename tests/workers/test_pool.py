@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +18,7 @@ from app.jobs.engine import Claimed
 from app.settings import Settings
 from bench.procs import descendants
 from tests.support import engine_worker, rq_worker, wait_for_status, wait_until
-from workers.pool import Outcome, Pool
+from workers.pool import Outcome, Pool, receive_message, send_message
 
 
 def task(task_id: str, task_type: str, payload: dict[str, Any] | None = None, attempt: int = 1) -> Claimed:
@@ -90,6 +92,27 @@ def test_nothing_of_one_task_reaches_the_next_in_the_same_child(pool_of: Any) ->
     assert second["env"] is None  # the variable "first" set is gone
     assert second["random"] != random.Random(42).random()  # and so is the seed it fixed
     assert "RQFLOW_TEST_LEFT" not in os.environ
+
+
+def test_payloads_and_results_of_any_size_cross_the_pipe_whole(pool_of: Any) -> None:
+    """Larger than a pipe's buffer and than one read, so each message takes several."""
+    pool = pool_of()
+    for size in (0, 10, 70_000, 3_000_000):
+        payload = {"text": "é" * size, "n": size}
+        assert value(run(pool, task(f"sized-{size}", "echo", payload)))["payload"] == payload
+
+
+def test_a_message_is_read_whole_and_a_closed_end_is_the_end() -> None:
+    here, there = socket.socketpair()
+    with here, there:
+        for message in (b"", b"ready", bytes(range(256)) * 4000):  # the last fills the pipe: sent meanwhile
+            sending = threading.Thread(target=send_message, args=(here.fileno(), message))
+            sending.start()
+            assert receive_message(there.fileno()) == message
+            sending.join()
+        here.shutdown(socket.SHUT_WR)
+        with pytest.raises(EOFError):
+            receive_message(there.fileno())
 
 
 def test_a_child_is_recycled_after_its_number_of_tasks(pool_of: Any) -> None:
