@@ -62,27 +62,30 @@ class Event:
 ADD_EVENT = (
     TELL
     + f"""
--- Append one event to the history in the job hash `key`, keeping the newest {MAX_EVENTS}, and tell of
--- it (app.jobs.events). `event`: {{at_ms, name, attempt, worker, error, detail, by}}, no trailing
--- nulls; `f`: as `tell` takes it.
-local function add_event(key, event, f)
+-- The history `kept` (the job hash's field, or nil) with one event more, the newest {MAX_EVENTS}
+-- kept; for a script that writes it with other fields in one HSET. `event`: {{at_ms, name,
+-- attempt, worker, error, detail, by}}, no trailing nulls.
+local function with_event(kept, event)
     local line = cjson.encode(event)
-    local kept = redis.call('HGET', key, '{keys.FIELD_HISTORY}')
-    if kept then
-        kept = kept .. '\\n' .. line
-        local _, breaks = string.gsub(kept, '\\n', '')
-        for _ = 1, breaks + 1 - {MAX_EVENTS} do
-            kept = string.sub(kept, string.find(kept, '\\n', 1, true) + 1)
-        end
-    else
-        kept = line
+    if not kept then return line end
+    kept = kept .. '\\n' .. line
+    local _, breaks = string.gsub(kept, '\\n', '')
+    for _ = 1, breaks + 1 - {MAX_EVENTS} do
+        kept = string.sub(kept, string.find(kept, '\\n', 1, true) + 1)
     end
-    redis.call('HSET', key, '{keys.FIELD_HISTORY}', kept)
+    return kept
+end
+
+-- Append one event to the history in the job hash `key` and tell of it (app.jobs.events);
+-- `f`: as `tell` takes it.
+local function add_event(key, event, f)
+    local kept = redis.call('HGET', key, '{keys.FIELD_HISTORY}')
+    redis.call('HSET', key, '{keys.FIELD_HISTORY}', with_event(kept, event))
     tell(key, event, f)
 end
 """
 )
-"""The Lua function every script that records an event calls (this module's, app.jobs.release's
+"""The Lua functions every script that records an event calls (this module's, app.jobs.release's
 and the worker engine's), so that there is one way of appending; such a script calls `flush()`
 before it returns."""
 

@@ -100,17 +100,20 @@ for i = 1, n_done do
     at = at + 6
     local key = job_prefix .. id
     local f = redis.call('HMGET', key, 'status', 'worker_name', 'origin', 'result_ttl', 'rate_limit_key',
-        'rate_limit_concurrency', 'rqflow_attempts', 'dependency_ids', 'description', 'started_at')
+        'rate_limit_concurrency', 'rqflow_attempts', 'dependency_ids', 'description', 'started_at', history_field)
     -- Only a task this worker still runs: one canceled, deleted or given up on meanwhile is left as it is.
     if f[1] == 'started' and f[2] == worker then
         local ttl = tonumber(f[4]) or tonumber(result_ttl_default)
+        local event = {now_ms, completed_event, tonumber(f[7]) or cjson.null, worker}
         -- The result in the job hash, RQ's own field for it (which `Job.restore` reads), not a
-        -- stream per task: Redis gives a stream 4.7 KB to hold one entry.
-        local done = {'status', 'finished', 'ended_at', now, 'last_heartbeat', now}
-        if value ~= '' then done[7], done[8] = result_field, value end
+        -- stream per task: Redis gives a stream 4.7 KB to hold one entry. The history goes in
+        -- the same write.
+        local done = {'status', 'finished', 'ended_at', now, 'last_heartbeat', now,
+            history_field, with_event(f[11] or nil, event)}
+        if value ~= '' then done[9], done[10] = result_field, value end
         redis.call('HSET', key, unpack(done))
         redis.call('ZREM', wip_prefix .. f[3], id .. ':' .. execution)
-        add_event(key, {now_ms, completed_event, tonumber(f[7]) or cjson.null, worker}, {'finished', f[9], nil, f[10]})
+        tell(key, event, {'finished', f[9], nil, f[10]})
         local dependents = redis.call('SMEMBERS', key .. ':dependents')
         if ttl and ttl > 0 then
             redis.call('EXPIRE', key, ttl)
@@ -139,16 +142,19 @@ local claimed, n_claimed = {ended, tostring(working)}, 0
 local function start(id)
     local key = job_prefix .. id
     local f = redis.call('HMGET', key, 'status', 'origin', 'data', 'timeout', 'rqflow_spec',
-        'success_callback_name', 'failure_callback_name', 'stopped_callback_name', 'description', 'enqueued_at')
+        'success_callback_name', 'failure_callback_name', 'stopped_callback_name', 'description', 'enqueued_at',
+        'rqflow_attempts', history_field)
     if f[1] ~= 'queued' then return false end
+    local attempt = (tonumber(f[11]) or 0) + 1
+    local event = {now_ms, started_event, attempt, worker}
     -- No PERSIST: a queued task's job never has an expiry (rqflow sets no RQ `ttl`, and a retry
-    -- of a finished task persists it, app.jobs.tasks).
-    redis.call('HSET', key, 'status', 'started', 'started_at', now, 'last_heartbeat', now, 'worker_name', worker)
-    local attempt = redis.call('HINCRBY', key, 'rqflow_attempts', 1)
+    -- of a finished task persists it, app.jobs.tasks). The attempt and history in the same write.
+    redis.call('HSET', key, 'status', 'started', 'started_at', now, 'last_heartbeat', now, 'worker_name', worker,
+        'rqflow_attempts', attempt, history_field, with_event(f[12] or nil, event))
     n_claimed = n_claimed + 1
     local execution = execution_base .. '-' .. n_claimed
     redis.call('ZADD', wip_prefix .. f[2], lease_score, id .. ':' .. execution)
-    add_event(key, {now_ms, started_event, attempt, worker}, {'started', f[9], f[10]})
+    tell(key, event, {'started', f[9], f[10]})
     local callbacks = (f[6] or '') .. (f[7] or '') .. (f[8] or '')
     for _, v in ipairs({id, f[2], f[3], f[4] or '', f[5] or '', attempt, execution .. '|' .. callbacks}) do
         claimed[#claimed + 1] = v
@@ -172,7 +178,12 @@ flush()
 return claimed
 """
 
-SCRIPT = release.PRELUDE + release.FUNCTIONS + f"local B = {release.ARGC}\n" + _ENGINE
+SCRIPT = (
+    release.PRELUDE
+    + release.FUNCTIONS
+    + f"local B = {release.ARGC}\nlocal history_field = '{keys.FIELD_HISTORY}'\n"
+    + _ENGINE
+)
 
 
 @dataclass(frozen=True)
