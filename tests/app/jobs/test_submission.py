@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import zlib
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -13,7 +14,8 @@ from app import keys
 from app.errors import SubmissionInProgress
 from app.jobs.submission import _Recorder
 from app.jobs.tasks import TaskService
-from app.model import Backoff, Edge, Priority, TaskSpec
+from app.model import Edge, TaskSpec
+from tests.app.jobs.test_factory import SHAPES
 
 
 def test_the_same_batch_sent_twice_at_once_is_created_exactly_once(service: TaskService, redis: Redis) -> None:
@@ -119,27 +121,10 @@ def test_what_meanwhile_sees_is_the_answer_and_a_repeat_does_not_call_it(service
     assert not created and len(seen) == 1  # the answer of a repeat is read after, not during a write
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        TaskSpec(type="echo", id="plain", payload={"text": "hi"}),
-        TaskSpec(
-            type="echo",
-            id="dressed",
-            priority=Priority.HIGH,
-            max_attempts=4,
-            timeout_ms=2500,
-            backoff=Backoff(initial_ms=5, factor=2, max_ms=50, jitter=False),
-            name="nightly",
-            schedule_id="every-day",
-            payload={"long": "x" * 2000},  # compressed
-        ),
-    ],
-)
-def test_a_single_task_queued_at_once_is_written_as_a_batch_of_one_would_be(
-    service: TaskService, spec: TaskSpec
-) -> None:
+@pytest.mark.parametrize("name", ["plain", "options"])  # the shapes a single task queued at once can have
+def test_a_single_task_queued_at_once_is_written_as_a_batch_of_one_would_be(service: TaskService, name: str) -> None:
     """The single path writes its commands out directly; they are the general path's, word for word."""
+    spec = replace(SHAPES[name], id=name)
     submission = service.submission
     p = submission._plan([spec], batch=False, actor="ci")[0]
     created_at = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=timezone.utc)
