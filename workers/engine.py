@@ -151,7 +151,6 @@ class _EngineLoop(BaseWorker):
             engine.heartbeat(self, [], busy=False)  # the counts since the last one
         finally:
             pool.close()
-            engine.close()
             self.pool = None
             self.teardown()
         return bool(done)

@@ -35,7 +35,6 @@ from typing import Any
 
 from hiredis import pack_command
 from redis import Redis
-from redis.connection import Connection
 from redis.exceptions import NoScriptError
 from rq.executions import WORKER_EXECUTIONS_KEY_TEMPLATE, Execution
 from rq.registry import FinishedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
@@ -240,7 +239,6 @@ class Engine:
         self.lease_s = lease_s
         self.result_ttl_s = result_ttl_s
         self.script = connection.register_script(SCRIPT)
-        self._connection: Connection | None = None
         self._runs = 0
         self.successful = 0
         self.working_s = 0.0
@@ -290,28 +288,26 @@ class Engine:
         return [_claimed(flat[i : i + 7]) for i in range(2, len(flat), 7)]
 
     def _run(self, argv: list[Any]) -> Any:
-        """The script, on a connection of the engine's own: redis-py's call path checks each of
-        the step's ~40 arguments in Python and goes through its pool, retries and observability
-        hooks, some 20 µs of a worker's CPU per step, a quarter of it. It would also send a step
-        again after a connection error, although the first may have claimed tasks; here the error
-        goes to the worker's loop, and a claim whose answer was lost lapses with its lease."""
-        connection = self._connection
-        if connection is None:
-            connection = self._connection = self.connection.connection_pool.get_connection()
+        """The script, packed by hiredis on a connection of the pool: redis-py's call path checks
+        each of the step's ~40 arguments in Python and goes through its retries and observability
+        hooks, a third of a worker's CPU per step. The pool still hands out only a connection
+        that is open (one Redis closed in a restart is reconnected first). redis-py would also
+        send a step again after a connection error, although the first may have claimed tasks;
+        here the error goes to the worker's loop, and a claim whose answer was lost lapses with
+        its lease."""
+        pool = self.connection.connection_pool
+        connection = pool.get_connection()
         packed = pack_command(("EVALSHA", self.script.sha, 0, *argv))
         try:
-            connection.send_packed_command([packed])
-            return connection.read_response()
-        except NoScriptError:  # Redis restarted, or its scripts were flushed
-            self.connection.script_load(self.script.script)
-            connection.send_packed_command([packed])
-            return connection.read_response()
-
-    def close(self) -> None:
-        """Give the engine's connection back to the pool."""
-        if self._connection is not None:
-            self.connection.connection_pool.release(self._connection)
-            self._connection = None
+            try:
+                connection.send_packed_command([packed])
+                return connection.read_response()
+            except NoScriptError:  # Redis restarted, or its scripts were flushed
+                self.connection.script_load(self.script.script)
+                connection.send_packed_command([packed])
+                return connection.read_response()
+        finally:
+            pool.release(connection)  # redis-py closed it if it failed half-way
 
     def wait(self, timeout_s: float) -> bool:
         """Wait for a doorbell of any of the queues (app.keys.wake_key); True if one rang. Nothing

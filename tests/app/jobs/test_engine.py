@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from redis import Redis
 from rq.utils import utcformat
 
 from app.jobs import engine
+from tests.support import RedisServer
 
 UTC_FUNCTION = engine._ENGINE[engine._ENGINE.index("-- RQ's time format") : engine._ENGINE.index("-- The time of")]
 
@@ -24,3 +26,19 @@ def test_the_script_writes_times_exactly_as_rq_does(redis: Redis, stamp: float) 
     written = redis.eval(UTC_FUNCTION + "return utc(tonumber(ARGV[1]), tonumber(ARGV[2]))", 0, seconds, micros)
     expected = utcformat(datetime.fromtimestamp(seconds, tz=timezone.utc).replace(microsecond=micros))
     assert written.decode() == expected
+
+
+def test_a_step_after_redis_restarted_goes_through(tmp_path: Path) -> None:
+    """The step's connection was closed by the restart and Redis forgot the script: neither may
+    fail the step (a failed step drops the ends it carried and costs the worker its children)."""
+    server = RedisServer.start_new(tmp_path, appendonly=True)
+    try:
+        redis = server.client()
+        step = engine.Engine(redis, ["default"], "w1", lease_s=60, result_ttl_s=600)
+        assert step.step([], 1) == []
+        server.kill()
+        server.start()
+        assert step.step([], 1) == []
+        assert redis.ping()
+    finally:
+        server.kill()
