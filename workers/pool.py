@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 
-_HEADER = struct.Struct("!i")
-"""A message's length before it, as multiprocessing's Connection frames one."""
+_HEADER = struct.Struct("!Q")
+"""A message's length before it (8 bytes: no size of result is refused on the way)."""
 
 
 def send_message(fd: int, data: bytes) -> None:

@@ -581,21 +581,34 @@ class Submission:
 
 _gc_pauses = 0
 _gc_was_enabled = False
+_gc_resting_since = 0.0
 _gc_lock = threading.Lock()
+
+GC_REST_MAX_S = 10.0
+"""The longest the cyclic collector rests while batches overlap without a gap: then the next one
+to start runs it once (cyclic garbage of every other request waits for it meanwhile)."""
 
 
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """A 10,000-task batch allocates a few hundred thousand short-lived objects; the cyclic
     collector would spend more time walking them than building the batch takes. Reference
-    counting still frees them. Nests, and is shared by the threads of one process."""
-    global _gc_pauses, _gc_was_enabled
+    counting still frees them. Nests, and is shared by the threads of one process; past
+    GC_REST_MAX_S of rest it collects once, however many batches keep it resting."""
+    global _gc_pauses, _gc_was_enabled, _gc_resting_since
+    overdue = False
     with _gc_lock:
+        now = time.monotonic()
         if _gc_pauses == 0:
             _gc_was_enabled = gc.isenabled()
             gc.disable()
+            _gc_resting_since = now
+        elif now - _gc_resting_since > GC_REST_MAX_S:
+            overdue, _gc_resting_since = True, now
         _gc_pauses += 1
     try:
+        if overdue and _gc_was_enabled:
+            gc.collect()
         yield
     finally:
         with _gc_lock:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 import zlib
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -12,7 +14,8 @@ from redis import Redis
 
 from app import keys
 from app.errors import SubmissionInProgress
-from app.jobs.submission import _Recorder
+from app.jobs import submission
+from app.jobs.submission import _Recorder, gc_paused
 from app.jobs.tasks import TaskService
 from app.model import Edge, TaskSpec
 from tests.app.jobs.test_factory import SHAPES
@@ -132,3 +135,20 @@ def test_a_single_task_queued_at_once_is_written_as_a_batch_of_one_would_be(serv
     recorder = _Recorder(submission.connection)
     assert submission._write_all([p], {}, recorder, dry_run=False, created_at=created_at) == placed
     assert direct == [args for args, _ in recorder.command_stack]
+
+
+def test_overlapping_batches_keep_the_collector_off_no_longer_than_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Node:
+        other: Node
+
+    with gc_paused():
+        first, second = Node(), Node()
+        first.other, second.other = second, first  # a cycle: only the collector frees it
+        gone = weakref.ref(first)
+        del first, second
+        with gc_paused():  # a second batch, while the first still runs
+            assert gone() is not None
+        monkeypatch.setattr(submission, "GC_REST_MAX_S", 0.0)
+        with gc_paused():  # one that starts past the bound
+            assert gone() is None
+    assert gc.isenabled()
