@@ -43,8 +43,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     api_processes: int = Field(default=1, ge=1, le=64)
-    """API processes serving the port (uvicorn's workers). One measures best on two cores next to
-    two workers (`python -m bench.submit`); more pay where the API has cores of its own."""
+    """API processes serving the port (uvicorn's workers). One does as well as two on two cores
+    next to two workers (`python -m bench.submit`); more pay where the API has cores of its own."""
     workers: int = Field(default=2, ge=1)
     api_keys: Annotated[list[str], NoDecode] = []
     allow_public_without_keys: bool = False
