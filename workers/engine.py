@@ -10,12 +10,15 @@ its tasks are RQ jobs in RQ's registries, which RQ's own cleanup recovers if it 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq.command import parse_payload
 from rq.executions import Execution
 from rq.job import JobStatus
@@ -83,33 +86,56 @@ class _EngineLoop(BaseWorker):
         by then was running then, so has an RQ execution record for its end to remove."""
         done = 0
         ended: list[Ended] = []
+        """Runs that returned, whose ends the next step writes (kept until one has)."""
+        bad: list[Outcome] = []
+        """Runs that ended otherwise, for RQ's failure handling (kept until it has taken them)."""
         woken = False
         next_heartbeat = time.monotonic()
         next_sweep = time.monotonic() + LEASE_SWEEP_S
         idle_since = time.monotonic()
-        debug = log.isEnabledFor(logging.DEBUG)
         poll_s = IDLE_POLL_S
+        outage_s = 0.0
         try:
             while True:
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
-                if time.monotonic() >= next_sweep:
-                    self._recover_lapsed(engine)
-                    next_sweep = time.monotonic() + LEASE_SWEEP_S
                 stopping = self._stop_requested or (max_jobs is not None and done >= max_jobs)
-                want = 0 if stopping else len(pool.idle)
-                if max_jobs is not None:
-                    want = min(want, max(max_jobs - done - len(pool.busy), 0))
-                claimed: list[Claimed] = []
-                if ended or want:
-                    claimed = engine.step(ended, want, woken)
-                    found = bool(claimed or ended)
-                    poll_s = IDLE_POLL_S if found else min(poll_s * 2, IDLE_POLL_MAX_S)
-                    ended, woken = [], False
-                if not stopping:
-                    pool.replace_spent()  # after the step: their tasks' ends are written first
-                for task, child in zip(claimed, pool.idle, strict=False):
-                    self._start(task, child, pool)
+                try:
+                    while bad:  # first: a retry it queues is there for this step to claim
+                        self._end_badly(bad[0])
+                        bad.pop(0)
+                    if self.should_run_maintenance_tasks:
+                        self.run_maintenance_tasks()
+                    if time.monotonic() >= next_sweep:
+                        self._recover_lapsed(engine)
+                        next_sweep = time.monotonic() + LEASE_SWEEP_S
+                    want = 0 if stopping else len(pool.idle)
+                    if max_jobs is not None:
+                        want = min(want, max(max_jobs - done - len(pool.busy), 0))
+                    claimed: list[Claimed] = []
+                    if ended or want:
+                        claimed = engine.step(ended, want, woken)
+                        found = bool(claimed or ended)
+                        poll_s = IDLE_POLL_S if found else min(poll_s * 2, IDLE_POLL_MAX_S)
+                        ended, woken = [], False
+                    if not stopping:
+                        pool.replace_spent()  # after the step: their tasks' ends are written first
+                    for task, child in zip(claimed, pool.idle, strict=False):
+                        self._start(task, child, pool, bad)
+                    if outage_s:
+                        log.warning("worker %s: Redis is back", self.name)
+                        outage_s = 0.0
+                except (RedisConnectionError, RedisTimeoutError) as error:
+                    # Redis is away (a restart, a failover): the children run on, and what they
+                    # end waits here for it; leaving the loop would kill them and drop their ends.
+                    if stopping and not pool.busy:
+                        raise  # nothing left to wait for
+                    if not outage_s:
+                        log.warning("worker %s: Redis unavailable (%s); waiting for it", self.name, error)
+                    outage_s = min(max(outage_s * 2, 0.05), 1.0)
+                    self._cut_off_at_deadline(pool)
+                    done += self._collect(pool, outage_s, ended, bad)
+                    for child in pool.overdue():
+                        pool.kill(child, ErrorType.TIMEOUT.value)
+                    continue
                 if pool.busy:
                     idle_since = time.monotonic()
                 elif (
@@ -119,41 +145,49 @@ class _EngineLoop(BaseWorker):
                 ):
                     break
                 elif want and not claimed:
-                    woken = engine.wait(timeout_s=max(min(next_heartbeat - time.monotonic(), 1.0), 0.05))
-                    next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
+                    with contextlib.suppress(RedisConnectionError, RedisTimeoutError):  # the next step says
+                        woken = engine.wait(timeout_s=max(min(next_heartbeat - time.monotonic(), 1.0), 0.05))
+                        next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
                     continue
                 free = len(pool.idle) and not stopping
                 timeout = poll_s if free else max(next_heartbeat - time.monotonic(), 0.0)
                 self._cut_off_at_deadline(pool)
-                for outcome in pool.wait(timeout):
-                    done += 1
-                    published = outcome.started <= self._published_at
-                    if outcome.result_json is not None:
-                        if debug:  # a line a task costs ~10 us: only when asked for
-                            log.debug("task %s completed", outcome.task.id, extra=self._about(outcome))
-                        ended.append(
-                            Ended(
-                                outcome.task.id,
-                                outcome.task.execution,
-                                outcome.result_json,
-                                outcome.started,
-                                outcome.ended,
-                                published,
-                            )
-                        )
-                    else:
-                        self._end_badly(outcome)
+                done += self._collect(pool, timeout, ended, bad)
                 for child in pool.overdue():
                     pool.kill(child, ErrorType.TIMEOUT.value)
-                next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError):  # the next step says
+                    next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
             if ended:
                 engine.step(ended, 0)
+            for outcome in bad:
+                self._end_badly(outcome)
             engine.heartbeat(self, [], busy=False)  # the counts since the last one
         finally:
             pool.close()
             self.pool = None
             self.teardown()
         return bool(done)
+
+    def _collect(self, pool: Pool, timeout: float, ended: list[Ended], bad: list[Outcome]) -> int:
+        """Wait up to `timeout` for runs to end, and add them to `ended` or `bad`; how many ended."""
+        outcomes = pool.wait(timeout)
+        for outcome in outcomes:
+            if outcome.result_json is None:
+                bad.append(outcome)
+                continue
+            if log.isEnabledFor(logging.DEBUG):  # a line a task costs ~10 us: only when asked for
+                log.debug("task %s completed", outcome.task.id, extra=self._about(outcome))
+            ended.append(
+                Ended(
+                    outcome.task.id,
+                    outcome.task.execution,
+                    outcome.result_json,
+                    outcome.started,
+                    outcome.ended,
+                    outcome.started <= self._published_at,
+                )
+            )
+        return len(outcomes)
 
     def _heartbeat_if_due(self, engine: Engine, pool: Pool, due: float) -> float:
         """The worker's heartbeat and its running tasks' leases, once per interval; returns when
@@ -177,11 +211,11 @@ class _EngineLoop(BaseWorker):
         if overdue:
             self.release_overdue(overdue)
 
-    def _start(self, task: Claimed, child: Any, pool: Pool) -> None:
+    def _start(self, task: Claimed, child: Any, pool: Pool, bad: list[Outcome]) -> None:
         if task.refused:
             log.warning("refusing task %s: %s", task.id, task.refused)
             now = time.time()
-            self._end_badly(Outcome(child, task, now, now, error_type=task.refused_as, message=task.refused))
+            bad.append(Outcome(child, task, now, now, error_type=task.refused_as, message=task.refused))
             return
         pool.run(child, task)
 

@@ -172,6 +172,25 @@ def test_workers_ride_out_a_redis_restart(aof_redis: RedisServer, worker_env: di
         worker.wait(30)
 
 
+def test_tasks_running_through_a_redis_restart_end_once(aof_redis: RedisServer, worker_env: dict[str, str]) -> None:
+    """The children run on while Redis is away, and their ends are written once it is back: no
+    task runs twice, and none is cut off."""
+    settings = Settings(redis_url=aof_redis.url, task_modules=["tests.handlers"])
+    with TestClient(create_app(settings)) as client, engine_worker(aof_redis.url, env=worker_env) as worker:
+        for n in range(2):
+            client.post("/api/tasks", json={"id": f"long{n}", "type": "data_processing", "duration_ms": 3000})
+        for n in range(2):
+            wait_for_status(client, f"long{n}", "RUNNING", timeout=30)
+        aof_redis.kill(signal.SIGKILL)
+        wait_until(lambda: "Redis unavailable" in worker.output.read_text(), timeout=30, what="the worker to notice")
+        aof_redis.start()
+        for n in range(2):
+            wait_for_status(client, f"long{n}", "COMPLETED", timeout=60)
+            task = client.get(f"/api/tasks/long{n}").json()
+            assert task["attempts"] == 1, task
+        assert worker.poll() is None
+
+
 def test_a_worker_whose_redis_is_gone_still_stops_on_sigterm(
     aof_redis: RedisServer, worker_env: dict[str, str]
 ) -> None:
