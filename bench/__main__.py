@@ -1,6 +1,6 @@
 """`python -m bench`: end-to-end throughput of rqflow (HTTP submit -> COMPLETED) next to plain RQ.
 
-Both runs use the same Redis settings (AOF everysec, as shipped), the same number of worker
+Both runs use the same Redis settings (AOF, appendfsync always, as shipped), the same number of worker
 processes of the same class, and the same JSON serializer; the machine is noisy, so compare the
 ratio, not the absolute numbers.
 """
@@ -437,7 +437,7 @@ def main() -> None:
     env["PYTHONPATH"] = str(ROOT)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{args.tasks} tasks, {args.workers} worker processes, {args.clients} HTTP clients, Redis AOF everysec"
+        f"{args.tasks} tasks, {args.workers} worker processes, {args.clients} HTTP clients, Redis fsync always"
     )
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as data:

@@ -1,5 +1,6 @@
 """`python -m bench.engine`: the worker engine, with the Procfile's defaults, next to plain RQ
-(SimpleWorker and the forking Worker) and Dramatiq, in one run on one Redis (AOF everysec).
+(SimpleWorker and the forking Worker) and Dramatiq, in one run on one Redis (AOF, fsync always,
+as shipped).
 
 1. No-op tasks end to end: rqflow's tasks submitted through `POST /api/tasks/batch` (1,000 a
    request) while the Procfile's `worker` line runs, submission counted; RQ's and Dramatiq's
@@ -239,7 +240,7 @@ def main() -> None:
     base["PYTHONPATH"] = str(ROOT)
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"Redis with AOF everysec; 2 worker processes each; Dramatiq {'present' if DRAMATIQ else 'absent'}, "
+        f"Redis with AOF, appendfsync always; 2 worker processes each; Dramatiq {'present' if DRAMATIQ else 'absent'}, "
         f"Huey {'present' if HUEY else 'absent'}"
     )
     results: dict[str, Any] = {}

@@ -139,7 +139,7 @@ def main() -> None:
         return
     base = {k: v for k, v in os.environ.items() if not k.startswith("RQFLOW_")}
     base["PYTHONPATH"] = str(ROOT)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; Redis with AOF everysec; 2 workers running")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; Redis AOF, fsync always; 2 workers running")
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as data:
         server = RedisServer.start_new(Path(data), appendonly=True)

@@ -422,6 +422,11 @@ def _persistence(redis: Redis) -> dict[str, Any]:
         report["maxmemory_policy"] = None
     if not report["aof_enabled"]:
         warnings.append("AOF is off: a Redis crash loses every task since the last snapshot")
+    elif report["appendfsync"] in ("everysec", "no"):
+        warnings.append(
+            f"appendfsync {report['appendfsync']}: a Redis crash while the disk is busy can lose up to 2 s of "
+            "acknowledged writes; use appendfsync always (deploy/redis.conf)"
+        )
     report["warnings"] = warnings
     return report
 

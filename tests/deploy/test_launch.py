@@ -81,7 +81,7 @@ def test_make_run_serves_restarts_stops_and_keeps_tasks(launched: Launched, tmp_
     launched.start()
     health = launched.call("GET", "/health")[1]
     assert health["redis"]["aof_enabled"] is True
-    assert health["redis"]["appendfsync"] == "everysec"
+    assert health["redis"]["appendfsync"] == "always"
 
     # The scenario of the README: B waits for A.
     assert (

@@ -238,6 +238,20 @@ def test_health_reports_persistence(client: TestClient) -> None:
     assert any("AOF" in w for w in body["redis"]["warnings"])  # ...and health says so
 
 
+def test_health_warns_of_an_fsync_a_redis_crash_can_outrun(tmp_path: Path) -> None:
+    server = RedisServer.start_new(tmp_path, appendonly=True)  # the shipped configuration
+    try:
+        settings = Settings(redis_url=server.url, task_modules=["tests.handlers"], var_dir=tmp_path)
+        with TestClient(create_app(settings)) as client:
+            shipped = client.get("/health").json()["redis"]
+            assert (shipped["appendfsync"], shipped["warnings"]) == ("always", [])
+            server.client().config_set("appendfsync", "everysec")
+            warned = client.get("/health").json()["redis"]["warnings"]
+            assert any("appendfsync everysec" in w and "2 s" in w for w in warned), warned
+    finally:
+        server.kill()
+
+
 def test_a_single_task_claimed_by_a_batch_in_flight_is_refused_until_the_claim_lapses(
     client: TestClient, redis: Redis
 ) -> None:
