@@ -195,16 +195,11 @@ class Shapes:
             factory.templates.clear()
         self.templates = factory.templates
 
-    def fields(self, p: Planned, status: JobStatus) -> list[Any]:
-        """The hash RQ would write for `p` as a new DEFERRED or QUEUED job (queued: enqueued at
-        the creation time), as HSET's field-value arguments. Fields RQ writes empty are left
-        out: absent reads the same to RQ."""
-        template, own = self.parts(p, status)
-        return [*template, *own]
-
     def parts(self, p: Planned, status: JobStatus) -> tuple[list[Any], list[Any]]:
-        """`fields` in two: those shared by every task of its shape (the same list object for
-        each, so a writer can send it once), and its own."""
+        """The hash RQ would write for `p` as a new DEFERRED or QUEUED job (queued: enqueued at
+        the creation time), as HSET's field-value arguments, in two: those shared by every task
+        of its shape (the same list object for each, so a writer can send it once), and its own.
+        Fields RQ writes empty are left out: absent reads the same to RQ."""
         key = (*p.shape(), status)
         template = self.templates.get(key)
         if template is None:

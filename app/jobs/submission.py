@@ -53,7 +53,7 @@ from app.jobs.bulk import FastTransaction
 from app.jobs.dependencies import parent_statuses
 from app.jobs.factory import Factory, Planned, Shapes
 from app.jobs.job import TaskJob
-from app.jobs.status import TASK_STATUS, task_status
+from app.jobs.status import task_status
 from app.jobs.timers import hold
 from app.jobs.writer import JobWriter, add_dependencies
 from app.model import Priority, Task, TaskSpec, TaskStatus
@@ -323,32 +323,21 @@ class Submission:
         holds the two equal)."""
         spec = p.spec
         template, own = Shapes(self.factory, created_at).parts(p, JobStatus.QUEUED)
-        member = store.index_member(created_at, p.task_id)
-        queue = self.queues[spec.priority]
-        commands: list[tuple[Any, ...]] = [
-            ("HSET", TaskJob.key_for(p.task_id), *template, *own),
-            ("ZADD", keys.TASK_INDEX, 0, member),
-            ("ZADD", keys.type_index(spec.type), 0, member),
-        ]
+        member: dict[str, float] = {store.index_member(created_at, p.task_id): 0}
+        indexes = {keys.TASK_INDEX: member, keys.type_index(spec.type): member}
         if spec.schedule_id:
-            commands.append(("ZADD", keys.schedule_runs_index(spec.schedule_id), 0, member))
-        commands += [
-            ("SADD", Queue.redis_queues_keys, queue.key),
-            ("RPUSH", queue.key, p.task_id),
-            ("ZADD", keys.wake_key(queue.name), 0, "w"),
-            ("ZREM", keys.CLAIMS, p.task_id),
-        ]
-        told = events.event(
-            "submitted",
-            int(created_at.timestamp() * 1000),
-            task=p.task_id,
-            status=TaskStatus.QUEUED.value,
-            type=spec.type,
-        )
+            indexes[keys.schedule_runs_index(spec.schedule_id)] = member
         recorded = _Commands()
-        events.told(recorded, [told])
-        events.counted(recorded, {events.submitted_field(spec.type): 1})
-        return commands + recorded.commands, [(p, (JobStatus.QUEUED, created_at, created_at, None))]
+        recorded.execute_command("HSET", TaskJob.key_for(p.task_id), *template, *own)
+        _bookkeeping(
+            recorded,
+            indexes,
+            {self.queues[spec.priority].name: [p.task_id]},
+            [p.task_id],
+            [events.submitted(int(created_at.timestamp() * 1000), p.task_id, TaskStatus.QUEUED, spec.type)],
+            {events.submitted_field(spec.type): 1},
+        )
+        return recorded.commands, [(p, (JobStatus.QUEUED, created_at, created_at, None))]
 
     def _write(
         self,
@@ -503,13 +492,7 @@ class Submission:
                 writer.add(p.task_id, *shapes.parts(p, status), [])
                 pushes.setdefault(self.queues[spec.priority].name, []).append(p.task_id)
             placed.append((p, (status, created_at, queued_at, error)))
-            told[p.index] = {
-                "event": "submitted",
-                "at": at_ms,
-                "task": p.task_id,
-                "status": TASK_STATUS[status].value,
-                "type": spec.type,
-            }
+            told[p.index] = events.submitted(at_ms, p.task_id, task_status(status), spec.type)
             submitted[spec.type] += 1
             member = index_prefix + p.task_id
             everything[member] = 0
@@ -519,18 +502,9 @@ class Submission:
             of_type[member] = 0
             if spec.schedule_id:
                 indexes.setdefault(keys.schedule_runs_index(spec.schedule_id), {})[member] = 0
-        for index, members in indexes.items():
-            target.zadd(index, members)
-        for queue_name, ids in pushes.items():
-            queue_key = Queue.redis_queue_namespace_prefix + queue_name
-            target.sadd(Queue.redis_queues_keys, queue_key)
-            target.rpush(queue_key, *ids)
-            target.zadd(keys.wake_key(queue_name), {"w": 0})
-        target.zrem(keys.CLAIMS, *(p.task_id for p in plan))
-        events.told(target, told)  # in request order
         counts = {events.submitted_field(t): n for t, n in submitted.items()}
         counts.update((events.finished_field(t, TaskStatus.CANCELED), n) for t, n in doomed.items())
-        events.counted(target, counts)
+        _bookkeeping(target, indexes, pushes, [p.task_id for p in plan], told, counts)
         return placed
 
     def enqueue(self, job: TaskJob, pipe: Any) -> None:
@@ -577,6 +551,29 @@ class Submission:
         CanceledJobRegistry(job.origin, connection=self.connection, serializer=JSONSerializer).add(job, pipeline=pipe)
         job.cleanup(ttl=self.result_ttl_s, pipeline=pipe)
         return error
+
+
+def _bookkeeping(
+    target: Any,
+    indexes: dict[str, dict[str, float]],
+    pushes: dict[str, list[str]],
+    ids: list[str],
+    told: list[dict[str, Any]],
+    counts: dict[str, int],
+) -> None:
+    """Queue on `target` what a submission writes besides its jobs: the index entries, the pushes
+    onto each queue (with its doorbell), the end of the ids' claims, the events in request order
+    and the counts."""
+    for index, members in indexes.items():
+        target.execute_command("ZADD", index, *(x for member, score in members.items() for x in (score, member)))
+    for queue_name, queued in pushes.items():
+        queue_key = Queue.redis_queue_namespace_prefix + queue_name
+        target.execute_command("SADD", Queue.redis_queues_keys, queue_key)
+        target.execute_command("RPUSH", queue_key, *queued)
+        target.execute_command("ZADD", keys.wake_key(queue_name), 0, "w")
+    target.execute_command("ZREM", keys.CLAIMS, *ids)
+    events.told(target, told)
+    events.counted(target, counts)
 
 
 _gc_pauses = 0

@@ -56,7 +56,7 @@ def test_rq_reads_small_job_data_stored_uncompressed() -> None:
     for task_id in ("a", "b"):  # the first is RQ's own job; the second comes from the template
         spec = TaskSpec(type="echo", id=task_id, payload={"text": "grüße"})
         planned = Planned(0, task_id, spec, registry.get_type("echo"), spec.fingerprint())
-        connection.hset(f"rq:job:{task_id}", mapping=dict(_pairs(shapes.fields(planned, JobStatus.QUEUED))))
+        connection.hset(f"rq:job:{task_id}", mapping=dict(_pairs(_fields(shapes, planned, JobStatus.QUEUED))))
     job = TaskJob.fetch("b", connection=connection)
     assert connection.hget("rq:job:b", "data").startswith(b"[")
     assert (job.func_name, job.args, job.kwargs) == (
@@ -64,6 +64,11 @@ def test_rq_reads_small_job_data_stored_uncompressed() -> None:
         [],
         {"task_type": "echo", "payload": {"text": "grüße"}},
     )
+
+
+def _fields(shapes: Shapes, planned: Planned, status: JobStatus) -> list[Any]:
+    template, own = shapes.parts(planned, status)
+    return [*template, *own]
 
 
 def _pairs(flat: list[Any]) -> list[tuple[Any, Any]]:
@@ -87,8 +92,8 @@ def test_template_fields_equal_rqs_own(name: str, status: JobStatus) -> None:
     other_parents = tuple(replace(e, parent=f"{e.parent}-b") for e in spec.dependencies)
     second = planned(1, "second", payload={"other": True}, dependencies=other_parents)
     assert first.shape() == second.shape()
-    shapes.fields(first, status)  # builds the template with RQ
-    flat = shapes.fields(second, status)
+    _fields(shapes, first, status)  # builds the template with RQ
+    flat = _fields(shapes, second, status)
     from_template = dict(_pairs(flat))
 
     job = factory.build(second, created_at, status)
