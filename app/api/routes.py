@@ -88,15 +88,12 @@ async def submit_batch(request: Request) -> Response:
     # cyclic collector would walk them again and again (a tenth of a 10,000-task batch's time)
     # and find nothing, since reference counting frees them. It rests from the end of the upload
     # (never during one: a slow client must not hold it off for everyone) until they are gone.
-    if ndjson:
-        specs = await _ndjson_specs(request)  # validated as it arrives, off the event loop
-        with gc_paused():
-            answer = await _stored(request, specs, dry_run, ndjson)
-            del specs
-        return answer
-    body = await request.body()
+    # NDJSON is validated as it arrives, off the event loop; JSON once whole.
+    specs = await _ndjson_specs(request) if ndjson else []
+    body = b"" if ndjson else await request.body()
     with gc_paused():
-        specs = await run_in_threadpool(_parsed_batch, body)
+        if not ndjson:
+            specs = await run_in_threadpool(_parsed_batch, body)
         answer = await _stored(request, specs, dry_run, ndjson)
         del specs
     return answer

@@ -104,8 +104,10 @@ RESET = b'event: reset\ndata: {"reason":"the events after Last-Event-ID are no l
 
 async def _trimmed_past(redis: AsyncRedis, cursor: str) -> bool:
     """Whether the stream's oldest entry is past `cursor`: what came between was trimmed away."""
+    if cursor == "0-0":
+        return False  # from the start: nothing before it to lose
     oldest: Any = await redis.xrange(keys.EVENTS, count=1)
-    if not oldest or cursor == "0-0":
+    if not oldest:
         return False
     first = tuple(int(part) for part in codec.text(oldest[0][0]).split("-"))
     return first > tuple(int(part) for part in cursor.split("-"))
