@@ -355,8 +355,7 @@ async def _task_page(
     values: dict[str, str] | None = None,
 ) -> Response:
     """A task's page; with the errors and values of an edit that was refused."""
-    service = tasks_of(request)
-    task = await run_in_threadpool(service.reads.get, task_id)
+    task, history, graph = await run_in_threadpool(_task_view, tasks_of(request), task_id)
     return render(
         request,
         "task.html",
@@ -365,12 +364,18 @@ async def _task_page(
         task=task,
         shown=task_json(task, detailed=True),
         waiting=_waiting_line(task),
-        history=await run_in_threadpool(service.reads.history, task_id),
-        graph=await run_in_threadpool(_graph, service, task),
+        history=history,
+        graph=graph,
         editable=task.status in WAITING,
         errors=errors or {},
         values=values or {},
     )
+
+
+def _task_view(service: TaskService, task_id: str) -> tuple[Task, list[Any], layout.Drawing]:
+    """What a task's page shows from Redis, in one trip off the event loop."""
+    task = service.reads.get(task_id)
+    return task, service.reads.history(task_id), _graph(service, task)
 
 
 @page(Access.WRITE)
