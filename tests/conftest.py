@@ -30,6 +30,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
+def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, with AOF as shipped: for tests that kill and restart it."""
+    (tmp_path / "data").mkdir()
+    server = RedisServer.start_new(tmp_path / "data", appendonly=True)
+    yield server
+    server.kill()
+
+
+@pytest.fixture
 def redis(redis_server: RedisServer) -> Iterator[Redis]:
     client = redis_server.client()
     client.flushall()

@@ -109,10 +109,7 @@ class RedisServer:
         # The shipped configuration, with this server's port, address and directory.
         args = [redis_server_binary(), str(REDIS_CONF), "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--dir", str(self.data_dir)]
-        if self.appendonly:
-            args += ["--appendonly", "yes", "--save", ""]  # and the shipped appendfsync
-        else:
-            args += ["--appendonly", "no", "--save", ""]
+        args += ["--appendonly", "yes" if self.appendonly else "no", "--save", ""]  # the shipped appendfsync
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = Redis.from_url(self.url, socket_connect_timeout=0.2)
         wait_until(lambda: _pings(client), timeout=10, what=f"redis-server on port {self.port}")
@@ -205,11 +202,13 @@ def shell_process(
     try:
         yield process
     finally:
-        _stop_group(process, grace_s)
+        stop_group(process, grace_s)
 
 
-def _stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
-    # Only while it is not reaped: after, its pid (and group id) may be another's.
+def stop_group(process: subprocess.Popen[bytes], grace_s: float) -> None:
+    """Stop a process started in a session of its own, with all it started: SIGTERM and
+    `grace_s` to leave, then SIGKILL (at once with no grace). Only while it is not reaped: after,
+    its pid (and group id) may be another's."""
     if process.poll() is None:
         with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM if grace_s else signal.SIGKILL)

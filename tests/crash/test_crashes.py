@@ -10,8 +10,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,14 +101,6 @@ def test_a_lost_task_with_no_attempts_left_fails_as_worker_lost_and_cascades(
     finally:
         second.terminate()
         second.wait(30)
-
-
-@pytest.fixture
-def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    (tmp_path / "data").mkdir()
-    server = RedisServer.start_new(tmp_path / "data", appendonly=True)
-    yield server
-    server.kill()
 
 
 def test_redis_killed_and_restarted_keeps_every_acknowledged_task(

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ import pytest
 
 from app.embedded import redis_server_binary
 from deploy.launch import read_procfile
-from tests.support import BIN, REDIS_CONF, ROOT, complete_lines, shell_process, wait_until
+from tests.support import BIN, REDIS_CONF, ROOT, complete_lines, shell_process, stop_group, wait_until
 
 SUBNET = "10.213.7"
 HOSTS = {"redis": f"{SUBNET}.1", "w1": f"{SUBNET}.2", "w2": f"{SUBNET}.3"}
@@ -139,13 +138,6 @@ class Cluster:
             kind, task, attempt, node, at = line.split()
             found.append((kind, task, int(attempt), node, float(at)))
         return found
-
-
-def with_group_killed(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
 
 
 @pytest.fixture
@@ -281,7 +273,7 @@ def test_redis_restarted_on_its_data_while_tasks_flow_loses_nothing_acknowledged
             what="tasks to flow",
         )
         acknowledged = set(cluster.tasks())  # what the API has answered for
-        with_group_killed(cluster.procs.pop("redis-redis-server"))
+        stop_group(cluster.procs.pop("redis-redis-server"), 0)
         time.sleep(1)  # Redis away for a moment while workers, API and scheduler keep trying
         cluster.redis()
         wait_until(lambda: cluster.rqflow("health").returncode == 0, timeout=30, interval=0.5, what="the API back")

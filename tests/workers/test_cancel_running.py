@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from starlette.testclient import TestClient
 
 from app.settings import Settings
-from tests.support import rq_worker, wait_for_status
+from tests.support import wait_for_status, worker_process
 
 
 @contextmanager
@@ -17,13 +17,9 @@ def long_task_running(client: TestClient, settings: Settings, worker_class: str)
     """`long` (20 s) running on a worker of `worker_class`, and `after` waiting on it."""
     client.post("/api/tasks", json={"id": "long", "type": "data_processing", "duration_ms": 20_000})
     client.post("/api/tasks", json={"id": "after", "type": "echo", "dependencies": ["long"]})
-    worker = rq_worker(str(settings.redis_url), worker_class=worker_class)
-    try:
+    with worker_process(str(settings.redis_url), worker_class=worker_class):
         wait_for_status(client, "long", "RUNNING", timeout=20, what="start")
         yield
-    finally:
-        worker.terminate()
-        worker.wait(30)
 
 
 def test_cancel_stops_a_running_20s_task_in_under_2s_and_cascades(

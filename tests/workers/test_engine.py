@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 from redis import Redis
 from rq.registry import StartedJobRegistry
@@ -12,10 +10,10 @@ from starlette.testclient import TestClient
 
 from app.jobs.engine import Engine
 from app.settings import Settings
-from tests.support import engine_worker, wait_for_status, wait_until
+from tests.support import BIN, engine_worker, wait_for_status, wait_until
 from workers.engine import EngineWorker
 
-RQ = str(Path(sys.executable).parent / "rq")
+RQ = str(BIN / "rq")
 
 
 def test_every_task_an_engine_worker_runs_is_shown_on_it_until_it_ends(

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 from starlette.testclient import TestClient
 
 from app.settings import Settings
-from tests.support import ROOT, output_file, wait_for_status, wait_until
+from tests.support import BIN, ROOT, output_file, wait_for_status, wait_until
 
-RQ = str(Path(sys.executable).parent / "rq")
+RQ = str(BIN / "rq")
 
 
 def rq_env(settings: Settings) -> dict[str, str]:

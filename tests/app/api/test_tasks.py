@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -238,18 +237,13 @@ def test_health_reports_persistence(client: TestClient) -> None:
     assert any("AOF" in w for w in body["redis"]["warnings"])  # ...and health says so
 
 
-def test_health_warns_of_an_fsync_a_redis_crash_can_outrun(tmp_path: Path) -> None:
-    server = RedisServer.start_new(tmp_path, appendonly=True)  # the shipped configuration
-    try:
-        settings = Settings(redis_url=server.url, task_modules=["tests.handlers"], var_dir=tmp_path)
-        with TestClient(create_app(settings)) as client:
-            shipped = client.get("/health").json()["redis"]
-            assert (shipped["appendfsync"], shipped["warnings"]) == ("always", [])
-            server.client().config_set("appendfsync", "everysec")
-            warned = client.get("/health").json()["redis"]["warnings"]
-            assert any("appendfsync everysec" in w and "2 s" in w for w in warned), warned
-    finally:
-        server.kill()
+def test_health_warns_of_an_fsync_a_redis_crash_can_outrun(aof_redis: RedisServer, settings: Settings) -> None:
+    with TestClient(create_app(settings.model_copy(update={"redis_url": aof_redis.url}))) as client:
+        shipped = client.get("/health").json()["redis"]
+        assert (shipped["appendfsync"], shipped["warnings"]) == ("always", [])
+        aof_redis.client().config_set("appendfsync", "everysec")
+        warned = client.get("/health").json()["redis"]["warnings"]
+        assert any("appendfsync everysec" in w and "2 s" in w for w in warned), warned
 
 
 def test_a_single_task_claimed_by_a_batch_in_flight_is_refused_until_the_claim_lapses(
@@ -321,16 +315,13 @@ def test_a_submission_after_redis_lost_its_scripts_is_stored(client: TestClient,
     assert client.get("/api/tasks/after").json()["status"] == "QUEUED"
 
 
-def test_a_submission_right_after_redis_restarted_is_stored_not_refused(tmp_path: Path) -> None:
-    server = RedisServer.start_new(tmp_path, appendonly=True)
-    try:
-        settings = Settings(redis_url=server.url, task_modules=["tests.handlers"], var_dir=tmp_path)
-        with TestClient(create_app(settings)) as client:
-            assert post(client, {"id": "before", "type": "data_processing"}).status_code == 201
-            server.kill()
-            server.start()  # its AOF keeps "before"; the API's connection to the old one is dead
-            response = post(client, {"id": "after", "type": "data_processing"})
-            assert response.status_code == 201, response.text
-            assert {client.get(f"/api/tasks/{i}").json()["status"] for i in ("before", "after")} == {"QUEUED"}
-    finally:
-        server.kill()
+def test_a_submission_right_after_redis_restarted_is_stored_not_refused(
+    aof_redis: RedisServer, settings: Settings
+) -> None:
+    with TestClient(create_app(settings.model_copy(update={"redis_url": aof_redis.url}))) as client:
+        assert post(client, {"id": "before", "type": "data_processing"}).status_code == 201
+        aof_redis.kill()
+        aof_redis.start()  # its AOF keeps "before"; the API's connection to the old one is dead
+        response = post(client, {"id": "after", "type": "data_processing"})
+        assert response.status_code == 201, response.text
+        assert {client.get(f"/api/tasks/{i}").json()["status"] for i in ("before", "after")} == {"QUEUED"}

@@ -6,14 +6,13 @@ import json
 import os
 import select
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.support import free_port
+from tests.support import BIN, free_port
 
-RQFLOW = str(Path(sys.executable).parent / "rqflow")
+RQFLOW = str(BIN / "rqflow")
 
 
 def rqflow(*args: str, stdin: str | None = None, url: str = "") -> subprocess.CompletedProcess[str]:

@@ -136,6 +136,7 @@ def test_many_packed_commands_stream_and_apply_together(redis: Redis) -> None:
     with FastTransaction.on(redis) as pipe:
         for n in range(count):
             pipe.queue_packed([pack_command(("SET", f"k{n}", n))])
+        wait_until(lambda: _queued_in_redis(redis) >= 3 * FastTransaction.stream_every, what="queued commands")
         assert redis.get("k0") is None
         replies = pipe.execute()
     assert replies == [b"OK"] * count

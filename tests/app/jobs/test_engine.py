@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 
 import pytest
 from redis import Redis
@@ -28,17 +27,13 @@ def test_the_script_writes_times_exactly_as_rq_does(redis: Redis, stamp: float) 
     assert written.decode() == expected
 
 
-def test_a_step_after_redis_restarted_goes_through(tmp_path: Path) -> None:
+def test_a_step_after_redis_restarted_goes_through(aof_redis: RedisServer) -> None:
     """The step's connection was closed by the restart and Redis forgot the script: neither may
     fail the step (a failed step drops the ends it carried and costs the worker its children)."""
-    server = RedisServer.start_new(tmp_path, appendonly=True)
-    try:
-        redis = server.client()
-        step = engine.Engine(redis, ["default"], "w1", lease_s=60, result_ttl_s=600)
-        assert step.step([], 1) == []
-        server.kill()
-        server.start()
-        assert step.step([], 1) == []
-        assert redis.ping()
-    finally:
-        server.kill()
+    redis = aof_redis.client()
+    step = engine.Engine(redis, ["default"], "w1", lease_s=60, result_ttl_s=600)
+    assert step.step([], 1) == []
+    aof_redis.kill()
+    aof_redis.start()
+    assert step.step([], 1) == []
+    assert redis.ping()
