@@ -18,12 +18,14 @@ import re
 import zoneinfo
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation import GenerationMode
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
@@ -66,6 +68,19 @@ def refused_only_for_what_a_schema_cannot_state(case: Any, response: Any) -> Non
         assert all(SEMANTIC.match(f) for f in fields), f"valid input refused: {response.text}"
 
 
+def sent_breaks_the_contract(case: Any, response: Any) -> bool:
+    """Whether a negative case's request, as sent, still breaks the contract. Two of its breaches
+    never reach the server: a missing or wrong key (the only header the contract declares) is
+    replaced by AUTH, and a query parameter generated as an empty list is not sent at all."""
+    negative = {location for location, info in case.meta.components.items() if info.mode.is_negative}
+    negative.discard(ParameterLocation.HEADER)
+    if ParameterLocation.QUERY in negative:
+        sent = parse_qs(urlsplit(response.request.url).query, keep_blank_values=True)
+        if not all(name in sent for name in case.query or {}):
+            negative.discard(ParameterLocation.QUERY)
+    return bool(negative)
+
+
 @pytest.fixture(scope="module")
 def running_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Starlette]:
     # A Redis of its own: its worker must not run the tasks of tests that share the session's.
@@ -101,7 +116,15 @@ def test_every_operation_keeps_its_contract(label: str, mode: GenerationMode, ap
     @given(case=operation.as_strategy(generation_mode=mode))
     @hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def run(case: Any) -> None:
-        response = case.call_and_validate(headers=AUTH, excluded_checks=[schemathesis.checks.positive_data_acceptance])
+        response = case.call(headers=AUTH)
+        if mode is GenerationMode.NEGATIVE and not sent_breaks_the_contract(case, response):
+            return  # what reached the server was valid input
+        case.validate_response(
+            response,
+            headers=AUTH,
+            excluded_checks=[schemathesis.checks.positive_data_acceptance],
+            transport_kwargs={"headers": dict(AUTH)},  # for the checks that send it again
+        )
         refused_only_for_what_a_schema_cannot_state(case, response)
 
     run()
@@ -122,7 +145,12 @@ def test_tasks_and_schedules_keep_the_contract_through_their_links(api_schema: A
             return {"headers": AUTH}
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
-            case.validate_response(response, excluded_checks=[schemathesis.checks.positive_data_acceptance])
+            case.validate_response(
+                response,
+                headers=AUTH,
+                excluded_checks=[schemathesis.checks.positive_data_acceptance],
+                transport_kwargs={"headers": dict(AUTH)},  # for the checks that send it again
+            )
             refused_only_for_what_a_schema_cannot_state(case, response)
 
     Checked.run(
