@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 from rq.job import Dependency, JobStatus, Retry
@@ -194,12 +195,14 @@ class Shapes:
         if len(factory.templates) > MAX_TEMPLATES:  # timeouts and attempts are the client's to vary
             factory.templates.clear()
         self.templates = factory.templates
+        self._specs: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
+        """`spec_json`'s JSON around the dependencies, by everything else it depends on."""
 
-    def parts(self, p: Planned, status: JobStatus) -> tuple[list[Any], list[Any]]:
-        """The hash RQ would write for `p` as a new DEFERRED or QUEUED job (queued: enqueued at
-        the creation time), as HSET's field-value arguments, in two: those shared by every task
-        of its shape (the same list object for each, so a writer can send it once), and its own.
-        Fields RQ writes empty are left out: absent reads the same to RQ."""
+    def template(self, p: Planned, status: JobStatus) -> list[Any]:
+        """The fields RQ would write for `p` as a new DEFERRED or QUEUED job (queued: enqueued at
+        the creation time) that every task of its shape shares, as HSET's field-value arguments;
+        the same list object for each, so a writer can pack it once. Fields RQ writes empty are
+        left out: absent reads the same to RQ."""
         key = (*p.shape(), status)
         template = self.templates.get(key)
         if template is None:
@@ -209,18 +212,21 @@ class Shapes:
                 job.enqueued_at = self.created_at
             rq_fields = {k: v for k, v in job.to_dict().items() if v != ""}
             template = self.templates[key] = [x for k, v in rq_fields.items() if k not in OWN_FIELDS for x in (k, v)]
+        return template
+
+    def parts(self, p: Planned, status: JobStatus) -> tuple[list[Any], list[Any]]:
+        """The hash RQ would write for `p` as a new DEFERRED or QUEUED job, in two: its shape's
+        `template` and the fields of its own (OWN_FIELDS)."""
         spec = p.spec
-        # RQ's JSONSerializer.dumps, through the faster encoder (RQ reads it back with json.loads).
-        data = codec.dumps((keys.ENTRY_POINT, None, (), p.kwargs()))
         own = [
             "created_at",
             self.created,
             "data",
-            _compressed(data),
+            job_data(p),
             "description",
             f"{spec.type} {p.task_id}",
             keys.FIELD_SPEC,
-            codec.dumps(p.stored_spec(status)),
+            self.spec_json(p, status),
             keys.FIELD_FINGERPRINT,
             p.fingerprint,
         ]
@@ -229,8 +235,39 @@ class Shapes:
             own += ("dependency_id", parents[0], "dependency_ids", codec.dumps(parents))
         if status == JobStatus.QUEUED:
             own += ("enqueued_at", self.created)
-        return template, own
+        return self.template(p, status), own
+
+    def spec_json(self, p: Planned, status: JobStatus) -> bytes:
+        """`Planned.stored_spec` as JSON. Tasks of a batch mostly differ only in their dependencies:
+        the JSON around those is made once for everything else it depends on."""
+        spec = p.spec
+        deps = spec.dependencies
+        key = (status, p.actor, spec.type, bool(deps), _NOT_DEPENDENCIES(spec))
+        known = self._specs.get(key)
+        if known is None:
+            stored = p.stored_spec(status)
+            if not deps:
+                known = self._specs[key] = (codec.dumps(stored), b"")
+            else:
+                stored["dependencies"] = _SPLICE
+                before, *after = codec.dumps(stored).split(_SPLICED)
+                if len(after) != 1:  # the marker is some other field's value too: no shortcut
+                    return codec.dumps(p.stored_spec(status))
+                known = self._specs[key] = (before, after[0])
+        if not deps:
+            return known[0]
+        return b"".join((known[0], codec.dumps(spec_fields.encode_one("dependencies", deps)), known[1]))
 
 
-def _compressed(data: bytes) -> bytes:
+def job_data(p: Planned) -> bytes:
+    """RQ's job data (JSONSerializer.dumps of the call), through the faster encoder (RQ reads it
+    back with json.loads), compressed as RQ compresses it past SMALL_DATA."""
+    data = codec.dumps((keys.ENTRY_POINT, None, (), p.kwargs()))
     return data if len(data) <= SMALL_DATA else zlib.compress(data)
+
+
+_NOT_DEPENDENCIES = attrgetter(*(name for name in spec_fields.STORED if name != "dependencies"))
+"""The stored fields of a spec besides its dependencies (Shapes.spec_json)."""
+
+_SPLICE = "\x00rqflow:dependencies\x00"
+_SPLICED = codec.dumps(_SPLICE)

@@ -462,7 +462,7 @@ class Submission:
             pipe.multi()
         # A dry run makes every write into a no-op and so returns exactly what would be stored.
         target: Any = _Discard() if dry_run else pipe
-        writer = JobWriter(target, packed=isinstance(target, FastTransaction))
+        writer = JobWriter(target, shapes, packed=isinstance(target, FastTransaction))
         for p in plan:
             spec = p.spec
             blocked, waiting = _verdict(p, outside, canceled) if spec.dependencies else (None, False)
@@ -479,8 +479,8 @@ class Submission:
                 self._hold_until(p, self.factory.build(p, created_at, status), due, target, indexes)
             elif waiting:
                 status = JobStatus.DEFERRED
-                parents = self._defer(p, indexes, registered_at)
-                writer.add(p.task_id, *shapes.parts(p, status), parents)
+                self._defer(p, indexes, registered_at)
+                writer.add(p, status)
             elif p.task_type.concurrency:
                 job = self.factory.build(p, created_at, JobStatus.QUEUED)
                 self.enqueue(job, target)
@@ -489,7 +489,7 @@ class Submission:
                 # RQ's Queue._enqueue_job, with the ids pushed in one RPUSH per queue, in
                 # dependency order, after every job is written.
                 status, queued_at = JobStatus.QUEUED, created_at
-                writer.add(p.task_id, *shapes.parts(p, status), [])
+                writer.add(p, status)
                 pushes.setdefault(self.queues[spec.priority].name, []).append(p.task_id)
             placed.append((p, (status, created_at, queued_at, error)))
             told[p.index] = events.submitted(at_ms, p.task_id, task_status(status), spec.type)
@@ -519,12 +519,11 @@ class Submission:
             queue._enqueue_job(job, pipeline=pipe)
 
     @staticmethod
-    def _defer(p: Planned, indexes: dict[str, dict[str, float]], registered_at: float) -> list[str]:
+    def _defer(p: Planned, indexes: dict[str, dict[str, float]], registered_at: float) -> None:
         """RQ's `Job.register_dependency`, with the deferred-registry entries gathered into one ZADD
-        per queue (`indexes`) instead of one registry object and command per task; returns the
-        parents, whose sets the caller writes (JobWriter)."""
+        per queue (`indexes`) instead of one registry object and command per task; the caller
+        writes the dependency sets."""
         indexes.setdefault(_DEFERRED[p.spec.priority], {})[p.task_id] = registered_at
-        return [e.parent for e in p.spec.dependencies]
 
     def _hold_until(
         self, p: Planned, job: TaskJob, due: datetime, pipe: Any, indexes: dict[str, dict[str, float]]
@@ -537,8 +536,8 @@ class Submission:
         job.set_status(JobStatus.SCHEDULED, pipeline=pipe)
         job.save(pipeline=pipe)
         if p.spec.dependencies:
-            parents = self._defer(p, indexes, job.created_at.timestamp())
-            add_dependencies(pipe, p.task_id, parents)
+            self._defer(p, indexes, job.created_at.timestamp())
+            add_dependencies(pipe, p.task_id, [e.parent for e in p.spec.dependencies])
         hold(self.connection, job.id, due_ms, pipe)
 
     def _store_canceled(self, job: TaskJob, parent: str, parent_status: TaskStatus | None, pipe: Any) -> dict[str, str]:

@@ -2,9 +2,10 @@
 
 A job is a hash of some twenty fields and, with parents, two set additions; a 10,000-task batch
 is 30,000 such commands, and redis-py's share of each (checking and packing its arguments,
-queueing it, then reading its QUEUED reply) took longer than Redis takes to run it. Most of a
-hash's fields are the same for every task of one shape (factory.Shapes), so `JobWriter` packs a
-shape's fields once and each job's own fields after them, and hands the packed commands to the
+queueing it, then reading its QUEUED reply) took longer than Redis takes to run them. Most of a
+hash's fields are the same for every task of one shape (factory.Shapes.template), and a batch's
+tasks share their creation time, so `JobWriter` packs those once per shape and formats each job's
+own fields into the rest of its command in one step, then hands the packed commands to the
 batch's transaction (bulk.FastTransaction), which sends them as they come. Redis runs exactly
 the commands the plain path would, in the same MULTI.
 """
@@ -14,47 +15,98 @@ from __future__ import annotations
 from typing import Any
 
 from hiredis import pack_command
+from rq.job import JobStatus
 
+from app import codec, keys
+from app.jobs.factory import Planned, Shapes, job_data
 from app.jobs.job import TaskJob
 
 
-def _packed(*words: Any) -> bytes:
+def _around(key: str) -> tuple[bytes, bytes]:
+    """A key name made for the id "{}", in two: what comes before the id and what after."""
+    before, after = key.split("{}")
+    return before.encode(), after.encode()
+
+
+_JOB_KEY = _around(TaskJob.key_for("{}"))
+_DEPENDENTS = _around(TaskJob.dependents_key_for("{}"))
+_DEPENDENCIES = _around(TaskJob.dependencies_key_for("{}"))
+
+
+def _words(*words: Any) -> bytes:
+    """Words of a command, packed, without the count of words: to be joined to others."""
     packed: bytes = pack_command(words)
-    return packed
+    return packed[packed.index(b"\r\n") + 2 :]
 
 
-def _words(packed: bytes) -> memoryview:
-    """A packed command without its count of words: the words alone, to be joined to others."""
-    return memoryview(packed)[packed.index(b"\r\n") + 2 :]
+def _word(value: str) -> bytes:
+    """One constant word, packed, ready for %-formatting."""
+    return _words(value).replace(b"%", b"%%")
+
+
+_VALUE = b"$%d\r\n%b\r\n"
+_HSET_HEAD = b"*%d\r\n" + _word("HSET") + _VALUE
+_OWN_NAMES = ("data", "description", keys.FIELD_SPEC, keys.FIELD_FINGERPRINT)
+"""A job's own fields (factory.OWN_FIELDS) besides the batch's times: those of every job..."""
+_PARENT_NAMES = ("dependency_id", "dependency_ids")
+"""...and those of a job with parents."""
+_OWN = b"".join(_word(name) + _VALUE for name in _OWN_NAMES)
+_OWN_PARENTS = _OWN + b"".join(_word(name) + _VALUE for name in _PARENT_NAMES)
+_HSET_WORDS = 2 + 2 * len(_OWN_NAMES)
+"""HSET, the key, and the own fields of every job, before its shape's."""
+_SADD = b"*%d\r\n" + _word("SADD") + _VALUE
 
 
 class JobWriter:
     """Queues new jobs' writes on `target`: packed on a FastTransaction (`packed`), else as plain
-    commands (a single task's writes, which go into a script of their own; a dry run's stand-in)."""
+    commands (a dry run's stand-in, and the reference the packed commands are tested against)."""
 
-    def __init__(self, target: Any, *, packed: bool) -> None:
+    def __init__(self, target: Any, shapes: Shapes, *, packed: bool) -> None:
         self.target = target
+        self.shapes = shapes
         self.packed = packed
-        self._templates: dict[int, tuple[memoryview, list[Any]]] = {}
-        """Each template's packed words by its object's id, with the template (held, so that no
-        other list can take its id meanwhile)."""
+        self._forms: dict[int, tuple[bytes, int, list[Any]]] = {}
+        """By each template's id: the packed words it and the batch's times make, their count, and
+        the template (held, so that no other list can take its id meanwhile)."""
 
-    def add(self, job_id: str, template: list[Any], own: list[Any], parents: list[str]) -> None:
-        """A new job: its hash is `template`'s fields and `own`; `parents` are its dependencies."""
-        key = TaskJob.key_for(job_id)
+    def add(self, p: Planned, status: JobStatus) -> None:
+        """A new DEFERRED or QUEUED job: its hash, and its dependency sets if it has parents."""
         if not self.packed:
-            self.target.execute_command("HSET", key, *template, *own)
-            if parents:
-                add_dependencies(self.target, job_id, parents)
+            shared, own_fields = self.shapes.parts(p, status)
+            self.target.execute_command("HSET", TaskJob.key_for(p.task_id), *shared, *own_fields)
+            if p.spec.dependencies:
+                add_dependencies(self.target, p.task_id, [e.parent for e in p.spec.dependencies])
             return
-        known = self._templates.get(id(template))
-        if known is None:
-            known = self._templates[id(template)] = (_words(pack_command(tuple(template))), template)
-        head = b"*%d\r\n$4\r\nHSET\r\n" % (2 + len(template) + len(own))
-        commands = [b"".join((head, _words(pack_command((key, *own))), known[0]))]
-        if parents:
-            commands += [_packed("SADD", TaskJob.dependents_key_for(parent), job_id) for parent in parents]
-            commands.append(_packed("SADD", TaskJob.dependencies_key_for(job_id), *parents))
+        shapes = self.shapes
+        template = shapes.template(p, status)
+        form = self._forms.get(id(template))
+        if form is None:
+            shared = [*template, "created_at", shapes.created]
+            if status == JobStatus.QUEUED:
+                shared += ("enqueued_at", shapes.created)
+            form = self._forms[id(template)] = (_words(*shared), len(shared), template)
+        task_id = p.task_id.encode()
+        key = _JOB_KEY[0] + task_id + _JOB_KEY[1]
+        data = job_data(p)
+        description = f"{p.spec.type} {p.task_id}".encode()
+        spec = shapes.spec_json(p, status)
+        fingerprint = p.fingerprint.encode()
+        own = (len(data), data, len(description), description, len(spec), spec, len(fingerprint), fingerprint)
+        deps = p.spec.dependencies
+        if not deps:
+            head = _HSET_HEAD % (_HSET_WORDS + form[1], len(key), key)
+            self.target.queue_packed([b"".join((head, _OWN % own, form[0]))])
+            return
+        parents = [e.parent.encode() for e in deps]
+        ids = codec.dumps([e.parent for e in deps])
+        head = _HSET_HEAD % (_HSET_WORDS + 2 * len(_PARENT_NAMES) + form[1], len(key), key)
+        commands = [b"".join((head, _OWN_PARENTS % (*own, len(parents[0]), parents[0], len(ids), ids), form[0]))]
+        for parent in parents:
+            dependents = _DEPENDENTS[0] + parent + _DEPENDENTS[1]
+            commands.append(_SADD % (3, len(dependents), dependents) + _VALUE % (len(task_id), task_id))
+        dependencies = _DEPENDENCIES[0] + task_id + _DEPENDENCIES[1]
+        last = _SADD % (2 + len(parents), len(dependencies), dependencies)
+        commands.append(last + b"".join(_VALUE % (len(parent), parent) for parent in parents))
         self.target.queue_packed(commands)
 
 

@@ -13,6 +13,7 @@ import pytest
 from rq.job import JobStatus
 
 from app import keys
+from app.jobs import factory as factory_module
 from app.jobs import store
 from app.jobs.factory import Factory, Planned, Shapes
 from app.jobs.job import TaskJob
@@ -35,6 +36,8 @@ SHAPES = {
         schedule_id="every-minute",
         payload={"big": 2**70, "long": "x" * 1000},  # compressed, as RQ does
     ),
+    # A name that is the marker Shapes.spec_json splices the dependencies in at.
+    "marker-named": TaskSpec(type="echo", name=factory_module._SPLICE, dependencies=(Edge("p1"),)),
 }
 
 

@@ -23,14 +23,14 @@ def _write(redis: Redis, packed: bool) -> dict[bytes, Any]:
     registry = load_registry(["tests.handlers"])
     shapes = Shapes(Factory(store.queues(redis), result_ttl_s=600), datetime(2026, 3, 1, tzinfo=timezone.utc))
     with FastTransaction.on(redis) as pipe:
-        writer = JobWriter(pipe, packed=packed)
+        writer = JobWriter(pipe, shapes, packed=packed)
         for name, spec in SHAPES.items():
             for n in range(2):
                 task_id = f"{name}-{n}"
                 s = replace(spec, id=task_id)
                 p = Planned(n, task_id, s, registry.get_type(s.type), s.fingerprint())
                 status = JobStatus.DEFERRED if s.dependencies else JobStatus.QUEUED
-                writer.add(task_id, *shapes.parts(p, status), [e.parent for e in s.dependencies])
+                writer.add(p, status)
         pipe.execute()
     held: dict[bytes, Any] = {}
     for key in redis.keys("*"):
@@ -43,6 +43,6 @@ def _write(redis: Redis, packed: bool) -> dict[bytes, Any]:
 def test_packed_writes_equal_plain_ones(redis: Redis) -> None:
     plain = _write(redis, packed=False)
     assert b"rq:job:dependent-1" in plain and b"rq:job:p1:dependents" in plain
-    tolerant = {b"failure-tolerant-0", b"failure-tolerant-1"}
-    assert plain[b"rq:job:p1:dependents"] == {b"dependent-0", b"dependent-1", *tolerant}
+    others = {b"failure-tolerant-0", b"failure-tolerant-1", b"marker-named-0", b"marker-named-1"}
+    assert plain[b"rq:job:p1:dependents"] == {b"dependent-0", b"dependent-1", *others}
     assert _write(redis, packed=True) == plain
