@@ -8,6 +8,7 @@ meets every edge (RQ treats it the same way). Any other parent has not decided y
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -76,7 +77,9 @@ def dependency_failed_error(parent: str, status: TaskStatus | None) -> dict[str,
 
 def topological_order(parents: dict[str, list[str]]) -> list[str]:
     """Ids ordered so that every task comes after its parents (edges to ids not in `parents` are
-    ignored); raises DependencyCycle with the ids of one cycle when there is one."""
+    ignored), and otherwise in the order of `parents` as far as that allows: a batch's ready
+    tasks are queued first sent, first run. Raises DependencyCycle with the ids of one cycle when
+    there is one."""
     children: dict[str, list[str]] = {node: [] for node in parents}
     waiting = {node: 0 for node in parents}
     for node, ups in parents.items():
@@ -84,10 +87,10 @@ def topological_order(parents: dict[str, list[str]]) -> list[str]:
             if up in parents:
                 children[up].append(node)
                 waiting[node] += 1
-    ready = [node for node, count in waiting.items() if count == 0]
+    ready = deque(node for node, count in waiting.items() if count == 0)
     order = []
     while ready:
-        node = ready.pop()
+        node = ready.popleft()
         order.append(node)
         for child in children[node]:
             waiting[child] -= 1

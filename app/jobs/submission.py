@@ -206,11 +206,9 @@ class Submission:
         The new ids are reserved first by one atomic script (WATCHing thousands of keys costs Redis
         quadratic time); parents outside the batch are WATCHed until the write commits.
         """
-        plan = self._plan(specs, batch, actor)
+        plan, outside = self._plan(specs, batch, actor)
         ids = [p.task_id for p in plan]
         new_keys = [TaskJob.key_for(task_id) for task_id in ids]
-        in_batch = set(ids)
-        outside = sorted({e.parent for p in plan for e in p.spec.dependencies if e.parent not in in_batch})
         if len(plan) == 1 and not dry_run and _one_script(plan[0]):
             written_one = self._submit_one(plan[0])
             if written_one is not None:
@@ -269,7 +267,7 @@ class Submission:
         it (dependencies, a limit, or an id already stored, whose repeat needs reads)."""
         if spec.dependencies:
             return None  # before planning it: the general path plans it again
-        p = self._plan([spec], batch=False, actor=actor)[0]
+        p = self._plan([spec], batch=False, actor=actor)[0][0]
         one = self._prepare_one(p) if _one_script(p) else None
         if one is None:
             return None
@@ -368,9 +366,11 @@ class Submission:
                 except WatchError:
                     continue
 
-    def _plan(self, specs: Sequence[TaskSpec], batch: bool, actor: str | None = None) -> list[Planned]:
+    def _plan(
+        self, specs: Sequence[TaskSpec], batch: bool, actor: str | None = None
+    ) -> tuple[list[Planned], list[str]]:
         """Validate names and ids, and order the tasks parents first (or name the cycle); `actor`
-        is the API key (its name) submitting them."""
+        is the API key (its name) submitting them. Also the parents outside the batch, sorted."""
         errors: list[FieldError] = []
         too_large: list[FieldError] = []
         planned: dict[str, Planned] = {}
@@ -399,6 +399,17 @@ class Submission:
             raise InvalidTask("; ".join(e.message for e in errors), errors)
         if too_large:
             raise PayloadTooLarge("; ".join(e.message for e in too_large[:20]), too_large)
+        outside: set[str] = set()
+        in_order = True
+        for p in planned.values():
+            for edge in p.spec.dependencies:
+                parent = planned.get(edge.parent)
+                if parent is None:
+                    outside.add(edge.parent)
+                elif parent.index > p.index:
+                    in_order = False
+        if in_order:  # as most batches come: parents first already, and so no cycle
+            return list(planned.values()), sorted(outside)
         try:
             order = topological_order({i: [e.parent for e in p.spec.dependencies] for i, p in planned.items()})
         except DependencyCycle as cycle:
@@ -409,7 +420,7 @@ class Submission:
                     for i in cycle.ids
                 ],
             ) from None
-        return [planned[i] for i in order]
+        return [planned[i] for i in order], sorted(outside)
 
     def _check_parents_exist(self, plan: list[Planned], statuses: dict[str, TaskStatus | None], batch: bool) -> None:
         missing = [

@@ -129,7 +129,7 @@ def test_a_single_task_queued_at_once_is_written_as_a_batch_of_one_would_be(serv
     """The single path writes its commands out directly; they are the general path's, word for word."""
     spec = replace(SHAPES[name], id=name)
     submission = service.submission
-    p = submission._plan([spec], batch=False, actor="ci")[0]
+    p = submission._plan([spec], batch=False, actor="ci")[0][0]
     created_at = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=timezone.utc)
     direct, placed = submission._queued_one(p, created_at)
     recorder = _Recorder(submission.connection)
@@ -152,3 +152,15 @@ def test_overlapping_batches_keep_the_collector_off_no_longer_than_its_bound(mon
         with gc_paused():  # one that starts past the bound
             assert gone() is None
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize("forward", [False, True], ids=["parents first", "a child before its parent"])
+def test_a_batch_is_queued_in_the_order_it_was_sent(service: TaskService, redis: Redis, forward: bool) -> None:
+    """Workers take a batch's ready tasks first sent, first run, whether or not the batch lists
+    every parent before its children."""
+    specs = [TaskSpec(type="echo", id=f"t{n}") for n in range(6)]
+    child = TaskSpec(type="echo", id="child", dependencies=(Edge("t2"),))
+    specs.insert(1 if forward else 4, child)
+    service.submit_batch(specs)
+    assert redis.lrange("rq:queue:default", 0, -1) == [f"t{n}".encode() for n in range(6)]
+    assert redis.smembers("rq:job:t2:dependents") == {b"child"}
