@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
+from itertools import chain
 from typing import Any
 from uuid import uuid4
 
@@ -575,7 +576,7 @@ def _bookkeeping(
     onto each queue (with its doorbell), the end of the ids' claims, the events in request order
     and the counts."""
     for index, members in indexes.items():
-        target.execute_command("ZADD", index, *(x for member, score in members.items() for x in (score, member)))
+        target.execute_command("ZADD", index, *chain.from_iterable(zip(members.values(), members, strict=True)))
     for queue_name, queued in pushes.items():
         queue_key = Queue.redis_queue_namespace_prefix + queue_name
         target.execute_command("SADD", Queue.redis_queues_keys, queue_key)

@@ -48,7 +48,7 @@ _VALUE = b"$%d\r\n%b\r\n"
 _HSET_HEAD = b"*%d\r\n" + _word("HSET") + _VALUE
 _OWN_NAMES = ("data", "description", keys.FIELD_SPEC, keys.FIELD_FINGERPRINT)
 """A job's own fields (factory.OWN_FIELDS) besides the batch's times: those of every job..."""
-_PARENT_NAMES = ("dependency_id", "dependency_ids")
+_PARENT_NAMES = ("dependency_ids",)
 """...and those of a job with parents."""
 _OWN = b"".join(_word(name) + _VALUE for name in _OWN_NAMES)
 _OWN_PARENTS = _OWN + b"".join(_word(name) + _VALUE for name in _PARENT_NAMES)
@@ -100,7 +100,7 @@ class JobWriter:
         parents = [e.parent.encode() for e in deps]
         ids = codec.dumps([e.parent for e in deps])
         head = _HSET_HEAD % (_HSET_WORDS + 2 * len(_PARENT_NAMES) + form[1], len(key), key)
-        commands = [b"".join((head, _OWN_PARENTS % (*own, len(parents[0]), parents[0], len(ids), ids), form[0]))]
+        commands = [b"".join((head, _OWN_PARENTS % (*own, len(ids), ids), form[0]))]
         for parent in parents:
             dependents = _DEPENDENTS[0] + parent + _DEPENDENTS[1]
             commands.append(_SADD % (3, len(dependents), dependents) + _VALUE % (len(task_id), task_id))

@@ -56,6 +56,8 @@ def layout(fields: dict[str, bytes], *renames: tuple[str, str], ids: dict[str, s
     for name, value in fields.items():
         if name in OWN_FIELDS or value == b"" or (name in FALSE_WHEN_ABSENT and value == b"0"):
             continue
+        if name == "dependency_id" and "dependency_ids" in fields:
+            continue  # RQ reads it only from a hash without `dependency_ids` (its older layout)
         text = "<set>" if name in PER_JOB else value.decode()
         for ours, theirs in renames:
             text = text.replace(ours, theirs)
