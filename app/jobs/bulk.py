@@ -40,6 +40,10 @@ class FastTransaction(Pipeline):
         return cls(connection.connection_pool, connection.response_callbacks, True, None)
 
     def __init__(self, *args: Any) -> None:
+        self.multi_sent = False
+        """Whether MULTI went out: then the connection holds a transaction until EXEC is read."""
+        self.ahead_of_multi: bytes | None = None
+        """A command to send before MULTI (`ahead`), packed, while its reply is not read."""
         self.packed: list[bytes] = []
         """Commands packed and not yet sent."""
         self.queued: list[Any] = []
@@ -73,11 +77,32 @@ class FastTransaction(Pipeline):
         if len(self.packed) >= self.stream_every:
             self._send()
 
+    def ahead(self, *args: Any) -> None:
+        """Send the command `args` just before MULTI, with the transaction's first commands, so
+        that Redis runs it while the rest are made; `ahead_reply` reads its reply, which the caller
+        must do before `execute()`. Only before the first command after MULTI."""
+        if self.queued:
+            raise RuntimeError("a command ahead of MULTI comes before the transaction's commands")
+        self.ahead_of_multi = pack_command(args)
+
+    def ahead_reply(self) -> Any:
+        """The reply of the command sent `ahead` (Redis's raw reply; an error reply raises)."""
+        if self.ahead_of_multi is None:
+            raise RuntimeError("no command was sent ahead of MULTI")
+        if not self.multi_sent:  # the transaction is small: nothing of it went out yet
+            self._send()
+        self.ahead_of_multi = None
+        assert self.connection is not None  # _send took one
+        return self.connection.read_response()
+
     def _send(self, end: bool = False) -> None:
-        first = len(self.queued) == len(self.packed)
+        first = not self.multi_sent
+        self.multi_sent = True
         if self.connection is None:
             self.connection = self.connection_pool.get_connection()
         packed = [pack_command(("MULTI",)), *self.packed] if first else self.packed
+        if first and self.ahead_of_multi is not None:
+            packed.insert(0, self.ahead_of_multi)
         if end:
             packed.append(pack_command(("EXEC",)))
         self.packed = []
@@ -87,6 +112,8 @@ class FastTransaction(Pipeline):
 
     def execute(self, raise_on_error: bool = True, while_waiting: Callable[[], None] | None = None) -> list[Any]:
         """Send what is left and EXEC; `while_waiting` runs while Redis runs the transaction."""
+        if self.ahead_of_multi is not None:
+            raise RuntimeError("the reply of the command ahead of MULTI is not read (ahead_reply)")
         if not self.queued:
             self.reset()
             return []
@@ -98,6 +125,7 @@ class FastTransaction(Pipeline):
             finally:
                 replies = self._read(self.connection, len(self.queued))
             names, self.queued = self.queued, []  # every reply read: the connection is clean again
+            self.multi_sent = False
             self.watching = False  # EXEC ended the WATCH
         finally:
             self.reset()
@@ -108,7 +136,8 @@ class FastTransaction(Pipeline):
         return replies
 
     def reset(self) -> None:  # type: ignore[override]  # Pipeline.reset, not the RESET command
-        sent = len(self.queued) > len(self.packed)
+        sent, self.multi_sent = self.multi_sent, False
+        self.ahead_of_multi = None
         self.packed = []
         if sent and self.connection is not None:
             # A MULTI (or its replies) is left on the connection; it must not go back to the pool

@@ -214,27 +214,32 @@ class Submission:
             written_one = self._submit_one(plan[0])
             if written_one is not None:
                 return written_one
+        reservation = None
         if dry_run:
             if self.connection.exists(*new_keys):
                 return self._repeat(plan)
         else:
             now_ms = int(time.time() * 1000)
-            taken = self._reserve(
-                keys=[keys.CLAIMS, *new_keys], args=[now_ms, now_ms + CLAIM_TTL_MS, self.max_unfinished, *ids]
+            reservation = _Reservation(
+                [keys.CLAIMS, *new_keys], [now_ms, now_ms + CLAIM_TTL_MS, self.max_unfinished, *ids]
             )
-            if taken == STORED:
-                return self._repeat(plan)
-            if taken == CLAIMED:
-                raise _in_progress("some of these ids")
-            if taken == FULL:
-                raise self._full(len(ids))
+            if outside:
+                # The parents' statuses are read before the writes are made; the ids are claimed
+                # before those reads. Without such parents, the claim goes out ahead of the writes
+                # in their transaction (`_write`), and Redis runs it while they are made.
+                reservation.taken = self._reserve(keys=reservation.keys, args=reservation.args)
+                if reservation.taken != 0:
+                    return self._refused(reservation.taken, plan)
         written = False
         try:
             with gc_paused():
-                outcome = self._write(plan, outside, batch, dry_run, meanwhile)
+                outcome = self._write(plan, outside, batch, dry_run, meanwhile, reservation)
             written = True
+        except _Refusal:
+            assert reservation is not None and reservation.taken is not None
+            return self._refused(reservation.taken, plan)
         finally:
-            if not dry_run and not written:
+            if reservation is not None and reservation.taken == 0 and not written:
                 self.connection.zrem(keys.CLAIMS, *ids)  # a successful write drops them itself
         limited = [
             p.task_id
@@ -247,6 +252,14 @@ class Submission:
                 (job.id, job.to_task(latest)) for job, latest in filter(None, store.load(self.connection, limited))
             )
         return outcome
+
+    def _refused(self, taken: int, plan: list[Planned]) -> Outcome:
+        """What to answer when RESERVE claimed nothing (it answered `taken`)."""
+        if taken == STORED:
+            return self._repeat(plan)
+        if taken == CLAIMED:
+            raise _in_progress("some of these ids")
+        raise self._full(len(plan))
 
     def _submit_one(self, p: Planned) -> Outcome | None:
         """One task in one round trip (WRITE_ONE); None if its writes need more than plain
@@ -345,7 +358,10 @@ class Submission:
         batch: bool,
         dry_run: bool,
         meanwhile: Callable[[list[Task]], None] | None = None,
+        reservation: _Reservation | None = None,
     ) -> Outcome:
+        """Raises _Refusal if `reservation`, not yet sent, claims nothing: it is sent ahead of the
+        writes, and answered before their EXEC."""
         with FastTransaction.on(self.connection) as pipe:
             while True:
                 try:
@@ -354,7 +370,13 @@ class Submission:
                     statuses = dict(zip(outside, parent_statuses(self.connection, outside), strict=True))
                     if statuses:
                         self._check_parents_exist(plan, statuses, batch)
+                    if reservation is not None and reservation.taken is None:
+                        pipe.ahead("EVAL", RESERVE, len(reservation.keys), *reservation.keys, *reservation.args)
                     placed = self._write_all(plan, statuses, pipe, dry_run)
+                    if reservation is not None and reservation.taken is None:
+                        reservation.taken = pipe.ahead_reply()
+                        if reservation.taken != 0:
+                            raise _Refusal()
                     outcome = Outcome(self.factory, sorted(plan, key=lambda p: p.index), not dry_run, placed)
                     if dry_run:
                         pipe.reset()
@@ -700,6 +722,19 @@ class Outcome:
             (p.task_id, known[p.task_id].status if p.task_id in known else task_status(placements[p.task_id]))
             for p in self.order
         ]
+
+
+@dataclass
+class _Reservation:
+    """RESERVE's keys and arguments for the ids of one submission, and its answer once read."""
+
+    keys: list[str]
+    args: list[Any]
+    taken: int | None = None
+
+
+class _Refusal(Exception):
+    """RESERVE, sent ahead of the writes, claimed nothing (its answer is in the _Reservation)."""
 
 
 @dataclass(frozen=True)

@@ -142,3 +142,40 @@ def test_many_packed_commands_stream_and_apply_together(redis: Redis) -> None:
     assert replies == [b"OK"] * count
     assert redis.mget("k0", f"k{count - 1}") == [b"0", str(count - 1).encode()]
     assert redis.set("x", 1) is True  # the connection went back to the pool in step
+
+
+@pytest.mark.parametrize("commands", [3, 3 * FastTransaction.stream_every], ids=["small", "streamed"])
+def test_a_command_ahead_of_multi_runs_at_once_and_is_answered_before_exec(redis: Redis, commands: int) -> None:
+    with FastTransaction.on(redis) as pipe:
+        pipe.ahead("INCR", "ahead")
+        for n in range(commands):
+            pipe.set(f"k{n}", n)
+        assert pipe.ahead_reply() == 1
+        assert redis.get("ahead") == b"1" and redis.exists("k0") == 0  # it ran; the others wait for EXEC
+        assert len(pipe.execute()) == commands
+    assert redis.get(f"k{commands - 1}") == str(commands - 1).encode()
+
+
+@pytest.mark.parametrize("refused", [False, True], ids=["its answer says stop", "it fails"])
+def test_stopping_after_the_command_ahead_applies_nothing_else_and_leaves_the_pool_clean(
+    redis: Redis, refused: bool
+) -> None:
+    redis.set("n", "not a number" if refused else "1")
+    with pytest.raises((RuntimeError, ResponseError)), FastTransaction.on(redis) as pipe:
+        pipe.ahead("INCR", "n")
+        for n in range(3 * FastTransaction.stream_every):
+            pipe.set(f"k{n}", n)
+        pipe.ahead_reply()
+        raise RuntimeError("the caller stops on the answer")
+    assert redis.keys("k*") == []
+    for _ in range(5):  # whichever pooled connection comes next answers its own command
+        assert redis.set("x", 1) is True
+        assert redis.get("x") == b"1"
+
+
+def test_exec_waits_for_the_reply_ahead_to_be_read(redis: Redis) -> None:
+    with pytest.raises(RuntimeError, match="ahead_reply"), FastTransaction.on(redis) as pipe:
+        pipe.ahead("INCR", "ahead")
+        pipe.set("k", 1)
+        pipe.execute()
+    assert redis.exists("k") == 0

@@ -164,3 +164,25 @@ def test_a_batch_is_queued_in_the_order_it_was_sent(service: TaskService, redis:
     service.submit_batch(specs)
     assert redis.lrange("rq:queue:default", 0, -1) == [f"t{n}".encode() for n in range(6)]
     assert redis.smembers("rq:job:t2:dependents") == {b"child"}
+
+
+@pytest.mark.parametrize("outside", [False, True], ids=["claims sent ahead of the writes", "claims before the reads"])
+def test_a_batch_meeting_a_claim_stores_nothing_and_leaves_the_claim(
+    service: TaskService, redis: Redis, outside: bool
+) -> None:
+    service.submit(TaskSpec(type="echo", id="root"))
+    specs = [
+        TaskSpec(type="echo", id="a", dependencies=(Edge("root"),) if outside else ()),
+        TaskSpec(type="echo", id="held"),
+    ]
+    redis.zadd(keys.CLAIMS, {"held": 2**50})  # another submission of "held" is being written
+    with pytest.raises(SubmissionInProgress):
+        service.submit_batch(specs)
+    assert redis.exists("rq:job:a", "rq:job:held") == 0
+    assert redis.zrange(keys.CLAIMS, 0, -1) == [b"held"]
+    redis.zadd(keys.CLAIMS, {"held": 1})  # ... and its writer died long ago
+    assert service.submit_batch(specs)[1] is True
+    assert service.submit_batch(specs)[1] is False  # a repeat
+    queued = redis.lrange("rq:queue:default", 0, -1)
+    assert queued == ([b"root", b"held"] if outside else [b"root", b"a", b"held"])
+    assert redis.zcard(keys.CLAIMS) == 0
