@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from operator import attrgetter
@@ -23,7 +23,7 @@ from pydantic import (
 from app.clock import iso
 from app.defaults import MAX_BATCH, MAX_LIST_LIMIT, MAX_MS, SUMMARY_OVER
 from app.jobs.store import INDEX_MEMBER_PATTERN
-from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus, assemble
+from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus, assembler
 from app.schedules import Schedule, ScheduleSpec, TaskTemplate
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
@@ -130,12 +130,12 @@ Target = TypeVar("Target")
 class _Mapping:
     """How `to_domain` maps one request model onto one domain dataclass."""
 
-    names: tuple[str, ...]
-    """The fields both have."""
     read: Callable[[Any], tuple[Any, ...]]
-    """Reads those fields of a request, as a tuple."""
-    conversions: tuple[tuple[str, Callable[[Any], Any]], ...]
-    """TO_DOMAIN's conversions of those fields."""
+    """Reads the fields both have from a request, as a tuple."""
+    conversions: tuple[tuple[int, Callable[[Any], Any]], ...]
+    """TO_DOMAIN's conversions of those fields, by their place in the tuple."""
+    build: Callable[[Iterable[Any]], Any]
+    """Makes the dataclass of those fields' values, in that order."""
 
 
 _MAPPINGS: dict[tuple[type[BaseModel], type[Any]], _Mapping] = {}
@@ -150,16 +150,17 @@ def to_domain(body: BaseModel, target: type[Target]) -> Target:
         declared = fields(target)  # type: ignore[arg-type]  # every target is a dataclass
         names = tuple(f.name for f in declared if f.name in type(body).model_fields)
         mapping = _MAPPINGS[(type(body), target)] = _Mapping(
-            names,
             attrgetter(*names) if len(names) > 1 else (lambda value: (getattr(value, names[0]),)),
-            tuple((name, convert) for name, convert in TO_DOMAIN.items() if name in names),
+            tuple((names.index(name), convert) for name, convert in TO_DOMAIN.items() if name in names),
+            assembler(target, names),
         )
-    values = dict(zip(mapping.names, mapping.read(body), strict=True))
-    for name, convert in mapping.conversions:
-        value = values[name]
+    values = list(mapping.read(body))
+    for i, convert in mapping.conversions:
+        value = values[i]
         if value is not None:
-            values[name] = convert(value)
-    return assemble(target, values)
+            values[i] = convert(value)
+    built: Target = mapping.build(values)
+    return built
 
 
 class TaskTemplateIn(BaseModel):

@@ -5,7 +5,7 @@ from dataclasses import FrozenInstanceError
 
 import pytest
 
-from app.model import Backoff, Priority, TaskSpec, TaskStatus, assemble
+from app.model import Backoff, Priority, TaskSpec, TaskStatus, assemble, assembler
 
 
 def test_terminal_statuses() -> None:
@@ -73,3 +73,16 @@ def test_assemble_makes_the_same_frozen_instance_as_the_constructor() -> None:
 def test_assemble_refuses_unknown_and_missing_fields() -> None:
     with pytest.raises(TypeError, match=r"unknown fields \['kind'\], missing fields \['type'\]"):
         assemble(TaskSpec, {"kind": "t"})
+
+
+def test_an_assembler_makes_what_assemble_makes_and_checks_its_fields_once_made() -> None:
+    build = assembler(TaskSpec, ("type", "id", "priority"))
+    made = build(["t", "a", Priority.HIGH])
+    assert made == assemble(TaskSpec, {"type": "t", "id": "a", "priority": Priority.HIGH})
+    assert made.payload == {} and made.payload is not build(["t", None, Priority.LOW]).payload
+    with pytest.raises(FrozenInstanceError):
+        made.id = "b"  # type: ignore[misc]
+    with pytest.raises(ValueError):  # values for other fields than it was made for
+        build(["t", "a"])
+    with pytest.raises(TypeError, match=r"unknown fields \['kind'\], missing fields \['type'\]"):
+        assembler(TaskSpec, ("kind",))
