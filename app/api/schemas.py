@@ -200,7 +200,7 @@ class TaskIn(TaskTemplateIn):
         if not value:
             return value
         parents = [d if isinstance(d, str) else d.id for d in value]
-        if len(set(parents)) != len(parents):
+        if len(parents) > 1 and len(set(parents)) != len(parents):
             raise ValueError("lists an id more than once")
         if info.data.get("id") is not None and info.data["id"] in parents:
             raise ValueError("a task cannot depend on itself")

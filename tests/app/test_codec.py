@@ -24,6 +24,8 @@ from tests.support import nested_lists, same_json
         (b'{"x": -' + b"9" * 5000 + b"}", "more than 100 digits"),
         (b"[" * 65 + b"]" * 65, "deeper than 64"),
         (b'{"x":' + b"[" * 5000 + b"]" * 5000 + b"}", "deeper than 64"),
+        (b'[{"a":' * 32 + b"[1, {}]" + b"}]" * 32, "deeper than 64"),  # objects and arrays, 65 deep
+        (b'{"a":' * 65 + b"1" + b"}" * 65, "deeper than 64"),
         (b'{"x": "\xed\xa0\x80"}', "not UTF-8"),
         (b'{"x": 1,}', "line 1 column 9"),
     ],
@@ -57,6 +59,8 @@ def test_awkward_but_valid_json_reads_exactly() -> None:
 
 def test_nesting_up_to_the_limit_is_accepted() -> None:
     assert codec.loads_request(b"[" * 64 + b"]" * 64) == nested_lists(64)
+    assert codec.loads_request(b'[{"a":' * 31 + b"[1, {}]" + b"}]" * 31) is not None  # objects and arrays, 64 deep
+    assert codec.loads_request(b'{"a":' * 64 + b"1" + b"}" * 64) is not None
 
 
 def test_stored_records_are_read_as_strictly_but_without_the_request_limits() -> None:
