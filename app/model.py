@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from datetime import datetime
 from enum import Enum
@@ -73,19 +73,28 @@ def assemble(cls: type[Frozen], values: dict[str, Any]) -> Frozen:
     return obj
 
 
-def assembler(cls: type[Frozen], names: tuple[str, ...]) -> Callable[[Iterable[Any]], Frozen]:
+def assembler(cls: type[Frozen], names: tuple[str, ...]) -> Callable[[Sequence[Any]], Frozen]:
     """`assemble` for values that always come for the same fields, `names`, in that order: the
-    fields are checked once, here, and each instance costs a third of `assemble`'s."""
+    fields are checked once, here, and each instance costs half of `assemble`'s."""
     layout = _layout(cls)
     _checked(cls, layout, names)
-    defaults = tuple((name, default) for name, default in layout.defaults if name not in names)
+    declared = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]  # a dataclass, as documented
+    left = [declared[name] for name, _ in layout.defaults if name not in names]
+    fixed = tuple((f.name, f.default) for f in left if f.default is not MISSING)
+    made = tuple((f.name, f.default_factory) for f in left if f.default is MISSING)
 
-    def build(values: Iterable[Any]) -> Frozen:
+    def build(values: Sequence[Any]) -> Frozen:
+        if len(values) != len(names):
+            raise ValueError(f"{cls.__name__}: {len(values)} values for the {len(names)} fields {names}")
         obj = object.__new__(cls)
         state = obj.__dict__
-        for name, default in defaults:
-            state[name] = default()
-        state.update(zip(names, values, strict=True))
+        # One item at a time: a fresh instance's dict takes them faster than through update().
+        for name, value in zip(names, values):  # noqa: B905  # lengths checked above
+            state[name] = value
+        for name, value in fixed:
+            state[name] = value
+        for name, factory in made:
+            state[name] = factory()  # type: ignore[operator]  # a default factory, as declared
         return obj
 
     return build

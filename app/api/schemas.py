@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from operator import attrgetter
@@ -134,7 +134,7 @@ class _Mapping:
     """Reads the fields both have from a request, as a tuple."""
     conversions: tuple[tuple[int, Callable[[Any], Any]], ...]
     """TO_DOMAIN's conversions of those fields, by their place in the tuple."""
-    build: Callable[[Iterable[Any]], Any]
+    build: Callable[[Sequence[Any]], Any]
     """Makes the dataclass of those fields' values, in that order."""
 
 
