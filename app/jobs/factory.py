@@ -202,8 +202,7 @@ class Shapes:
         if len(factory.templates) > MAX_TEMPLATES:  # timeouts and attempts are the client's to vary
             factory.templates.clear()
         self.templates = factory.templates
-        self._specs: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
-        """`spec_json`'s JSON around the dependencies, by everything else it depends on."""
+        self._forms: dict[tuple[Any, ...], Form] = {}
 
     def template(self, p: Planned, status: JobStatus) -> list[Any]:
         """The fields RQ would write for `p` as a new DEFERRED or QUEUED job (queued: enqueued at
@@ -225,6 +224,7 @@ class Shapes:
         """The hash RQ would write for `p` as a new DEFERRED or QUEUED job, in two: its shape's
         `template` and the fields of its own (OWN_FIELDS)."""
         spec = p.spec
+        form = self.form(p, status)
         own = [
             "created_at",
             self.created,
@@ -233,7 +233,7 @@ class Shapes:
             "description",
             f"{spec.type} {p.task_id}",
             keys.FIELD_SPEC,
-            self.spec_json(p, status),
+            self.spec_json(p, status, form),
             keys.FIELD_FINGERPRINT,
             p.fingerprint,
         ]
@@ -242,28 +242,50 @@ class Shapes:
             own += ("dependency_ids", codec.dumps(parents))
         if status == JobStatus.QUEUED:
             own += ("enqueued_at", self.created)
-        return self.template(p, status), own
+        return form.template, own
 
-    def spec_json(self, p: Planned, status: JobStatus) -> bytes:
-        """`Planned.stored_spec` as JSON. Tasks of a batch mostly differ only in their dependencies:
-        the JSON around those is made once for everything else it depends on."""
+    def form(self, p: Planned, status: JobStatus) -> Form:
+        """What `p` shares with every task of this submission that differs from it only in its id,
+        payload, duration and parents (most of a batch)."""
         spec = p.spec
         deps = spec.dependencies
-        key = (status, p.actor, spec.type, bool(deps), _NOT_DEPENDENCIES(spec))
-        known = self._specs.get(key)
-        if known is None:
-            stored = p.stored_spec(status)
-            if not deps:
-                known = self._specs[key] = (codec.dumps(stored), b"")
-            else:
-                stored["dependencies"] = _SPLICE
-                before, *after = codec.dumps(stored).split(_SPLICED)
-                if len(after) != 1:  # the marker is some other field's value too: no shortcut
-                    return codec.dumps(p.stored_spec(status))
-                known = self._specs[key] = (before, after[0])
+        rule = None if not deps else deps[0].allow_failure if len(deps) == 1 else all(e.allow_failure for e in deps)
+        key = (status, p.actor, spec.type, rule, _NOT_DEPENDENCIES(spec))
+        form = self._forms.get(key)
+        if form is None:
+            form = self._forms[key] = Form(self.template(p, status), _spec_around_dependencies(p, status))
+        return form
+
+    def spec_json(self, p: Planned, status: JobStatus, form: Form | None = None) -> bytes:
+        """`Planned.stored_spec` as JSON, made from its `form` (given, where the caller has it)."""
+        around = (form or self.form(p, status)).spec
+        if around is None:
+            return codec.dumps(p.stored_spec(status))
+        deps = p.spec.dependencies
         if not deps:
-            return known[0]
-        return b"".join((known[0], codec.dumps(spec_fields.encode_one("dependencies", deps)), known[1]))
+            return around[0]
+        return b"".join((around[0], codec.dumps(spec_fields.encode_one("dependencies", deps)), around[1]))
+
+
+@dataclass(frozen=True)
+class Form:
+    """The part of a job hash that tasks of one submission share when they differ only in their id,
+    payload, duration and parents (Shapes.form)."""
+
+    template: list[Any]
+    """Shapes.template."""
+    spec: tuple[bytes, bytes] | None
+    """The stored spec's JSON before and after the dependencies (all of it before, where there are
+    none); None where the JSON cannot be split so."""
+
+
+def _spec_around_dependencies(p: Planned, status: JobStatus) -> tuple[bytes, bytes] | None:
+    stored = p.stored_spec(status)
+    if not p.spec.dependencies:
+        return codec.dumps(stored), b""
+    stored["dependencies"] = _SPLICE
+    before, *after = codec.dumps(stored).split(_SPLICED)
+    return (before, after[0]) if len(after) == 1 else None  # else the marker is also some field's value
 
 
 def job_data(p: Planned) -> bytes:
@@ -274,7 +296,7 @@ def job_data(p: Planned) -> bytes:
 
 
 _NOT_DEPENDENCIES = attrgetter(*(name for name in spec_fields.STORED if name != "dependencies"))
-"""The stored fields of a spec besides its dependencies (Shapes.spec_json)."""
+"""The stored fields of a spec besides its dependencies (Shapes.form)."""
 
 _SPLICE = "\x00rqflow:dependencies\x00"
 _SPLICED = codec.dumps(_SPLICE)

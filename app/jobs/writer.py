@@ -78,7 +78,8 @@ class JobWriter:
                 add_dependencies(self.target, p.task_id, [e.parent for e in p.spec.dependencies])
             return
         shapes = self.shapes
-        template = shapes.template(p, status)
+        job_form = shapes.form(p, status)
+        template = job_form.template
         form = self._forms.get(id(template))
         if form is None:
             shared = [*template, "created_at", shapes.created]
@@ -89,7 +90,7 @@ class JobWriter:
         key = _JOB_KEY[0] + task_id + _JOB_KEY[1]
         data = job_data(p)
         description = f"{p.spec.type} {p.task_id}".encode()
-        spec = shapes.spec_json(p, status)
+        spec = shapes.spec_json(p, status, job_form)
         fingerprint = p.fingerprint.encode()
         own = (len(data), data, len(description), description, len(spec), spec, len(fingerprint), fingerprint)
         deps = p.spec.dependencies
