@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from itertools import chain
+from operator import attrgetter
 from typing import Any
 from uuid import uuid4
 
@@ -62,6 +63,9 @@ from app.registry import Registry
 
 _planned = assembler(Planned, ("index", "task_id", "spec", "task_type", "fingerprint", "actor"))
 """Planned(...) without its frozen __init__, which costs a batch of 10,000 tasks some 10 ms."""
+
+_BY_INDEX = attrgetter("index")
+"""Planned tasks in request order (the sort key)."""
 
 Placement = tuple[JobStatus, datetime, datetime | None, dict[str, str] | None]
 """Where a submitted task went: its status, creation time, enqueue time and error (Factory.task)."""
@@ -380,7 +384,7 @@ class Submission:
                         reservation.taken = pipe.ahead_reply()
                         if reservation.taken != 0:
                             raise _Refusal()
-                    outcome = Outcome(self.factory, sorted(plan, key=lambda p: p.index), not dry_run, placed)
+                    outcome = Outcome(self.factory, sorted(plan, key=_BY_INDEX), not dry_run, placed)
                     if dry_run:
                         pipe.reset()
                     elif meanwhile is None or any(p.task_type.concurrency for p in plan):
@@ -469,7 +473,7 @@ class Submission:
             listed = ", ".join(differing[:20])
             raise TaskConflict(f"tasks with these ids exist with other contents (or not all exist): {listed}")
         known = {found[0].id: found[0].to_task(found[1]) for found in loaded if found}
-        return Outcome(self.factory, sorted(plan, key=lambda p: p.index), False, [], known)
+        return Outcome(self.factory, sorted(plan, key=_BY_INDEX), False, [], known)
 
     def _write_all(
         self,
