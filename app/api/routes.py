@@ -37,9 +37,9 @@ from app.defaults import (
 from app.errors import DomainError, FieldError, InvalidInput, TaskConflict
 from app.jobs import metrics, stats
 from app.jobs.reads import TaskReader
-from app.jobs.submission import gc_paused
+from app.jobs.submission import Outcome, gc_paused
 from app.jobs.tasks import Cancellation, TaskService
-from app.model import Task, TaskSpec
+from app.model import TaskSpec
 from app.registry import Registry
 from app.schedules import ScheduleService
 
@@ -177,23 +177,27 @@ def _submit_batch(
     """Storing and encoding 10,000 tasks, off the event loop."""
     encoded: list[bytes] = []
 
-    def encode(tasks: list[Task]) -> None:
-        encoded.append(codec.dumps({"dry_run": dry_run, "tasks": [task_json(t) for t in tasks]}))
+    def encode(outcome: Outcome) -> None:
+        encoded.append(_answer(outcome, form, dry_run))
 
-    # The full answer is encoded while Redis runs the transaction where it can be.
-    outcome = service.store_batch(specs, dry_run, meanwhile=encode if form == "representation" else None, actor=actor)
-    status = 200 if dry_run or not outcome.created else 201
+    # The answer is encoded while Redis runs the transaction where it can be.
+    outcome = service.store_batch(specs, dry_run, meanwhile=encode, actor=actor)
+    if not encoded:
+        encode(outcome)
+    return (200 if dry_run or not outcome.created else 201), encoded[-1]
+
+
+def _answer(outcome: Outcome, form: str, dry_run: bool) -> bytes:
+    """A batch's answer in `form` (`_answer_form`)."""
     if form == "representation":
-        if not encoded:
-            encode(outcome.tasks())
-        return status, encoded[-1]
+        return codec.dumps({"dry_run": dry_run, "tasks": [task_json(t) for t in outcome.tasks()]})
     statuses = outcome.statuses()
     if form == "minimal":
         listed = [{"id": task_id, "status": state.value} for task_id, state in statuses]
-        return status, codec.dumps({"dry_run": dry_run, "tasks": listed})
+        return codec.dumps({"dry_run": dry_run, "tasks": listed})
     counts = Counter(state.value for _, state in statuses)
     summary = {"dry_run": dry_run, "created": outcome.created, "count": len(statuses), "statuses": counts}
-    return status, codec.dumps(summary)
+    return codec.dumps(summary)
 
 
 def batch_specs(body: Any) -> list[TaskSpec]:

@@ -198,7 +198,7 @@ class Submission:
         *,
         batch: bool,
         dry_run: bool = False,
-        meanwhile: Callable[[list[Task]], None] | None = None,
+        meanwhile: Callable[[Outcome], None] | None = None,
         actor: str | None = None,
     ) -> Outcome:
         """Store every task or none; answers with an Outcome, which builds the tasks (in request
@@ -206,7 +206,7 @@ class Submission:
         objects, and says whether they were created (False: the same submission came again).
         `batch` only changes how errors name fields.
 
-        `meanwhile`, if given, is called with the tasks as they will be returned while Redis runs
+        `meanwhile`, if given, is called with the outcome as it will be returned while Redis runs
         the transaction, so that a caller can encode its answer in that time instead of after it;
         again if the transaction is retried, and not at all where there is no such wait (a repeat,
         a dry run, or tasks whose place a limit decides inside Redis).
@@ -364,7 +364,7 @@ class Submission:
         outside: list[str],
         batch: bool,
         dry_run: bool,
-        meanwhile: Callable[[list[Task]], None] | None = None,
+        meanwhile: Callable[[Outcome], None] | None = None,
         reservation: _Reservation | None = None,
     ) -> Outcome:
         """Raises _Refusal if `reservation`, not yet sent, claims nothing: it is sent ahead of the
@@ -391,7 +391,7 @@ class Submission:
                         pipe.execute()
                     else:
                         # Redis runs the writes meanwhile.
-                        pipe.execute(while_waiting=partial(_tell, meanwhile, outcome))
+                        pipe.execute(while_waiting=partial(meanwhile, outcome))
                     return outcome
                 except WatchError:
                     continue
@@ -675,10 +675,6 @@ def _verdict(
 def _due(spec: TaskSpec, now: datetime) -> datetime | None:
     due = spec.run_at or (now + timedelta(milliseconds=spec.delay_ms) if spec.delay_ms else None)
     return due if due is not None and due > now else None
-
-
-def _tell(meanwhile: Callable[[list[Task]], None], outcome: Outcome) -> None:
-    meanwhile(outcome.tasks())
 
 
 def _where(batch: bool, index: int, field: str) -> str:

@@ -93,7 +93,7 @@ class TaskService:
         self,
         specs: Sequence[TaskSpec],
         dry_run: bool = False,
-        meanwhile: Callable[[list[Task]], None] | None = None,
+        meanwhile: Callable[[Outcome], None] | None = None,
         actor: str | None = None,
     ) -> tuple[list[Task], bool]:
         """A whole DAG, all or nothing; dependencies may point inside the batch in any order.
@@ -105,7 +105,7 @@ class TaskService:
         self,
         specs: Sequence[TaskSpec],
         dry_run: bool = False,
-        meanwhile: Callable[[list[Task]], None] | None = None,
+        meanwhile: Callable[[Outcome], None] | None = None,
         actor: str | None = None,
     ) -> Outcome:
         """`submit_batch`, answering with what was stored rather than the tasks themselves, for

@@ -15,7 +15,7 @@ from redis import Redis
 from app import keys
 from app.errors import SubmissionInProgress
 from app.jobs import submission
-from app.jobs.submission import _Recorder, gc_paused
+from app.jobs.submission import Outcome, _Recorder, gc_paused
 from app.jobs.tasks import TaskService
 from app.model import Edge, TaskSpec
 from tests.app.jobs.test_factory import SHAPES
@@ -116,9 +116,9 @@ def test_a_task_alone_is_stored_as_the_same_task_in_a_batch(
 
 def test_what_meanwhile_sees_is_the_answer_and_a_repeat_does_not_call_it(service: TaskService) -> None:
     specs = [TaskSpec(type="echo", id=f"m{n}", dependencies=(Edge(f"m{n - 1}"),) if n else ()) for n in range(50)]
-    seen: list[list[object]] = []
+    seen: list[Outcome] = []
     tasks, created = service.submit_batch(specs, meanwhile=seen.append)
-    assert created and seen == [tasks]
+    assert created and len(seen) == 1 and seen[0].tasks() == tasks and seen[0].created
     assert [t.id for t in tasks] == [f"m{n}" for n in range(50)]
     _, created = service.submit_batch(specs, meanwhile=seen.append)
     assert not created and len(seen) == 1  # the answer of a repeat is read after, not during a write
