@@ -24,6 +24,8 @@ from redis import Redis
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from app import keys
+from app.defaults import EVENT_ENTRIES_KEPT
 from bench.__main__ import api, finished, procfile_processes, save, submit_batches, workers
 from bench.engine import env_for
 from tests.support import RedisServer, wait_until
@@ -63,11 +65,23 @@ def rqflow(url: str, n: int, task: dict[str, Any], prefix: str) -> dict[str, Any
     with api(url, env) as port, procfile_processes(url, env, ["worker"]):
         submit_batches(port, 100, task=task, prefix="warm")
         wait_until(lambda: finished(redis) >= 100, timeout=120, what="the warm-up")
-        before = settled_memory(redis)
+        before, stream_before = settled_memory(redis), stream_bytes(redis)
         submit_batches(port, n, task=task, prefix=prefix)
         wait_until(lambda: finished(redis) >= n + 100, timeout=600, interval=0.2, what="the tasks")
-        after = settled_memory(redis)
-    return {"tasks": n, "bytes_per_task": (after - before) / n, "keys": by_key_kind(redis, prefix)}
+        after, stream_after = settled_memory(redis), stream_bytes(redis)
+    # The event stream is not a cost per task: it keeps about EVENT_ENTRIES_KEPT entries however
+    # many tasks run. Until it holds that many (as in a run this short) it grows with every task.
+    stream = stream_after - stream_before
+    return {
+        "tasks": n,
+        "bytes_per_task": (after - before - stream) / n,
+        "event_stream": {"grew_bytes": stream, "bytes": stream_after, "entries": redis.xlen(keys.EVENTS)},
+        "keys": by_key_kind(redis, prefix),
+    }
+
+
+def stream_bytes(redis: Redis) -> int:
+    return int(redis.memory_usage(keys.EVENTS, samples=0) or 0)
 
 
 def plain_rq(url: str, n: int, prefix: str) -> dict[str, Any]:
@@ -106,6 +120,14 @@ def main() -> None:
         print(f"\n[{name}] {found['bytes_per_task']:,.0f} bytes of used_memory per finished task")
         for kind, key in found["keys"].items():
             print(f"  {key['keys']:>7,} x {kind:<28} {key['encoding']:<10} {key['bytes_each']:>8,.0f} B each")
+        if "event_stream" in found:
+            stream = found["event_stream"]
+            held = stream["bytes"] / max(stream["entries"], 1) * EVENT_ENTRIES_KEPT
+            print(
+                f"  and the event stream, not counted above: it grew {stream['grew_bytes'] / found['tasks']:,.0f} B "
+                f"a task; it keeps about {EVENT_ENTRIES_KEPT:,} entries, {held / 2**20:,.0f} MB at this run's "
+                f"{stream['bytes'] / max(stream['entries'], 1):,.0f} B an entry"
+            )
     ratio = results["rqflow_noop"]["bytes_per_task"] / results["rq_noop"]["bytes_per_task"]
     print(f"\nrqflow no-op / plain RQ no-op: {ratio:.2f}")
     save("memory", results)
