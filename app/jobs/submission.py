@@ -436,7 +436,7 @@ class Submission:
                 parent = planned.get(edge.parent)
                 if parent is None:
                     outside.add(edge.parent)
-                elif parent.index > p.index:
+                elif parent.index >= p.index:  # after it, or itself: a cycle to name, maybe
                     in_order = False
         if in_order:  # as most batches come: parents first already, and so no cycle
             return list(planned.values()), sorted(outside)

@@ -13,7 +13,7 @@ import pytest
 from redis import Redis
 
 from app import keys
-from app.errors import SubmissionInProgress
+from app.errors import InvalidTask, SubmissionInProgress
 from app.jobs import submission
 from app.jobs.submission import Outcome, _Recorder, gc_paused
 from app.jobs.tasks import TaskService
@@ -186,3 +186,18 @@ def test_a_batch_meeting_a_claim_stores_nothing_and_leaves_the_claim(
     queued = redis.lrange("rq:queue:default", 0, -1)
     assert queued == ([b"root", b"held"] if outside else [b"root", b"a", b"held"])
     assert redis.zcard(keys.CLAIMS) == 0
+
+
+@pytest.mark.parametrize(
+    "edges",
+    [{"a": "a"}, {"a": "b", "b": "a"}],
+    ids=["a task on itself", "two on each other"],
+)
+def test_a_cycle_is_refused_however_the_batch_is_ordered(
+    service: TaskService, redis: Redis, edges: dict[str, str]
+) -> None:
+    """The API's schema refuses a task that depends on itself; the service names it as a cycle too."""
+    specs = [TaskSpec(type="echo", id=task_id, dependencies=(Edge(parent),)) for task_id, parent in edges.items()]
+    with pytest.raises(InvalidTask, match="cycle"):
+        service.submit_batch([TaskSpec(type="echo", id="first"), *specs])
+    assert redis.dbsize() == 0
