@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -27,7 +27,7 @@ from hiredis import pack_command
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, WatchError
+from redis.exceptions import NoScriptError, RedisError, WatchError
 from rq.defaults import RQ_KEY_PREFIX
 from rq.job import JobStatus
 from rq.queue import Queue
@@ -379,7 +379,11 @@ class Submission:
                         self._check_parents_exist(plan, statuses, batch)
                     if reservation is not None and reservation.taken is None:
                         pipe.ahead("EVAL", RESERVE, len(reservation.keys), *reservation.keys, *reservation.args)
-                    placed = self._write_all(plan, statuses, pipe, dry_run)
+                    try:
+                        placed = self._write_all(plan, statuses, pipe, dry_run)
+                    except BaseException:
+                        _settle(reservation, pipe)
+                        raise
                     if reservation is not None and reservation.taken is None:
                         reservation.taken = pipe.ahead_reply()
                         if reservation.taken != 0:
@@ -652,6 +656,16 @@ def gc_paused() -> Iterator[None]:
             _gc_pauses -= 1
             if _gc_pauses == 0 and _gc_was_enabled:
                 gc.enable()
+
+
+def _settle(reservation: _Reservation | None, pipe: FastTransaction) -> None:
+    """Read whether the claims sent ahead of the writes were taken, where the writes failed after
+    they went out, so that the caller releases claims of its own at once. A claim whose answer
+    cannot be read lapses on its own (CLAIM_TTL_MS)."""
+    if reservation is None or reservation.taken is not None or not pipe.multi_sent or pipe.ahead_of_multi is None:
+        return
+    with suppress(RedisError):
+        reservation.taken = pipe.ahead_reply()
 
 
 def _verdict(

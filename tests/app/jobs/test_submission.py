@@ -201,3 +201,27 @@ def test_a_cycle_is_refused_however_the_batch_is_ordered(
     with pytest.raises(InvalidTask, match="cycle"):
         service.submit_batch([TaskSpec(type="echo", id="first"), *specs])
     assert redis.dbsize() == 0
+
+
+def test_a_batch_that_fails_after_its_claims_went_out_releases_them_at_once(
+    service: TaskService, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claims go out ahead of the writes, with the first of them; a failure while the rest are
+    made must not leave them to lapse (a retry would be told "in progress" meanwhile)."""
+    specs = [TaskSpec(type="echo", id=f"t{n}", dependencies=(Edge(f"t{n - 1}"),) if n else ()) for n in range(2000)]
+    real_add = submission.JobWriter.add
+    calls = 0
+
+    def failing_add(self: submission.JobWriter, *args: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1500:  # past the first streamed commands, and so the claims
+            raise RuntimeError("a failure while the writes are made")
+        real_add(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(submission.JobWriter, "add", failing_add)
+    with pytest.raises(RuntimeError):
+        service.submit_batch(specs)
+    assert redis.zcard(keys.CLAIMS) == 0 and redis.dbsize() == 0
+    monkeypatch.setattr(submission.JobWriter, "add", real_add)
+    assert service.submit_batch(specs)[1] is True
