@@ -65,43 +65,42 @@ class JobWriter:
         self.target = target
         self.shapes = shapes
         self.packed = packed
-        self._forms: dict[int, tuple[bytes, int, list[Any]]] = {}
+        self._shared: dict[int, tuple[bytes, int, list[Any]]] = {}
         """By each template's id: the packed words it and the batch's times make, their count, and
         the template (held, so that no other list can take its id meanwhile)."""
 
     def add(self, p: Planned, status: JobStatus) -> None:
         """A new DEFERRED or QUEUED job: its hash, and its dependency sets if it has parents."""
         if not self.packed:
-            shared, own_fields = self.shapes.parts(p, status)
-            self.target.execute_command("HSET", TaskJob.key_for(p.task_id), *shared, *own_fields)
+            template, own_fields = self.shapes.parts(p, status)
+            self.target.execute_command("HSET", TaskJob.key_for(p.task_id), *template, *own_fields)
             if p.spec.dependencies:
                 add_dependencies(self.target, p.task_id, [e.parent for e in p.spec.dependencies])
             return
         shapes = self.shapes
-        job_form = shapes.form(p, status)
-        template = job_form.template
-        form = self._forms.get(id(template))
-        if form is None:
-            shared = [*template, "created_at", shapes.created]
+        form = shapes.form(p, status)
+        shared = self._shared.get(id(form.template))
+        if shared is None:
+            fields = [*form.template, "created_at", shapes.created]
             if status == JobStatus.QUEUED:
-                shared += ("enqueued_at", shapes.created)
-            form = self._forms[id(template)] = (_words(*shared), len(shared), template)
+                fields += ("enqueued_at", shapes.created)
+            shared = self._shared[id(form.template)] = (_words(*fields), len(fields), form.template)
         task_id = p.task_id.encode()
         key = _JOB_KEY[0] + task_id + _JOB_KEY[1]
         data = job_data(p)
         description = f"{p.spec.type} {p.task_id}".encode()
-        spec = shapes.spec_json(p, status, job_form)
+        spec = shapes.spec_json(p, status, form)
         fingerprint = p.fingerprint.encode()
         own = (len(data), data, len(description), description, len(spec), spec, len(fingerprint), fingerprint)
         deps = p.spec.dependencies
         if not deps:
-            head = _HSET_HEAD % (_HSET_WORDS + form[1], len(key), key)
-            self.target.queue_packed([b"".join((head, _OWN % own, form[0]))])
+            head = _HSET_HEAD % (_HSET_WORDS + shared[1], len(key), key)
+            self.target.queue_packed([b"".join((head, _OWN % own, shared[0]))])
             return
         parents = [e.parent.encode() for e in deps]
         ids = codec.dumps([e.parent for e in deps])
-        head = _HSET_HEAD % (_HSET_WORDS + 2 * len(_PARENT_NAMES) + form[1], len(key), key)
-        commands = [b"".join((head, _OWN_PARENTS % (*own, len(ids), ids), form[0]))]
+        head = _HSET_HEAD % (_HSET_WORDS + 2 * len(_PARENT_NAMES) + shared[1], len(key), key)
+        commands = [b"".join((head, _OWN_PARENTS % (*own, len(ids), ids), shared[0]))]
         for parent in parents:
             dependents = _DEPENDENTS[0] + parent + _DEPENDENTS[1]
             commands.append(_SADD % (3, len(dependents), dependents) + _VALUE % (len(task_id), task_id))
