@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -27,7 +28,7 @@ from app.defaults import SMALL_DATA
 from app.jobs import spec as spec_fields
 from app.jobs.job import STATUS_EVENTS, TaskJob
 from app.jobs.status import task_status
-from app.model import CALL_FIELDS, Task, TaskError, TaskSpec, assemble
+from app.model import CALL_FIELDS, Edge, Task, TaskError, TaskSpec, assemble
 from app.registry import TaskType
 
 MAX_TEMPLATES = 1024
@@ -45,6 +46,12 @@ OWN_FIELDS = frozenset(
     }
 )
 """The job hash fields that differ between tasks of one shape."""
+
+OWN_NAMES = ("data", "description", keys.FIELD_SPEC, keys.FIELD_FINGERPRINT)
+"""The own fields every new job has besides the submission's times, in the order `Shapes.own`
+gives their values..."""
+PARENTS_NAME = "dependency_ids"
+"""...and the one a job with parents has after them."""
 
 READ_ALIKE_ABSENT = {"enqueue_at_front": "0", "allow_dependency_failures": "0", "retry_intervals": "[0]"}
 """Fields RQ writes with these values and reads, when absent, as what it only ever tests the same
@@ -104,16 +111,22 @@ class Planned:
         costs a batch a tenth of the time, and tasks that resolve alike at worst share a shape
         under two keys."""
         spec = self.spec
-        deps = spec.dependencies
         return (
             spec.type,
             spec.priority,
             spec.timeout_ms,
             spec.max_attempts,
             self.task_type.concurrency,
-            bool(deps),
-            all(e.allow_failure for e in deps) if deps else True,
+            failure_rule(spec.dependencies),
         )
+
+
+def failure_rule(deps: tuple[Edge, ...]) -> bool | None:
+    """The one failure rule RQ keeps for a job's parents (Factory.build): None without parents,
+    else whether the job runs even if they fail."""
+    if not deps:
+        return None
+    return deps[0].allow_failure if len(deps) == 1 else all(e.allow_failure for e in deps)
 
 
 class Factory:
@@ -143,7 +156,7 @@ class Factory:
                 [e.parent for e in spec.dependencies],
                 # RQ knows one failure rule per job; rqflow releases dependents itself with the
                 # per-edge rule (app.jobs.release). RQ's own check may only be stricter, never looser.
-                allow_failure=all(e.allow_failure for e in spec.dependencies),
+                allow_failure=bool(failure_rule(spec.dependencies)),
             )
             if spec.dependencies
             else None,
@@ -223,34 +236,38 @@ class Shapes:
     def parts(self, p: Planned, status: JobStatus) -> tuple[list[Any], list[Any]]:
         """The hash RQ would write for `p` as a new DEFERRED or QUEUED job, in two: its shape's
         `template` and the fields of its own (OWN_FIELDS)."""
-        spec = p.spec
         form = self.form(p, status)
-        own = [
-            "created_at",
-            self.created,
-            "data",
-            job_data(p),
-            "description",
-            f"{spec.type} {p.task_id}",
-            keys.FIELD_SPEC,
-            self.spec_json(p, status, form),
-            keys.FIELD_FINGERPRINT,
-            p.fingerprint,
-        ]
-        if spec.dependencies:
-            parents = [e.parent for e in spec.dependencies]
-            own += ("dependency_ids", codec.dumps(parents))
-        if status == JobStatus.QUEUED:
-            own += ("enqueued_at", self.created)
+        values = self.own(p, status, form)
+        # Without parents there is no value for PARENTS_NAME, and zip stops before it.
+        own = [*self.times(status), *chain.from_iterable(zip((*OWN_NAMES, PARENTS_NAME), values, strict=False))]
         return form.template, own
+
+    def times(self, status: JobStatus) -> list[str]:
+        """The submission's times that a new job in `status` holds, as field-value pairs: its
+        creation and, queued, its enqueueing (the same for every task of the submission)."""
+        if status == JobStatus.QUEUED:
+            return ["created_at", self.created, "enqueued_at", self.created]
+        return ["created_at", self.created]
+
+    def own(self, p: Planned, status: JobStatus, form: Form) -> tuple[Any, ...]:
+        """The values of `p`'s OWN_NAMES, in that order, then its parents' ids (PARENTS_NAME) if
+        it has any; `form` is its Form."""
+        spec = p.spec
+        values: tuple[Any, ...] = (
+            job_data(p),
+            f"{spec.type} {p.task_id}",
+            self.spec_json(p, status, form),
+            p.fingerprint,
+        )
+        if spec.dependencies:
+            values += (codec.dumps([e.parent for e in spec.dependencies]),)
+        return values
 
     def form(self, p: Planned, status: JobStatus) -> Form:
         """What `p` shares with every task of this submission that differs from it only in its id,
         payload, duration and parents (most of a batch)."""
         spec = p.spec
-        deps = spec.dependencies
-        rule = None if not deps else deps[0].allow_failure if len(deps) == 1 else all(e.allow_failure for e in deps)
-        key = (status, p.actor, spec.type, rule, _NOT_DEPENDENCIES(spec))
+        key = (status, p.actor, spec.type, failure_rule(spec.dependencies), _NOT_DEPENDENCIES(spec))
         form = self._forms.get(key)
         if form is None:
             form = self._forms[key] = Form(self.template(p, status), _spec_around_dependencies(p, status))

@@ -17,8 +17,7 @@ from typing import Any
 from hiredis import pack_command
 from rq.job import JobStatus
 
-from app import codec, keys
-from app.jobs.factory import Planned, Shapes, job_data
+from app.jobs.factory import OWN_NAMES, PARENTS_NAME, Planned, Shapes
 from app.jobs.job import TaskJob
 
 
@@ -46,14 +45,10 @@ def _word(value: str) -> bytes:
 
 _VALUE = b"$%d\r\n%b\r\n"
 _HSET_HEAD = b"*%d\r\n" + _word("HSET") + _VALUE
-_OWN_NAMES = ("data", "description", keys.FIELD_SPEC, keys.FIELD_FINGERPRINT)
-"""A job's own fields (factory.OWN_FIELDS) besides the batch's times: those of every job..."""
-_PARENT_NAMES = ("dependency_ids",)
-"""...and those of a job with parents."""
-_OWN = b"".join(_word(name) + _VALUE for name in _OWN_NAMES)
-_OWN_PARENTS = _OWN + b"".join(_word(name) + _VALUE for name in _PARENT_NAMES)
-_HSET_WORDS = 2 + 2 * len(_OWN_NAMES)
-"""HSET, the key, and the own fields of every job, before its shape's."""
+_OWN = b"".join(_word(name) + _VALUE for name in OWN_NAMES)
+_OWN_PARENTS = _OWN + _word(PARENTS_NAME) + _VALUE
+_HSET_WORDS = 2 + 2 * len(OWN_NAMES)
+"""HSET, the key, and the own fields of every job, before the shared ones."""
 _SADD = b"*%d\r\n" + _word("SADD") + _VALUE
 
 
@@ -81,26 +76,20 @@ class JobWriter:
         form = shapes.form(p, status)
         shared = self._shared.get(id(form.template))
         if shared is None:
-            fields = [*form.template, "created_at", shapes.created]
-            if status == JobStatus.QUEUED:
-                fields += ("enqueued_at", shapes.created)
+            fields = [*form.template, *shapes.times(status)]
             shared = self._shared[id(form.template)] = (_words(*fields), len(fields), form.template)
         task_id = p.task_id.encode()
         key = _JOB_KEY[0] + task_id + _JOB_KEY[1]
-        data = job_data(p)
-        description = f"{p.spec.type} {p.task_id}".encode()
-        spec = shapes.spec_json(p, status, form)
-        fingerprint = p.fingerprint.encode()
+        data, description, spec, fingerprint, *ids = shapes.own(p, status, form)
+        description, fingerprint = description.encode(), fingerprint.encode()
         own = (len(data), data, len(description), description, len(spec), spec, len(fingerprint), fingerprint)
-        deps = p.spec.dependencies
-        if not deps:
+        if not ids:
             head = _HSET_HEAD % (_HSET_WORDS + shared[1], len(key), key)
             self.target.queue_packed([b"".join((head, _OWN % own, shared[0]))])
             return
-        parents = [e.parent.encode() for e in deps]
-        ids = codec.dumps([e.parent for e in deps])
-        head = _HSET_HEAD % (_HSET_WORDS + 2 * len(_PARENT_NAMES) + shared[1], len(key), key)
-        commands = [b"".join((head, _OWN_PARENTS % (*own, len(ids), ids), shared[0]))]
+        head = _HSET_HEAD % (_HSET_WORDS + 2 + shared[1], len(key), key)
+        commands = [b"".join((head, _OWN_PARENTS % (*own, len(ids[0]), ids[0]), shared[0]))]
+        parents = [e.parent.encode() for e in p.spec.dependencies]
         for parent in parents:
             dependents = _DEPENDENTS[0] + parent + _DEPENDENTS[1]
             commands.append(_SADD % (3, len(dependents), dependents) + _VALUE % (len(task_id), task_id))
