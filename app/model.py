@@ -21,7 +21,10 @@ Frozen = TypeVar("Frozen")
 class _Layout:
     names: frozenset[str]
     required: frozenset[str]
-    defaults: tuple[tuple[str, Callable[[], Any]], ...]
+    fixed: tuple[tuple[str, Any], ...]
+    """The fields with a default value, and it."""
+    made: tuple[tuple[str, Callable[[], Any]], ...]
+    """The fields with a default factory, and it."""
 
 
 _LAYOUTS: dict[type, _Layout] = {}
@@ -36,11 +39,8 @@ def _layout(cls: type) -> _Layout:
         layout = _LAYOUTS[cls] = _Layout(
             frozenset(f.name for f in declared),
             frozenset(f.name for f in declared if f.default is MISSING and f.default_factory is MISSING),
-            tuple(
-                (f.name, f.default_factory if f.default is MISSING else (lambda value=f.default: value))  # type: ignore[misc]
-                for f in declared
-                if f.default is not MISSING or f.default_factory is not MISSING
-            ),
+            tuple((f.name, f.default) for f in declared if f.default is not MISSING),
+            tuple((f.name, f.default_factory) for f in declared if f.default_factory is not MISSING),
         )
     return layout
 
@@ -66,9 +66,12 @@ def assemble(cls: type[Frozen], values: dict[str, Any]) -> Frozen:
     obj = object.__new__(cls)
     state = obj.__dict__
     if len(given) < len(layout.names):
-        for name, default in layout.defaults:
+        for name, value in layout.fixed:
             if name not in given:
-                state[name] = default()
+                state[name] = value
+        for name, factory in layout.made:
+            if name not in given:
+                state[name] = factory()
     state.update(values)
     return obj
 
@@ -78,10 +81,8 @@ def assembler(cls: type[Frozen], names: tuple[str, ...]) -> Callable[[Sequence[A
     fields are checked once, here, and each instance costs half of `assemble`'s."""
     layout = _layout(cls)
     _checked(cls, layout, names)
-    declared = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]  # a dataclass, as documented
-    left = [declared[name] for name, _ in layout.defaults if name not in names]
-    fixed = tuple((f.name, f.default) for f in left if f.default is not MISSING)
-    made = tuple((f.name, f.default_factory) for f in left if f.default is MISSING)
+    fixed = tuple((name, value) for name, value in layout.fixed if name not in names)
+    made = tuple((name, factory) for name, factory in layout.made if name not in names)
 
     def build(values: Sequence[Any]) -> Frozen:
         if len(values) != len(names):
@@ -94,10 +95,19 @@ def assembler(cls: type[Frozen], names: tuple[str, ...]) -> Callable[[Sequence[A
         for name, value in fixed:
             state[name] = value
         for name, factory in made:
-            state[name] = factory()  # type: ignore[operator]  # a default factory, as declared
+            state[name] = factory()
         return obj
 
     return build
+
+
+def reader(names: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """What reads the attributes `names` of an object, as a tuple (attrgetter gives a lone one as
+    it is, not in a tuple)."""
+    if len(names) == 1:
+        name = names[0]
+        return lambda value: (getattr(value, name),)
+    return attrgetter(*names)
 
 
 class TaskStatus(str, Enum):
@@ -246,9 +256,7 @@ def _fields_of(cls: type) -> Callable[[Any], tuple[Any, ...]]:
     """What reads a dataclass's field values, in declaration order, as a tuple."""
     read = _FIELDS_OF.get(cls)
     if read is None:
-        names = [f.name for f in fields(cls)]
-        # attrgetter gives a lone field's value as it is, not in a tuple.
-        read = _FIELDS_OF[cls] = attrgetter(*names) if len(names) > 1 else (lambda value: (getattr(value, names[0]),))
+        read = _FIELDS_OF[cls] = reader([f.name for f in fields(cls)])
     return read
 
 

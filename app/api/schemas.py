@@ -23,7 +23,7 @@ from pydantic import (
 from app.clock import iso
 from app.defaults import MAX_BATCH, MAX_LIST_LIMIT, MAX_MS, SUMMARY_OVER
 from app.jobs.store import INDEX_MEMBER_PATTERN
-from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus, assembler
+from app.model import Backoff, Edge, Priority, Task, TaskChanges, TaskError, TaskSpec, TaskStatus, assembler, reader
 from app.schedules import Schedule, ScheduleSpec, TaskTemplate
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$"
@@ -150,7 +150,7 @@ def to_domain(body: BaseModel, target: type[Target]) -> Target:
         declared = fields(target)  # type: ignore[arg-type]  # every target is a dataclass
         names = tuple(f.name for f in declared if f.name in type(body).model_fields)
         mapping = _MAPPINGS[(type(body), target)] = _Mapping(
-            attrgetter(*names) if len(names) > 1 else (lambda value: (getattr(value, names[0]),)),
+            reader(names),
             tuple((names.index(name), convert) for name, convert in TO_DOMAIN.items() if name in names),
             assembler(target, names),
         )
