@@ -34,6 +34,9 @@ from workers.worker import OVERDUE_S, TaskWorkerMixin
 
 log = logging.getLogger(__name__)
 
+REDIS_AWAY = (RedisConnectionError, RedisTimeoutError)
+"""What Redis being unreachable raises (a restart, a failover): the loop waits it out."""
+
 LEASE_SWEEP_S = 1.0
 """How often each engine worker looks for runs whose lease lapsed (one cheap read per queue)."""
 
@@ -123,7 +126,7 @@ class _EngineLoop(BaseWorker):
                     if outage_s:
                         log.warning("worker %s: Redis is back", self.name)
                         outage_s = 0.0
-                except (RedisConnectionError, RedisTimeoutError) as error:
+                except REDIS_AWAY as error:
                     # Redis is away (a restart, a failover): the children run on, and what they
                     # end waits here for it; leaving the loop would kill them and drop their ends.
                     if stopping and not pool.busy:
@@ -131,10 +134,7 @@ class _EngineLoop(BaseWorker):
                     if not outage_s:
                         log.warning("worker %s: Redis unavailable (%s); waiting for it", self.name, error)
                     outage_s = min(max(outage_s * 2, 0.05), 1.0)
-                    self._cut_off_at_deadline(pool)
-                    done += self._collect(pool, outage_s, ended, bad)
-                    for child in pool.overdue():
-                        pool.kill(child, ErrorType.TIMEOUT.value)
+                    done += self._tend(pool, outage_s, ended, bad)
                     continue
                 if pool.busy:
                     idle_since = time.monotonic()
@@ -145,17 +145,14 @@ class _EngineLoop(BaseWorker):
                 ):
                     break
                 elif want and not claimed:
-                    with contextlib.suppress(RedisConnectionError, RedisTimeoutError):  # the next step says
+                    with contextlib.suppress(*REDIS_AWAY):  # the next step says
                         woken = engine.wait(timeout_s=max(min(next_heartbeat - time.monotonic(), 1.0), 0.05))
                         next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
                     continue
                 free = len(pool.idle) and not stopping
                 timeout = poll_s if free else max(next_heartbeat - time.monotonic(), 0.0)
-                self._cut_off_at_deadline(pool)
-                done += self._collect(pool, timeout, ended, bad)
-                for child in pool.overdue():
-                    pool.kill(child, ErrorType.TIMEOUT.value)
-                with contextlib.suppress(RedisConnectionError, RedisTimeoutError):  # the next step says
+                done += self._tend(pool, timeout, ended, bad)
+                with contextlib.suppress(*REDIS_AWAY):  # the next step says
                     next_heartbeat = self._heartbeat_if_due(engine, pool, next_heartbeat)
             if ended:
                 engine.step(ended, 0)
@@ -168,9 +165,13 @@ class _EngineLoop(BaseWorker):
             self.teardown()
         return bool(done)
 
-    def _collect(self, pool: Pool, timeout: float, ended: list[Ended], bad: list[Outcome]) -> int:
-        """Wait up to `timeout` for runs to end, and add them to `ended` or `bad`; how many ended."""
+    def _tend(self, pool: Pool, timeout: float, ended: list[Ended], bad: list[Outcome]) -> int:
+        """Cut off the runs past the shutdown's deadline, wait up to `timeout` for runs to end and
+        add them to `ended` or `bad`, then kill those past their own timeout; how many ended."""
+        self._cut_off_at_deadline(pool)
         outcomes = pool.wait(timeout)
+        for child in pool.overdue():
+            pool.kill(child, ErrorType.TIMEOUT.value)
         for outcome in outcomes:
             if outcome.result_json is None:
                 bad.append(outcome)

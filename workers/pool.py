@@ -184,24 +184,26 @@ class Pool:
                 time.sleep(timeout)
             return []
         events = self._poller.poll(max(timeout, 0.0) * 1000)
-        touched: dict[int, tuple[Child, bool]] = {}
+        touched: dict[int, Child] = {}
+        piped: set[int] = set()
+        """The children whose pipe has something (a message, or its end closed), not only their sentinel."""
         for fd, _ in events:
             child = self._by_fd.get(fd)
             if child is not None:
-                # Whether its pipe has something (a message, or its end closed), not only its sentinel.
-                piped = fd == child.conn.fileno() or touched.get(id(child), (child, False))[1]
-                touched[id(child)] = (child, piped)
+                touched[id(child)] = child
+                if fd == child.conn.fileno():
+                    piped.add(id(child))
         outcomes = []
-        for child, piped in touched.values():
+        for child in touched.values():
             if child.spent:
                 continue
             if not child.ready:
                 with contextlib.suppress(EOFError, OSError):
-                    if piped:
+                    if id(child) in piped:
                         receive_message(child.conn.fileno())  # its one message before any task: "ready"
                         child.ready = True
                         continue
-            elif child.task is not None and piped:
+            elif child.task is not None and id(child) in piped:
                 outcome = self._receive(child)
                 if outcome is not None:
                     outcomes.append(outcome)
