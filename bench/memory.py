@@ -81,6 +81,7 @@ def rqflow(url: str, n: int, task: dict[str, Any], prefix: str) -> dict[str, Any
 
 
 def stream_bytes(redis: Redis) -> int:
+    """What the event stream holds, in bytes of Redis (every node counted)."""
     return int(redis.memory_usage(keys.EVENTS, samples=0) or 0)
 
 

@@ -27,6 +27,7 @@ from app.jobs.tasks import TaskService
 from app.model import TaskSpec
 from app.registry import load_registry
 from bench.__main__ import save
+from bench.memory import stream_bytes
 from tests.support import RedisServer
 
 FINISH = """
@@ -87,7 +88,7 @@ def main() -> None:
             results["listed_left"] = int(redis.zcard(keys.TASK_INDEX))
             results["memory_after_mb"] = redis.info("memory")["used_memory"] / 2**20
             # Not trimmed by retention: it keeps about EVENT_ENTRIES_KEPT entries of its own.
-            results["event_stream_mb"] = (redis.memory_usage(keys.EVENTS, samples=0) or 0) / 2**20
+            results["event_stream_mb"] = stream_bytes(redis) / 2**20
         finally:
             server.kill()
     print(
